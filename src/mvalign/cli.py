@@ -1,0 +1,112 @@
+"""The `mvalign` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Align a causal LM with several values at once.")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .combine import AdapterError
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelLoadError
+
+    return (AdapterError, ConfigError, DataError, ModelLoadError)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@app.command("config")
+def config_cmd(
+    show: bool = typer.Option(False, "--show", help="Print the default config with every field documented."),
+    check: Optional[Path] = typer.Option(None, "--check", help="Validate a config file and print it resolved."),
+) -> None:
+    """Show the default configuration, or validate a config file."""
+    from .config import describe_defaults, load_config
+
+    if check is not None:
+        try:
+            cfg = load_config(check)
+        except _user_errors() as e:
+            _fail(e)
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    elif show:
+        typer.echo(describe_defaults())
+    else:
+        typer.echo("use --show to print the defaults or --check FILE to validate a config")
+
+
+@app.command()
+def data(config: Path = typer.Argument(..., help="Run config (YAML).")) -> None:
+    """Load every value's data and print pair counts per split (validates the data sources)."""
+    from .config import load_config
+    from .data import load_value_splits
+
+    try:
+        cfg = load_config(config)
+        for v in cfg.values:
+            s = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)
+            typer.echo(f"{v.name}: " + ", ".join(f"{k}={len(p)}" for k, p in s.items()))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    value: list[str] = typer.Option(..., "--value", help="Value to train a vector for (repeat for several)."),
+    force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this vector."),
+) -> None:
+    """Train one LoRA value vector per --value with DPO (resumes from checkpoints, skips finished vectors)."""
+    from .config import load_config
+    from .run import train_value
+
+    try:
+        cfg = load_config(config)
+        for name in value:
+            cfg.value(name)
+        for name in value:
+            rec = train_value(cfg, name, force=force)
+            summary = {"value": rec.value, "adapter": rec.adapter_dir, "steps": rec.steps, "train_pairs": rec.train_pairs,
+                       "seconds_per_step": round(rec.seconds_per_step, 3), **rec.metrics}
+            typer.echo(json.dumps(summary))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command()
+def combine(
+    run: Path = typer.Argument(..., help="Run directory holding adapters/<value>/."),
+    weights: str = typer.Option(..., "--weights", help="Weights per value, e.g. helpful=0.8,harmless=1.2 (any real numbers)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged Hugging Face checkpoint."),
+    mode: str = typer.Option("exact", "--mode", help="'exact' (W0 + Σ ω s B A) or 'factorwise' (reference soups only)."),
+) -> None:
+    """Write the model W0 + Σ ω_k ΔW_k as a checkpoint that AutoModelForCausalLM.from_pretrained loads."""
+    from .run import combine_run, parse_weights
+
+    try:
+        path = combine_run(run, parse_weights(weights), out, mode)
+    except _user_errors() as e:
+        _fail(e)
+    typer.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,190 @@
+"""Exact combination of LoRA value vectors in weight space: W(ω) = W0 + Σ_k ω_k s_k B_k A_k.
+
+Adapters are read straight from PEFT's files (adapter_config.json + adapter_model.safetensors) as factors; the
+update of one module is formed by a single matmul of the stacked factors [ω_1 s_1 B_1 | ... | ω_n s_n B_n] ·
+[A_1; ...; A_n], one module at a time, so no more than one dense d_out × d_in update exists at once. Any real ω is
+allowed (negative, > 1). `CombinedModel` applies and moves between weight vectors in place on one loaded model.
+`factorwise_delta` is the reference soups' (wrong in general) averaging of A and B separately, kept only to
+reproduce them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be combined (missing files, wrong type, modules the base lacks, shape mismatch)."""
+
+
+@dataclass
+class LoraFactors:
+    """One target module of one adapter: ΔW = scale · B @ A (transposed when the base stores W as (in, out))."""
+
+    A: torch.Tensor  # r x d_in
+    B: torch.Tensor  # d_out x r
+    scale: float
+    fan_in_fan_out: bool = False
+
+
+@dataclass
+class LoraAdapter:
+    name: str
+    path: str
+    modules: dict[str, LoraFactors]
+    """Keyed by the base model's module name, e.g. 'model.layers.0.self_attn.q_proj'."""
+
+
+def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
+    """Read a PEFT LoRA adapter directory into per-module factors (safetensors only; no pickles).
+
+    scale s = lora_alpha / r (or lora_alpha / sqrt(r) with use_rslora), honouring rank_pattern / alpha_pattern.
+    """
+    path = Path(path)
+    cfg_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not cfg_file.is_file() or not weights_file.is_file():
+        raise AdapterError(f"{path}: not a PEFT adapter directory (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterError(f"{path}: peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be combined")
+    if cfg.get("use_dora"):
+        raise AdapterError(f"{path}: DoRA adapters are not linear in their factors; exact ΔW combination does not apply")
+    tensors = load_file(str(weights_file))
+    modules: dict[str, LoraFactors] = {}
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        if b_key not in tensors:
+            raise AdapterError(f"{path}: {key} has no matching lora_B tensor")
+        short = module.rsplit(".", 1)[-1]
+        r = _pattern(cfg.get("rank_pattern") or {}, module, short, cfg["r"])
+        alpha = _pattern(cfg.get("alpha_pattern") or {}, module, short, cfg["lora_alpha"])
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        modules[module] = LoraFactors(a, tensors[b_key], float(scale), bool(cfg.get("fan_in_fan_out")))
+    if not modules:
+        raise AdapterError(f"{path}: no lora_A/lora_B tensors found")
+    return LoraAdapter(name or path.name, str(path), modules)
+
+
+def _pattern(pattern: Mapping[str, float], module: str, short: str, default: float) -> float:
+    for key, value in pattern.items():
+        if module == key or module.endswith("." + key) or short == key:
+            return value
+    return default
+
+
+def _orient(delta: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    return delta.T if fan_in_fan_out else delta
+
+
+def exact_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:
+    """Σ_k ω_k s_k B_k A_k for one module as one matmul of stacked factors (in `dtype`, default float32)."""
+    B = torch.cat([f.B.to(dtype) * (w * f.scale) for f, w in zip(factors, weights)], dim=1)
+    A = torch.cat([f.A.to(dtype) for f in factors], dim=0)
+    return _orient(B @ A, factors[0].fan_in_fan_out)
+
+
+def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:
+    """Reference-soup mode, NOT the exact combination: s · (Σ_k ω_k B_k)(Σ_k ω_k A_k).
+
+    This is what averaging the adapters' state dicts (the VC-soup reference) does; it adds cross terms
+    ω_j ω_k s B_j A_k and equals the exact combination only for one adapter with ω = 1. Needs equal ranks and scales.
+    """
+    if len({f.scale for f in factors}) != 1 or len({f.A.shape for f in factors}) != 1:
+        raise AdapterError("factor-wise averaging needs adapters with equal rank and scale")
+    B = sum(f.B.to(dtype) * w for f, w in zip(factors, weights))
+    A = sum(f.A.to(dtype) * w for f, w in zip(factors, weights))
+    return _orient(factors[0].scale * (B @ A), factors[0].fan_in_fan_out)
+
+
+class CombinedModel:
+    """A base model whose target weights are set in place to W0 + Σ ω_k ΔW_k, for one ω after another.
+
+    `set_weights(ω)` adds the difference update Σ (ω_k − ω_k^current) s_k B_k A_k, so moving between points costs
+    one low-rank matmul per module and no model copy. Float32/64 weights drift by at most a few ulps per move;
+    lower-precision weights keep a copy of their original values (targeted modules only) and are rebuilt exactly.
+    `reset()` returns to W0. `mode='factorwise'` uses `factorwise_delta` (reference soups) and always rebuilds.
+    """
+
+    def __init__(self, model: torch.nn.Module, adapters: Sequence[LoraAdapter], mode: str = "exact") -> None:
+        if mode not in ("exact", "factorwise"):
+            raise AdapterError(f"mode must be 'exact' or 'factorwise', got {mode!r}")
+        if not adapters:
+            raise AdapterError("no adapters to combine")
+        self.model, self.adapters, self.mode = model, list(adapters), mode
+        self.names = [a.name for a in self.adapters]
+        if len(set(self.names)) != len(self.names):
+            raise AdapterError(f"adapter names must be unique, got {self.names}")
+        named = dict(model.named_modules())
+        modules = sorted(set().union(*(a.modules for a in self.adapters)))
+        self.targets: dict[str, torch.nn.Parameter] = {}
+        for m in modules:
+            if m not in named or not hasattr(named[m], "weight"):
+                raise AdapterError(f"adapter module {m!r} does not exist in the base model: adapters from another model?")
+            weight = named[m].weight
+            for a in self.adapters:
+                if m in a.modules:
+                    f = a.modules[m]
+                    shape = (f.B.shape[0], f.A.shape[1])
+                    if tuple(_orient(torch.empty(shape, device="meta"), f.fan_in_fan_out).shape) != tuple(weight.shape):
+                        raise AdapterError(
+                            f"adapter {a.name!r} ({a.path}) module {m}: ΔW shape {shape} does not fit weight {tuple(weight.shape)}"
+                        )
+            self.targets[m] = weight
+        exact_reset = mode == "factorwise" or any(w.dtype not in (torch.float32, torch.float64) for w in self.targets.values())
+        self._originals = {m: w.detach().clone() for m, w in self.targets.items()} if exact_reset else None
+        self.current = [0.0] * len(self.adapters)
+
+    def _factors(self, module: str, weights: Sequence[float]) -> tuple[list[LoraFactors], list[float]]:
+        pairs = [(a.modules[module], w) for a, w in zip(self.adapters, weights) if module in a.modules]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def weights_vector(self, weights: Mapping[str, float] | Sequence[float]) -> list[float]:
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.names))
+            if unknown:
+                raise AdapterError(f"weights name unknown value vectors {unknown}; known: {self.names}")
+            weights = [float(weights.get(n, 0.0)) for n in self.names]
+        weights = [float(w) for w in weights]
+        if len(weights) != len(self.adapters) or not all(math.isfinite(w) for w in weights):
+            raise AdapterError(f"need {len(self.adapters)} finite weights (one per value vector), got {weights}")
+        return weights
+
+    @torch.no_grad()
+    def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
+        """Put the model at W0 + Σ ω_k ΔW_k (exact mode) or the factor-wise soup (factorwise mode)."""
+        target = self.weights_vector(weights)
+        for m, w in self.targets.items():
+            if self._originals is None:
+                factors, diff = self._factors(m, [t - c for t, c in zip(target, self.current)])
+                if factors and any(diff):
+                    w.add_(exact_delta(factors, diff).to(w.device, w.dtype))
+            else:
+                factors, ws = self._factors(m, target)
+                delta_fn = exact_delta if self.mode == "exact" else factorwise_delta
+                base = self._originals[m].to(torch.float32)
+                w.copy_(base + delta_fn(factors, ws).to(base.device) if factors else base)
+        self.current = target
+
+    def reset(self) -> None:
+        self.set_weights([0.0] * len(self.adapters))
+
+
+def combine(
+    model: torch.nn.Module, adapters: Sequence[LoraAdapter], weights: Mapping[str, float] | Sequence[float], mode: str = "exact"
+) -> torch.nn.Module:
+    """Merge in place: `model` becomes W0 + Σ ω_k s_k B_k A_k (or the factor-wise soup). Returns `model`."""
+    CombinedModel(model, adapters, mode).set_weights(weights)
+    return model

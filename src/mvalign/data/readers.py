@@ -1,0 +1,123 @@
+"""Read raw records (dicts) from JSONL / JSON / CSV / Parquet files (optionally gzipped) or a `datasets` hub name.
+
+Each record comes with a `RowRef` (file and 1-based line for JSONL, record index for JSON, data row for CSV and
+Parquet) so validation errors can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .pairs import DataError, RowRef
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return suffix[1:]
+    raise DataError(f"{path}: unknown file type; use one of {', '.join(SUFFIXES)} (optionally .gz)")
+
+
+def read_text(path: Path) -> str:
+    """The file's text, strictly UTF-8 (gzip transparently); a bad byte names its line."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as e:
+            raise DataError(f"{path}: not a valid gzip file ({e})") from e
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); re-encode the file as UTF-8"
+        ) from None
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
+    """Yield (where, record) for every record of a data file."""
+    path = Path(path)
+    kind = _kind(path)
+    src = str(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: cannot read Parquet ({e})") from e
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield RowRef(src, i), row
+        return
+    text = read_text(path)
+    if kind == "jsonl":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
+            yield RowRef(src, i), rec
+    elif kind == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+        for i, rec in enumerate(data, start=1):
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}: record {i} is {type(rec).__name__}, expected an object")
+            yield RowRef(f"{src} record", i), rec
+    else:  # csv
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for rec in reader:
+            # line_num counts physical lines read so far, so a multi-line quoted cell still names the record's end.
+            yield RowRef(src, reader.line_num), rec
+
+
+def iter_hub_records(name: str, split: str) -> Iterator[tuple[RowRef, dict[str, Any]]]:
+    """Records of a `datasets` hub dataset (needs internet or a local HF cache)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise DataError(
+            f"datasets hub '{name}' (split {split}): cannot load ({type(e).__name__}: {e}). "
+            "Offline? Download it once with internet, or point `path` at local files."
+        ) from e
+    for i, rec in enumerate(ds, start=1):
+        yield RowRef(f"{name}[{split}] row", i), rec
+
+
+def require_columns(ref: RowRef, rec: dict[str, Any], columns: dict[str, str], *, what: str = "column") -> None:
+    """Raise naming the missing source columns (and the mapping that asked for them)."""
+    missing = [f"'{src}' (for {dst})" for dst, src in columns.items() if src not in rec]
+    if missing:
+        have = ", ".join(repr(k) for k in rec)
+        raise DataError(
+            f"{ref}: missing {what}(s) {', '.join(missing)}; the record has {have}. "
+            "Map your columns with `columns: {prompt: ..., chosen: ..., rejected: ...}` in the data config."
+        )

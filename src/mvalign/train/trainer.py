@@ -1,0 +1,182 @@
+"""The DPO training loop for one LoRA value vector: resumable, seedable, accelerate-ready, with pluggable losses.
+
+Data order and dropout are functions of (seed, step), so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have. Under `accelerate launch` each process takes every world_size-th micro-batch of the
+same stream; gradients are synchronised on the last micro-batch of each optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..config import DPOSettings
+from .dpo import dpo_loss
+from .logprobs import pair_logprobs
+from .tokenize import TokenizedPair, collate_pairs
+
+ExtraLoss = Callable[[torch.nn.Module], tuple[torch.Tensor, dict[str, float]]]
+"""An extra loss term added to DPO each micro-batch: model -> (scalar loss, numbers to log). HSIC plugs in here."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    """Optimizer steps done in total (including steps before a resume)."""
+    seconds: float
+    """Wall time of the steps run in this call."""
+    seconds_per_step: float
+    """seconds / steps run in this call (NaN when none ran)."""
+    last: dict[str, float]
+    """Metrics of the last logged step."""
+
+
+def total_steps(settings: DPOSettings, n_pairs: int, world_size: int = 1) -> int:
+    """max_steps, else ceil(epochs · ceil(n / batch_size) / (grad_accum · world_size))."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    micro_per_epoch = math.ceil(n_pairs / settings.batch_size)
+    return max(1, math.ceil(settings.epochs * micro_per_epoch / (settings.grad_accum * world_size)))
+
+
+def micro_batch_indices(n_pairs: int, batch_size: int, seed: int, micro: int) -> np.ndarray:
+    """Pair indices of global micro-batch number `micro`: epoch e uses the permutation drawn from rng(seed, e)."""
+    per_epoch = math.ceil(n_pairs / batch_size)
+    epoch, pos = divmod(micro, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_pairs)
+    return order[pos * batch_size : (pos + 1) * batch_size]
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+    params = dict(model.named_parameters())
+    for name, value in load_file(str(folder / "trainable.safetensors")).items():
+        if name not in params:
+            raise RuntimeError(f"checkpoint {folder} holds {name}, which this model lacks: LoRA settings changed?")
+        params[name].data.copy_(value)
+    states = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+def train_dpo(
+    model: torch.nn.Module,
+    pairs: Sequence[TokenizedPair],
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    settings: DPOSettings,
+    out_dir: str | os.PathLike[str],
+    pad_id: int,
+    *,
+    extra_loss: ExtraLoss | None = None,
+    pair_weights: torch.Tensor | None = None,
+    pair_margins: torch.Tensor | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the trainable (LoRA) parameters of `model` with DPO on `pairs` against cached reference log-probs.
+
+    Per micro-batch: loss = L_DPO(weights, margins) + extra_loss(model), divided by grad_accum. Writes
+    `out_dir/log.jsonl` (one line per optimizer step) and a resumable `out_dir/checkpoint/` every
+    `settings.save_every` steps and at the end; an existing checkpoint is resumed from.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    n = len(pairs)
+    if n == 0:
+        raise ValueError("no training pairs")
+    if ref_chosen.shape[0] != n or ref_rejected.shape[0] != n:
+        raise ValueError(f"reference log-probs cover {ref_chosen.shape[0]} pairs, the data has {n}")
+    steps = total_steps(settings, n, acc.num_processes)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    ckpt = out / "checkpoint"
+    start = _load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler) if (ckpt / "state.json").is_file() else 0
+
+    autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+    model.train()
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=start, desc="DPO", disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    with open(out / "log.jsonl", "a", encoding="utf-8") as log_file:
+        for step in range(start, steps):
+            sums: dict[str, float] = {}
+            t_step = time.perf_counter()
+            for a in range(settings.grad_accum):
+                micro = (step * settings.grad_accum + a) * acc.num_processes + acc.process_index
+                idx = micro_batch_indices(n, settings.batch_size, settings.seed, micro)
+                batch = {k: v.to(acc.device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+                t_idx = torch.as_tensor(idx)
+                torch.manual_seed(settings.seed * 1_000_003 + micro)  # dropout: a function of (seed, micro-batch)
+                sync = a == settings.grad_accum - 1
+                with (contextlib.nullcontext() if sync else acc.no_sync(model)):
+                    with autocast:
+                        pol_c, pol_r = pair_logprobs(model, batch)
+                    out_dpo = dpo_loss(
+                        pol_c, pol_r, ref_chosen[t_idx].to(acc.device), ref_rejected[t_idx].to(acc.device), settings.beta,
+                        weights=None if pair_weights is None else pair_weights[t_idx].to(acc.device),
+                        margins=None if pair_margins is None else pair_margins[t_idx].to(acc.device),
+                    )
+                    loss = out_dpo.loss
+                    logs = {"dpo_loss": out_dpo.loss.item(), "accuracy": out_dpo.accuracy.item(),
+                            "margin": out_dpo.margin.item(), "chosen_reward": out_dpo.chosen_rewards.mean().item(),
+                            "rejected_reward": out_dpo.rejected_rewards.mean().item()}
+                    if extra_loss is not None:
+                        extra, extra_logs = extra_loss(acc.unwrap_model(model))
+                        loss = loss + extra
+                        logs.update(extra_logs)
+                    logs["loss"] = loss.item()
+                    acc.backward(loss / settings.grad_accum)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v / settings.grad_accum
+            if settings.max_grad_norm is not None:
+                sums["grad_norm"] = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_step, **sums}
+            if acc.is_main_process:
+                log_file.write(json.dumps(last) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{sums['loss']:.4f}", acc=f"{sums['accuracy']:.2f}", margin=f"{sums['margin']:.3f}")
+                bar.update(1)
+                if (step + 1) % settings.save_every == 0 or step + 1 == steps:
+                    _save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1)
+            acc.wait_for_everyone()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    ran = steps - start
+    return TrainResult(steps, seconds, seconds / ran if ran else float("nan"), last)
