@@ -96,7 +96,7 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
 
     # PEFT loads the adapter
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    PeftModel.from_pretrained(base, run / "adapters" / "helpful")
+    PeftModel.from_pretrained(base, run / "adapters" / "dpo" / "helpful")
 
     # re-running skips finished vectors
     again = runner.invoke(app, ["train", str(run_config), "--value", "helpful"])
@@ -107,7 +107,7 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
     assert result.exit_code == 0, result.output
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    dirs = [run / "adapters" / "helpful", run / "adapters" / "harmless"]
+    dirs = [run / "adapters" / "dpo" / "helpful", run / "adapters" / "dpo" / "harmless"]
     assert_weights(merged, expected_weights(base, dirs, [0.8, 1.2]))
     assert json.loads((out / "mvalign_combination.json").read_text())["weights"] == {"helpful": 0.8, "harmless": 1.2}
     delta = sum((a - b).abs().sum().item() for a, b in zip(merged.parameters(), base.parameters()))
@@ -126,11 +126,11 @@ def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
     run_config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
     assert result.exit_code == 2 and "different config (differs in: dpo)" in result.output
-    assert (tmp_path / "run" / "adapters" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
+    assert (tmp_path / "run" / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
 
 
 def test_bad_data_fails_before_training(tmp_path, run_config):
     (tmp_path / "harmless.jsonl").write_text(json.dumps({"prompt": "Hi", "chosen": "same", "rejected": "same"}) + "\n")
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
     assert result.exit_code == 2 and "harmless.jsonl:1: chosen == rejected" in result.output
-    assert not (tmp_path / "run" / "adapters" / "harmless").exists()
+    assert not (tmp_path / "run" / "adapters" / "dpo" / "harmless").exists()

@@ -58,5 +58,5 @@ def test_train_on_embedded_model_with_hh_pairs(tmp_path, embedded_cache, monkeyp
     (summary,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert summary["steps"] == 2 and summary["train_pairs"] == 32 and summary["val_pairs"] == 8
     assert summary["seconds_per_step"] > 0
-    log = [json.loads(line) for line in (tmp_path / "run" / "train" / "helpful" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train" / "dpo" / "helpful" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)

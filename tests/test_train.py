@@ -119,7 +119,7 @@ def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
 
     calls = {"n": 0}
 
-    def crash_at_step_3(m):
+    def crash_at_step_3(m, micro):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
@@ -157,7 +157,7 @@ def test_pair_weights_and_extra_loss_reach_the_update(tmp_path, tokenizer, tiny_
               pair_weights=torch.zeros(len(toks)), progress=False)
     assert all(torch.equal(v, start[k]) for k, v in trainable_state(model).items())  # weight 0: no gradient at all
 
-    def a_norm(m):
+    def a_norm(m, micro):
         term = sum((p ** 2).sum() for n, p in m.named_parameters() if "lora_A" in n)
         return term, {"a_norm": term.item()}
 

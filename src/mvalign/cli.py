@@ -71,20 +71,19 @@ def data(config: Path = typer.Argument(..., help="Run config (YAML).")) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
-    value: list[str] = typer.Option(..., "--value", help="Value to train a vector for (repeat for several)."),
+    value: Optional[list[str]] = typer.Option(None, "--value", help="Value to train (repeat for several; default: all)."),
+    method: str = typer.Option("dpo", "--method", help="dpo: independent vectors; mva: each later vector decorrelated "
+                               "(HSIC/CKA) against the earlier, frozen ones."),
     force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this vector."),
 ) -> None:
-    """Train one LoRA value vector per --value with DPO (resumes from checkpoints, skips finished vectors)."""
+    """Train LoRA value vectors with DPO (resumes from checkpoints, skips finished vectors)."""
     from .config import load_config
-    from .run import train_value
+    from .run import train_method
 
     try:
         cfg = load_config(config)
-        for name in value:
-            cfg.value(name)
-        for name in value:
-            rec = train_value(cfg, name, force=force)
-            summary = {"value": rec.value, "adapter": rec.adapter_dir, "steps": rec.steps, "train_pairs": rec.train_pairs,
+        for rec in train_method(cfg, method, value or (), force=force):
+            summary = {"method": rec.method, "value": rec.value, "adapter": rec.adapter_dir, "steps": rec.steps, "train_pairs": rec.train_pairs,
                        "seconds_per_step": round(rec.seconds_per_step, 3), **rec.metrics}
             typer.echo(json.dumps(summary))
     except _user_errors() as e:
@@ -97,12 +96,13 @@ def combine(
     weights: str = typer.Option(..., "--weights", help="Weights per value, e.g. helpful=0.8,harmless=1.2 (any real numbers)."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged Hugging Face checkpoint."),
     mode: str = typer.Option("exact", "--mode", help="'exact' (W0 + Σ ω s B A) or 'factorwise' (reference soups only)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Which method's vectors (default: the only one, else mva)."),
 ) -> None:
     """Write the model W0 + Σ ω_k ΔW_k as a checkpoint that AutoModelForCausalLM.from_pretrained loads."""
     from .run import combine_run, parse_weights
 
     try:
-        path = combine_run(run, parse_weights(weights), out, mode)
+        path = combine_run(run, parse_weights(weights), out, mode, method)
     except _user_errors() as e:
         _fail(e)
     typer.echo(f"wrote {path}")

@@ -151,6 +151,22 @@ class DPOSettings(_Strict):
         return self
 
 
+class DecorrelationSettings(_Strict):
+    alpha: float = Field(1.0, ge=0, description="Weight α of the penalty added to each later value's DPO loss.")
+    penalty: Literal["hsic", "cka", "orth"] = Field(
+        "cka", description="hsic: raw HSIC (tiny; scale α to it); cka: normalised HSIC in [0, 1], scale-free; "
+        "orth: squared Frobenius overlap (the paper's ablation)."
+    )
+    target: Literal["delta_w", "lora_A"] = Field(
+        "delta_w", description="delta_w: rows of ΔW = s·B·A (the paper); lora_A: rows of the A factors paired by rank "
+        "index (the authors' released approximation)."
+    )
+    sigma: float | Literal["median"] = Field(
+        "median", description="RBF bandwidth σ, or 'median' for the median heuristic per matrix (reference: 1.0)."
+    )
+    rows: int = Field(256, ge=2, description="delta_w: ΔW rows sampled per step (same rows for both vectors).")
+
+
 class MVAConfig(BaseModel):
     """Top-level configuration of one mvalign run."""
 
@@ -161,6 +177,9 @@ class MVAConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig, description="Deterministic train/val/test split.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA value-vector shape.")
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO training of each value vector.")
+    decorrelation: DecorrelationSettings = Field(
+        default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
+    )
     run_dir: str = Field("runs/mvalign", description="Run directory: config, adapters, logs, checkpoints, store.")
     cache_dir: str = Field(
         "~/.cache/mvalign", description="Shared cache: converted embedded model, reference log-probs (env MVALIGN_CACHE_DIR overrides)."

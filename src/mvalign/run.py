@@ -4,12 +4,13 @@ RUN/
   config.yaml          the resolved config the run was made with
   versions.json        package versions, platform, seeds
   store.sqlite         finished value vectors (and, later, evaluated points)
-  adapters/<value>/    PEFT LoRA adapters (safetensors), loadable with PeftModel.from_pretrained
-  train/<value>/       log.jsonl per optimizer step, resumable checkpoint/
+  adapters/<method>/<value>/  PEFT LoRA adapters (safetensors), loadable with PeftModel.from_pretrained
+  train/<method>/<value>/     log.jsonl per optimizer step, resumable checkpoint/
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import platform
 import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from .config import ConfigError, MVAConfig, dump_config, load_config
 from .data import load_value_splits
 from .models import cache_root, load_model
 from .store import RunStore, VectorRecord
+from .train.decorrelation import DecorrelationLoss, PenaltySpec
 from .train.dpo import dpo_loss
 from .train.logprobs import compute_logprobs, reference_logprobs
 from .train.lora import add_value_adapter
@@ -75,21 +78,64 @@ def load_run(run_dir: str | Path) -> MVAConfig:
     return load_config(path)
 
 
-def train_value(cfg: MVAConfig, value: str, *, force: bool = False, progress: bool = True) -> VectorRecord:
-    """Train (or resume, or skip when finished) the plain-DPO value vector of `value`; held-out metrics on val."""
+METHODS = ("dpo", "mva")
+"""dpo: one independent DPO vector per value. mva: values in config order, each later vector trained with the
+decorrelation penalty against the earlier (frozen) ones; its first vector is plain DPO (reused from `dpo` if there)."""
+
+
+def adapter_dir(run: Path, method: str, value: str) -> Path:
+    return run / "adapters" / method / value
+
+
+def train_method(cfg: MVAConfig, method: str, values: Sequence[str] = (), *, force: bool = False,
+                 progress: bool = True) -> list[VectorRecord]:
+    """Train the vectors `values` (default: all) of `method`, skipping finished ones.
+
+    For mva the earlier values are trained first (they are what later vectors decorrelate against), and
+    `force` retrains the named values and every value after the first of them (later vectors depend on earlier ones).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {METHODS}")
+    for v in values:
+        cfg.value(v)
+    order = [v.name for v in cfg.values]
+    if not order:
+        raise ConfigError("the config has no values to train")
+    wanted = list(values) or order
+    if method == "dpo":
+        return [train_value(cfg, v, "dpo", force=force, progress=progress) for v in wanted]
+    last = max(order.index(v) for v in wanted)
+    first_forced = min((order.index(v) for v in wanted), default=0) if force else len(order)
+    return [train_value(cfg, v, "mva", frozen=order[:k], force=k >= first_forced, progress=progress)
+            for k, v in enumerate(order[: last + 1])]
+
+
+def train_value(cfg: MVAConfig, value: str, method: str = "dpo", *, frozen: Sequence[str] = (), force: bool = False,
+                progress: bool = True) -> VectorRecord:
+    """Train (or resume, or skip when finished) one value vector; held-out implicit-reward metrics on val.
+
+    `frozen` names earlier vectors of the same method to decorrelate against (mva).
+    """
     vcfg = cfg.value(value)
     run = prepare_run_dir(cfg)
     store = RunStore(run)
-    adapter_dir = run / "adapters" / value
-    done = store.get_vector(value, "dpo")
-    if done is not None and adapter_dir.is_dir() and not force:
-        log.info("value vector %r already trained (%s); skipping (use --force to retrain)", value, adapter_dir)
+    out_dir = adapter_dir(run, method, value)
+    done = store.get_vector(value, method)
+    if done is not None and out_dir.is_dir() and not force:
+        log.info("%s vector %r already trained (%s); skipping (use --force to retrain)", method, value, out_dir)
         return done
-    train_dir = run / "train" / value
+    plain = store.get_vector(value, "dpo")
+    if method != "dpo" and not frozen and not force and plain is not None and Path(plain.adapter_dir).is_dir():
+        _replace_dir(Path(plain.adapter_dir), out_dir, copy=True)  # mva's first vector is plain DPO: same training
+        rec = dataclasses.replace(plain, method=method, adapter_dir=str(out_dir), metrics={**plain.metrics, "reused": "dpo"})
+        store.put_vector(rec)
+        return rec
+    train_dir = run / "train" / method / value
     if force:
         shutil.rmtree(train_dir, ignore_errors=True)
 
     splits = load_value_splits(vcfg.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
+    frozen_adapters = [load_lora_adapter(adapter_dir(run, method, v), v) for v in frozen]
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
     chat = cfg.model.chat_template == "auto"
@@ -102,23 +148,43 @@ def train_value(cfg: MVAConfig, value: str, *, force: bool = False, progress: bo
     ref_val = reference_logprobs(model, val_tok, pad, cache, d.batch_size * 2, autocast) if val_tok else None
 
     peft_model = add_value_adapter(model, cfg.lora, d.seed)
-    result = train_dpo(peft_model, train_tok, *ref_train, d, train_dir, pad, progress=progress)
+    extra = None
+    if frozen_adapters:
+        dc = cfg.decorrelation
+        spec = PenaltySpec(kind=dc.penalty, target=dc.target, sigma=dc.sigma, rows=dc.rows)
+        extra = DecorrelationLoss(frozen_adapters, spec, dc.alpha, seed=d.seed)
+    result = train_dpo(peft_model, train_tok, *ref_train, d, train_dir, pad, extra_loss=extra, progress=progress)
 
-    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(tmp, adapter_dir)
+    _replace_dir(tmp, out_dir)
 
-    metrics: dict[str, float | int] = {"train_last_loss": result.last.get("loss", float("nan")), "val_pairs": len(val_tok)}
+    metrics: dict[str, float | int | str] = {"train_last_loss": result.last.get("loss", float("nan")), "val_pairs": len(val_tok)}
+    if frozen:
+        metrics["decorrelated_against"] = ",".join(frozen)
     if ref_val is not None:
         pol = compute_logprobs(peft_model, val_tok, pad, d.batch_size * 2, autocast, desc="held-out log-probs")
         held = dpo_loss(*pol, *ref_val, d.beta)
-        metrics.update(val_accuracy=held.accuracy.item(), val_margin=held.margin.item(), val_loss=held.loss.item())
-    rec = VectorRecord(value, "dpo", str(adapter_dir), result.steps, result.seconds, result.seconds_per_step,
+        correct = (held.chosen_rewards > held.rejected_rewards).float()
+        metrics.update(val_accuracy=held.accuracy.item(), val_margin=held.margin.item(), val_loss=held.loss.item(),
+                       val_accuracy_se=(correct.std() / len(correct) ** 0.5).item() if len(correct) > 1 else float("nan"))
+    rec = VectorRecord(value, method, str(out_dir), result.steps, result.seconds, result.seconds_per_step,
                        len(train_tok), metrics)
     store.put_vector(rec)
     return rec
+
+
+def _replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
+    """Put `src` at `dst` (replacing it) atomically: copy or move into a sibling, then rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        staging = dst.with_name(dst.name + ".copy")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        src = staging
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(src, dst)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -137,10 +203,32 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
-def combine_run(run_dir: str | Path, weights: dict[str, float], out: str | Path, mode: str = "exact") -> Path:
-    """Write the merged HF checkpoint W0 + Σ ω_k ΔW_k of a run's value vectors to `out`."""
+def trained_methods(run_dir: str | Path) -> list[str]:
+    root = Path(run_dir) / "adapters"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def resolve_method(run_dir: str | Path, method: str | None) -> str:
+    """The method whose vectors to use: the one given, else the only one trained, else mva when present."""
+    have = trained_methods(run_dir)
+    if method is not None:
+        if method not in have:
+            raise ConfigError(f"{run_dir}: no {method!r} value vectors; trained methods: {have}")
+        return method
+    if len(have) == 1:
+        return have[0]
+    if "mva" in have:
+        return "mva"
+    raise ConfigError(f"{run_dir}: trained methods {have}; choose one with --method" if have else
+                      f"{run_dir}: no trained value vectors; run `mvalign train` first")
+
+
+def combine_run(run_dir: str | Path, weights: dict[str, float], out: str | Path, mode: str = "exact",
+                method: str | None = None) -> Path:
+    """Write the merged HF checkpoint W0 + Σ ω_k ΔW_k of a run's value vectors (of one method) to `out`."""
     cfg = load_run(run_dir)
-    adapters_root = Path(run_dir) / "adapters"
+    method = resolve_method(run_dir, method)
+    adapters_root = Path(run_dir) / "adapters" / method
     missing = [v for v in weights if not (adapters_root / v).is_dir()]
     if missing:
         have = sorted(p.name for p in adapters_root.glob("*") if p.is_dir()) if adapters_root.is_dir() else []
@@ -154,6 +242,6 @@ def combine_run(run_dir: str | Path, weights: dict[str, float], out: str | Path,
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "mvalign_combination.json").write_text(
-        json.dumps({"weights": weights, "mode": mode, "adapters": [a.path for a in adapters], "base": cfg.model.name}, indent=2)
+        json.dumps({"weights": weights, "mode": mode, "method": method, "adapters": [a.path for a in adapters], "base": cfg.model.name}, indent=2)
     )
     return out

@@ -29,8 +29,9 @@ from .dpo import dpo_loss
 from .logprobs import pair_logprobs
 from .tokenize import TokenizedPair, collate_pairs
 
-ExtraLoss = Callable[[torch.nn.Module], tuple[torch.Tensor, dict[str, float]]]
-"""An extra loss term added to DPO each micro-batch: model -> (scalar loss, numbers to log). HSIC plugs in here."""
+ExtraLoss = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
+"""An extra loss term added to DPO each micro-batch: (model, global micro-batch index) -> (scalar loss, numbers to
+log). The index lets a term draw its randomness reproducibly across resumes. HSIC plugs in here."""
 
 
 @dataclass
@@ -155,7 +156,7 @@ def train_dpo(
                             "margin": out_dpo.margin.item(), "chosen_reward": out_dpo.chosen_rewards.mean().item(),
                             "rejected_reward": out_dpo.rejected_rewards.mean().item()}
                     if extra_loss is not None:
-                        extra, extra_logs = extra_loss(acc.unwrap_model(model))
+                        extra, extra_logs = extra_loss(acc.unwrap_model(model), micro)
                         loss = loss + extra
                         logs.update(extra_logs)
                     logs["loss"] = loss.item()

@@ -1,0 +1,145 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mvalign.combine import LoraFactors, load_lora_adapter
+from mvalign.config import DPOSettings, LoraSettings
+from mvalign.train.decorrelation import (
+    DecorrelationLoss, PenaltySpec, cka, hsic, layer_of, median_sigma, module_penalty, sqdist_from_gram,
+    trainable_lora_factors,
+)
+from mvalign.train.logprobs import reference_logprobs
+from mvalign.train.lora import add_value_adapter
+from mvalign.train.tokenize import tokenize_pairs
+from mvalign.train.trainer import train_dpo, trainable_state
+from test_train import TOY
+
+
+def hsic_loops(X, Y, sigma):
+    """Direct O(n²) reference: explicit kernels by double loop, explicit H, tr(K H L H) / (n − 1)²."""
+    n = X.shape[0]
+    K = np.zeros((n, n))
+    L = np.zeros((n, n))
+    for a in range(n):
+        for b in range(n):
+            K[a, b] = np.exp(-np.sum((X[a] - X[b]) ** 2) / (2 * sigma**2))
+            L[a, b] = np.exp(-np.sum((Y[a] - Y[b]) ** 2) / (2 * sigma**2))
+    H = np.eye(n) - np.ones((n, n)) / n
+    return np.trace(K @ H @ L @ H) / (n - 1) ** 2
+
+
+def hsic_numpy(X, Y, sigma):
+    """Independent vectorised numpy version from the formula (broadcast distances, centring by H)."""
+    def gram(Z):
+        d = ((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1)
+        return np.exp(-d / (2 * sigma**2))
+    n = X.shape[0]
+    H = np.eye(n) - 1.0 / n
+    return float(np.sum((H @ gram(X) @ H) * gram(Y))) / (n - 1) ** 2
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0])
+def test_hsic_matches_direct_and_numpy(sigma):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 5))
+    Y = X @ rng.normal(size=(5, 7)) * 0.3 + rng.normal(size=(12, 7)) * 0.5
+    ours = hsic(torch.tensor(X), torch.tensor(Y), sigma).item()
+    assert ours == pytest.approx(hsic_loops(X, Y, sigma), rel=1e-9, abs=1e-12)
+    assert ours == pytest.approx(hsic_numpy(X, Y, sigma), rel=1e-9, abs=1e-12)
+
+
+def test_hsic_independent_near_zero_and_self_high():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    Y = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    assert cka(X, X, "median").item() == pytest.approx(1.0, abs=1e-6)
+    assert cka(X, Y, "median").item() < 0.05
+    assert hsic(X, X, "median").item() > 50 * abs(hsic(X, Y, "median").item())
+    assert cka(X, torch.tanh(X) * 2 + 0.01 * Y, "median").item() > 0.9  # nonlinear dependence is seen
+
+
+def test_median_sigma_is_median_pairwise_distance():
+    X = torch.randn(9, 4, dtype=torch.float64)
+    D = sqdist_from_gram(X @ X.T)
+    pairwise = [np.linalg.norm(X[a] - X[b]) for a in range(9) for b in range(9) if a != b]
+    assert median_sigma(D).item() == pytest.approx(float(torch.tensor(pairwise).median()), rel=1e-9)
+
+
+def random_factors(seed, d_out=24, d_in=10, r=3, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return LoraFactors(torch.randn(r, d_in, generator=g, dtype=torch.float64),
+                       torch.randn(d_out, r, generator=g, dtype=torch.float64), scale)
+
+
+@pytest.mark.parametrize("kind", ["hsic", "cka"])
+@pytest.mark.parametrize("sigma", [1.0, "median"])
+def test_delta_w_from_factors_equals_explicit(kind, sigma):
+    f, h = random_factors(1), random_factors(2, scale=0.5)
+    dense_f, dense_h = f.scale * f.B @ f.A, h.scale * h.B @ h.A
+    explicit = (cka if kind == "cka" else hsic)(dense_f, dense_h, sigma)
+    spec = PenaltySpec(kind=kind, target="delta_w", sigma=sigma)
+    assert module_penalty(f, h, spec).item() == pytest.approx(explicit.item(), rel=1e-9, abs=1e-15)
+    rows = torch.tensor([0, 5, 7, 11, 20])
+    sampled = (cka if kind == "cka" else hsic)(dense_f[rows], dense_h[rows], sigma)
+    assert module_penalty(f, h, spec, rows).item() == pytest.approx(sampled.item(), rel=1e-9, abs=1e-15)
+
+
+def test_lora_a_target_and_orthogonality():
+    f, h = random_factors(1), random_factors(2, scale=0.5)
+    spec = PenaltySpec(kind="hsic", target="lora_A", sigma=1.0)
+    assert module_penalty(f, h, spec).item() == pytest.approx(hsic_loops(f.A.numpy(), h.A.numpy(), 1.0), rel=1e-9)
+    orth_a = module_penalty(f, h, PenaltySpec(kind="orth", target="lora_A"))
+    assert orth_a.item() == pytest.approx(torch.linalg.matrix_norm(f.A @ h.A.T).item() ** 2, rel=1e-9)
+    dense_f, dense_h = f.scale * f.B @ f.A, h.scale * h.B @ h.A
+    orth_w = module_penalty(f, h, PenaltySpec(kind="orth", target="delta_w"))
+    assert orth_w.item() == pytest.approx(torch.linalg.matrix_norm(dense_f.T @ dense_h).item() ** 2, rel=1e-9)
+
+
+def test_layer_of():
+    assert layer_of("model.layers.17.self_attn.q_proj") == "17"
+    assert layer_of("transformer.h.0.attn.c_attn") == "0"
+
+
+def _train(tokenizer, tiny_llama, tmp_path, name, extra=None, seed=0):
+    model = add_value_adapter(copy.deepcopy(tiny_llama), LoraSettings(r=4, alpha=8, dropout=0.0), seed=seed)
+    toks = tokenize_pairs(tokenizer, TOY, 64, 40)
+    ref = reference_logprobs(model, toks, tokenizer.pad_token_id, tmp_path / "cache")
+    settings = DPOSettings(lr=2e-2, max_steps=10, batch_size=4, scheduler="constant")
+    train_dpo(model, toks, *ref, settings, tmp_path / name, tokenizer.pad_token_id, extra_loss=extra, progress=False)
+    model.save_pretrained(tmp_path / f"{name}-adapter")
+    return model
+
+
+def test_penalty_trains_only_the_new_vector_and_lowers_similarity(tmp_path, tokenizer, tiny_llama):
+    base_state = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    _train(tokenizer, tiny_llama, tmp_path, "first")
+    frozen = load_lora_adapter(tmp_path / "first-adapter", "first")
+    frozen_before = {m: (f.A.clone(), f.B.clone()) for m, f in frozen.modules.items()}
+    file_before = (tmp_path / "first-adapter" / "adapter_model.safetensors").read_bytes()
+
+    spec = PenaltySpec(kind="cka", target="delta_w", sigma="median")
+    loss = DecorrelationLoss([frozen], spec, alpha=5.0)
+    plain = _train(tokenizer, tiny_llama, tmp_path, "plain", seed=1)
+    decor = _train(tokenizer, tiny_llama, tmp_path, "decor", extra=loss, seed=1)
+
+    # earlier vector bit-identical (tensors and file), base weights untouched, the new vector moved
+    for m, f in frozen.modules.items():
+        assert torch.equal(f.A, frozen_before[m][0]) and torch.equal(f.B, frozen_before[m][1])
+    assert (tmp_path / "first-adapter" / "adapter_model.safetensors").read_bytes() == file_before
+    assert all(torch.equal(v, base_state[k]) for k, v in tiny_llama.state_dict().items())
+    assert any(v.abs().sum() > 0 for k, v in trainable_state(decor).items() if "lora_B" in k)
+
+    # per-layer penalty logged next to the DPO loss
+    log = [json.loads(line) for line in (tmp_path / "decor" / "log.jsonl").read_text().splitlines()]
+    assert {"cka_total", "cka/layer0", "cka/layer1", "dpo_loss"} <= log[-1].keys()
+    assert log[-1]["loss"] == pytest.approx(log[-1]["dpo_loss"] + 5.0 * log[-1]["cka_total"], abs=1e-4)
+
+    def mean_cka(model):
+        live = trainable_lora_factors(model)
+        return np.mean([module_penalty(live[m], frozen.modules[m], spec).item() for m in live])
+
+    with torch.no_grad():
+        assert mean_cka(decor) < mean_cka(plain) - 0.05
