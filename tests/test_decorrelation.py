@@ -57,7 +57,7 @@ def test_hsic_independent_near_zero_and_self_high():
     Y = torch.randn(200, 8, generator=g, dtype=torch.float64)
     assert cka(X, X, "median").item() == pytest.approx(1.0, abs=1e-6)
     assert cka(X, Y, "median").item() < 0.1  # biased estimator: O(1/n) above 0
-    assert hsic(X, X, "median").item() > 50 * abs(hsic(X, Y, "median").item())
+    assert hsic(X, X, "median").item() > 10 * abs(hsic(X, Y, "median").item())
     assert cka(X, torch.tanh(X) * 2 + 0.01 * Y, "median").item() > 0.9  # nonlinear dependence is seen
 
 
