@@ -134,3 +134,29 @@ def test_bad_data_fails_before_training(tmp_path, run_config):
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
     assert result.exit_code == 2 and "harmless.jsonl:1: chosen == rejected" in result.output
     assert not (tmp_path / "run" / "adapters" / "dpo" / "harmless").exists()
+
+
+def test_mva_method_reuses_first_vector_and_diagnoses(tmp_path, run_config):
+    raw = yaml.safe_load(run_config.read_text())
+    raw["decorrelation"] = {"alpha": 2.0, "penalty": "cka", "target": "delta_w"}
+    run_config.write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0  # plain DPO first
+    result = runner.invoke(app, ["train", str(run_config), "--method", "mva"])
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(s["method"], s["value"]) for s in summaries] == [("mva", "helpful"), ("mva", "harmless")]
+    assert summaries[0]["reused"] == "dpo" and summaries[1]["decorrelated_against"] == "helpful"
+    run = tmp_path / "run"
+    log = [json.loads(line) for line in (run / "train" / "mva" / "harmless" / "log.jsonl").read_text().splitlines()]
+    assert "cka_total" in log[-1] and "cka/layer1" in log[-1]
+    assert not (run / "train" / "mva" / "helpful").exists()  # reused, not retrained
+
+    result = runner.invoke(app, ["diagnose", str(run), "--method", "mva"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "diagnostics" / "interference-mva.json").read_text())
+    assert report["values"] == ["harmless", "helpful"] and len(report["pairs"]) == 1
+    assert (run / "diagnostics" / "interference-mva.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["diagnose", str(run), "--method", "dpo"])
+    assert bad.exit_code == 2 and "at least two trained value vectors" in bad.output
+    combined = runner.invoke(app, ["combine", str(run), "--weights", "helpful=1,harmless=1", "--out", str(tmp_path / "m")])
+    assert combined.exit_code == 0 and json.loads((tmp_path / "m" / "mvalign_combination.json").read_text())["method"] == "mva"

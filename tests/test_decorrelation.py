@@ -143,3 +143,26 @@ def test_penalty_trains_only_the_new_vector_and_lowers_similarity(tmp_path, toke
 
     with torch.no_grad():
         assert mean_cka(decor) < mean_cka(plain) - 0.05
+
+
+def test_diagnostics_from_factors_match_dense(tmp_path, tokenizer, tiny_llama):
+    from mvalign.diagnose import interference_report, plot_interference
+
+    _train(tokenizer, tiny_llama, tmp_path, "one")
+    _train(tokenizer, tiny_llama, tmp_path, "two", seed=3)
+    a, b = load_lora_adapter(tmp_path / "one-adapter", "one"), load_lora_adapter(tmp_path / "two-adapter", "two")
+    report = interference_report([a, b, load_lora_adapter(tmp_path / "one-adapter", "same")])
+    dense = {m: (f.scale * f.B @ f.A, b.modules[m].scale * b.modules[m].B @ b.modules[m].A) for m, f in a.modules.items()}
+    pair = report["pairs"][0]
+    for m, (x, y) in dense.items():
+        cos = (x * y).sum() / (x.norm() * y.norm())
+        assert pair["modules"][m]["cos"] == pytest.approx(cos.item(), abs=1e-5)
+        assert pair["modules"][m]["cka"] == pytest.approx(cka(x.double(), y.double(), "median").item(), abs=1e-6)
+    flat_x = torch.cat([x.flatten() for x, _ in dense.values()])
+    flat_y = torch.cat([y.flatten() for _, y in dense.values()])
+    assert pair["overall"]["cos"] == pytest.approx((flat_x @ flat_y / (flat_x.norm() * flat_y.norm())).item(), abs=1e-5)
+    assert set(pair["layers"]) == {"0", "1"}
+    assert report["matrix"]["cos"][0][2] == pytest.approx(1.0, abs=1e-9)  # a vector against itself
+    assert report["matrix"]["cka"][0][2] == pytest.approx(1.0, abs=1e-6)
+    png = plot_interference(report, tmp_path / "heat.png")
+    assert png.stat().st_size > 1000

@@ -108,5 +108,31 @@ def combine(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def diagnose(
+    run: Path = typer.Argument(..., help="Run directory."),
+    method: Optional[str] = typer.Option(None, "--method", help="Which method's vectors (default: every method trained)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/diagnostics)."),
+) -> None:
+    """Interference between value vectors: cosine and HSIC/CKA per layer and overall, as JSON and a PNG heat map."""
+    from .config import ConfigError
+    from .diagnose import diagnose_run
+    from .run import trained_methods
+
+    try:
+        methods = [method] if method else trained_methods(run)
+        if not methods:
+            raise ConfigError(f"{run}: no trained value vectors; run `mvalign train` first")
+        for m in methods:
+            json_path, png, report = diagnose_run(run, m, out)
+            for p in report["pairs"]:
+                o = p["overall"]
+                typer.echo(json.dumps({"method": m, "a": p["a"], "b": p["b"], "cos": round(o["cos"], 4),
+                                       "mean_abs_cos": round(o["mean_abs_cos"], 4), "cka": round(o["cka"], 4)}))
+            typer.echo(f"wrote {json_path} and {png}")
+    except _user_errors() as e:
+        _fail(e)
+
+
 if __name__ == "__main__":
     app()

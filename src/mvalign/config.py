@@ -137,7 +137,10 @@ class DPOSettings(_Strict):
     max_length: int = Field(256, ge=8, description="Max tokens of prompt + response; responses are cut at the end.")
     max_prompt_length: int = Field(128, ge=4, description="Max prompt tokens; longer prompts keep their last tokens.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward/backward under bf16 autocast.")
-    seed: int = Field(0, description="Seed for LoRA init, data order and dropout.")
+    seed: int = Field(
+        0, description="Seed for LoRA init, data order and dropout; each value uses its own seed derived from this one "
+        "and the value's name, so value vectors never share their initialisation."
+    )
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
     max_grad_norm: float | None = Field(1.0, description="Clip the gradient norm; null disables clipping.")
     eval_pairs: int | None = Field(

@@ -11,6 +11,7 @@ RUN/
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -66,7 +67,8 @@ def prepare_run_dir(cfg: MVAConfig) -> Path:
             )
     else:
         dump_config(cfg, cfg_path)
-    info = {**package_versions(), "seeds": {"dpo": cfg.dpo.seed, "split": cfg.split.seed}}
+    seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed, "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
+    info = {**package_versions(), "seeds": seeds}
     (run / "versions.json").write_text(json.dumps(info, indent=2))
     return run
 
@@ -81,6 +83,14 @@ def load_run(run_dir: str | Path) -> MVAConfig:
 METHODS = ("dpo", "mva")
 """dpo: one independent DPO vector per value. mva: values in config order, each later vector trained with the
 decorrelation penalty against the earlier (frozen) ones; its first vector is plain DPO (reused from `dpo` if there)."""
+
+
+def value_seed(seed: int, value: str) -> int:
+    """Seed of one value's LoRA init, data order and dropout: sha256(f"{seed}:{value}") mod 2³¹.
+
+    Reproducible from the config seed, and different per value, so two value vectors never share their random
+    A-factor initialisation by accident (which would correlate them before any training)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{value}".encode()).digest()[:4], "big") % 2**31
 
 
 def adapter_dir(run: Path, method: str, value: str) -> Path:
@@ -147,12 +157,14 @@ def train_value(cfg: MVAConfig, value: str, method: str = "dpo", *, frozen: Sequ
     ref_train = reference_logprobs(model, train_tok, pad, cache, d.batch_size * 2, autocast)
     ref_val = reference_logprobs(model, val_tok, pad, cache, d.batch_size * 2, autocast) if val_tok else None
 
-    peft_model = add_value_adapter(model, cfg.lora, d.seed)
+    seed = value_seed(d.seed, value)
+    d = d.model_copy(update={"seed": seed})
+    peft_model = add_value_adapter(model, cfg.lora, seed)
     extra = None
     if frozen_adapters:
         dc = cfg.decorrelation
         spec = PenaltySpec(kind=dc.penalty, target=dc.target, sigma=dc.sigma, rows=dc.rows)
-        extra = DecorrelationLoss(frozen_adapters, spec, dc.alpha, seed=d.seed)
+        extra = DecorrelationLoss(frozen_adapters, spec, dc.alpha, seed=seed)
     result = train_dpo(peft_model, train_tok, *ref_train, d, train_dir, pad, extra_loss=extra, progress=progress)
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
