@@ -166,3 +166,28 @@ def test_diagnostics_from_factors_match_dense(tmp_path, tokenizer, tiny_llama):
     assert report["matrix"]["cka"][0][2] == pytest.approx(1.0, abs=1e-6)
     png = plot_interference(report, tmp_path / "heat.png")
     assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind, target", [("hsic", "delta_w"), ("cka", "delta_w"), ("cka", "lora_A"), ("orth", "delta_w"),
+                                          ("orth", "lora_A")])
+def test_batched_loss_equals_sum_of_module_penalties(tmp_path, tokenizer, tiny_llama, kind, target):
+    _train(tokenizer, tiny_llama, tmp_path, "first")
+    frozen = load_lora_adapter(tmp_path / "first-adapter", "first")
+    model = add_value_adapter(copy.deepcopy(tiny_llama), LoraSettings(r=4, alpha=8, dropout=0.0, 
+                                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]), 5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    spec = PenaltySpec(kind=kind, target=target, sigma="median")
+    loss, logs = DecorrelationLoss([frozen, frozen], spec, alpha=0.5)(model, 0)
+    live = trainable_lora_factors(model)
+    per_module = {m: module_penalty(live[m], frozen.modules[m], spec) for m in live if m in frozen.modules}
+    assert set(per_module) == set(frozen.modules)  # up_proj is not in the frozen adapter: skipped
+    expected = 2 * sum(v.item() for v in per_module.values())
+    assert loss.item() == pytest.approx(0.5 * expected, rel=1e-5)
+    assert logs[f"{kind}_total"] == pytest.approx(expected, rel=1e-5)
+    layer0 = 2 * sum(v.item() for m, v in per_module.items() if ".0." in m)
+    assert logs[f"{kind}/layer0"] == pytest.approx(layer0, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "up_proj" not in n)

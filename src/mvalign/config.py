@@ -167,7 +167,9 @@ class DecorrelationSettings(_Strict):
     sigma: float | Literal["median"] = Field(
         "median", description="RBF bandwidth σ, or 'median' for the median heuristic per matrix (reference: 1.0)."
     )
-    rows: int = Field(256, ge=2, description="delta_w: ΔW rows sampled per step (same rows for both vectors).")
+    rows: int = Field(
+        128, ge=2, description="delta_w: ΔW rows sampled per step (same rows for both vectors; all rows when d_out is smaller)."
+    )
 
 
 class MVAConfig(BaseModel):

@@ -1,0 +1,169 @@
+"""Decorrelation benchmark (issue: MVA value decorrelation) on the embedded SmolLM2 with HH-RLHF helpful + harmless.
+
+    .venv/bin/python bench/decorrelation.py            # full CPU setting (about 25 minutes on 2 cores)
+    .venv/bin/python bench/decorrelation.py --quick    # tiny setting, a few minutes
+
+Trains the helpful vector once with plain DPO, then the harmless vector three ways with the same seed, data and
+steps: without decorrelation (plain DPO), with the CKA penalty on ΔW rows (`delta_w`), and with the CKA penalty on
+A rows (`lora_A`). Reports, per variant: mean |cos| and CKA between the two vectors (over modules), each vector's
+held-out DPO implicit-reward accuracy (± standard error), and seconds per step; plus the penalty's own cost
+measured by interleaving DPO steps with and without it on one loaded model (robust to machine noise).
+Resumable: each variant is a run directory under runs/bench-decorrelation/; finished vectors are skipped.
+Writes bench/results/decorrelation.json (or decorrelation-quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "hh-rlhf"
+
+from mvalign.combine import load_lora_adapter  # noqa: E402
+from mvalign.config import MVAConfig  # noqa: E402
+from mvalign.diagnose import interference_report  # noqa: E402
+from mvalign.models import cache_root, load_model  # noqa: E402
+from mvalign.run import adapter_dir, package_versions, train_method, value_seed  # noqa: E402
+from mvalign.store import RunStore  # noqa: E402
+from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec  # noqa: E402
+from mvalign.train.dpo import dpo_loss  # noqa: E402
+from mvalign.train.logprobs import pair_logprobs  # noqa: E402
+from mvalign.train.lora import add_value_adapter  # noqa: E402
+from mvalign.train.tokenize import collate_pairs, tokenize_pairs  # noqa: E402
+from mvalign.data import load_value_splits  # noqa: E402
+
+SETTINGS = {
+    "full": {"limit": 160, "steps": 40, "eval_pairs": 128, "timing_reps": 5},
+    "quick": {"limit": 16, "steps": 3, "eval_pairs": 16, "timing_reps": 2},
+}
+# variant -> (penalty, target, alpha); "plain" trains the harmless vector without decorrelation
+VARIANTS = {"plain": None, "cka-delta_w": ("cka", "delta_w", 1.0), "cka-delta_w-alpha0.1": ("cka", "delta_w", 0.1),
+            "cka-lora_A": ("cka", "lora_A", 1.0)}
+
+
+def make_config(s: dict, variant: str, run_root: Path) -> MVAConfig:
+    values = [
+        {"name": name, "data": {"format": "hh-rlhf", "path": [str(SHARED / folder / "test.jsonl.gz")], "limit": s["limit"],
+                                "single_turn_only": True, "on_invalid": "skip"}}
+        for name, folder in (("helpful", "helpful-base"), ("harmless", "harmless-base"))
+    ]
+    kind, target, alpha = VARIANTS[variant] or ("cka", "delta_w", 1.0)
+    return MVAConfig.model_validate({
+        "values": values,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
+                "max_prompt_length": 96, "precision": "bf16", "seed": 0, "save_every": 10, "eval_pairs": s["eval_pairs"]},
+        "decorrelation": {"alpha": alpha, "penalty": kind, "target": target, "sigma": "median", "rows": 128},
+        "run_dir": str(run_root / variant),
+    })
+
+
+def seed_first_vector(src_cfg: MVAConfig, dst_cfg: MVAConfig) -> None:
+    """Give a variant's run the already-trained plain helpful vector (identical config for it), so it is not retrained."""
+    src, dst = RunStore(src_cfg.run_dir), RunStore(dst_cfg.run_dir)
+    rec = src.get_vector("helpful", "dpo")
+    target = adapter_dir(Path(dst_cfg.run_dir), "dpo", "helpful")
+    if dst.get_vector("helpful", "dpo") is None:
+        shutil.copytree(rec.adapter_dir, target, dirs_exist_ok=True)
+        rec.adapter_dir = str(target)
+        dst.put_vector(rec)
+
+
+def penalty_timing(cfg: MVAConfig, reps: int) -> dict:
+    """Median seconds of one DPO micro-step (fwd+bwd, batch 4) and of the penalty's fwd+bwd, interleaved."""
+    model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
+    frozen = load_lora_adapter(adapter_dir(Path(cfg.run_dir), "dpo", "helpful"), "helpful")
+    peft = add_value_adapter(model, cfg.lora, value_seed(0, "harmless"))
+    trained = load_lora_adapter(adapter_dir(Path(cfg.run_dir), "mva", "harmless"))
+    with torch.no_grad():  # start from the trained vector so the penalty sees realistic factors
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                module = name.removeprefix("base_model.model.").split(".lora_")[0]
+                f = trained.modules[module]
+                p.copy_(f.A if ".lora_A." in name else f.B)
+    pairs = load_value_splits(cfg.values[1].data, "harmless", 0, 0.8, 0.1)["train"][:4]
+    batch = collate_pairs(tokenize_pairs(tokenizer, pairs, 192, 96), tokenizer.pad_token_id)
+    peft.train()
+    out = {}
+    for kind, target in [("cka", "delta_w"), ("cka", "lora_A"), ("hsic", "delta_w")]:
+        loss_fn = DecorrelationLoss([frozen], PenaltySpec(kind, target, "median", 128), alpha=1.0)
+        dpo_times, pen_times = [], []
+        for rep in range(reps + 1):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                c, r = pair_logprobs(peft, batch)
+            dpo_loss(c, r, c.detach(), r.detach(), 0.1).loss.backward()
+            t1 = time.perf_counter()
+            loss_fn(peft, rep)[0].backward()
+            t2 = time.perf_counter()
+            peft.zero_grad(set_to_none=True)
+            if rep:  # the first round warms up
+                dpo_times.append(t1 - t0)
+                pen_times.append(t2 - t1)
+        step, pen = statistics.median(dpo_times), statistics.median(pen_times)
+        out[f"{kind}-{target}"] = {"dpo_step_s": step, "penalty_s": pen, "penalty_share": pen / (step + pen),
+                                   "raw_dpo_step_s": dpo_times, "raw_penalty_s": pen_times}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} is absent: this benchmark needs ../shared/data beside the repository")
+    mode = "quick" if args.quick else "full"
+    s = SETTINGS[mode]
+    run_root = ROOT / "runs" / f"bench-decorrelation-{mode}"
+    cfgs = {v: make_config(s, v, run_root) for v in VARIANTS}
+
+    t0 = time.perf_counter()
+    train_method(cfgs["plain"], "dpo")
+    for variant in VARIANTS:
+        if variant != "plain":
+            seed_first_vector(cfgs["plain"], cfgs[variant])
+            train_method(cfgs[variant], "mva")
+    train_seconds = time.perf_counter() - t0
+
+    result = {"setting": {**s, "mode": mode, "model": "smollm2-135m-instruct", "data": "HH-RLHF test splits, single-turn",
+                          "lora": "r=16 alpha=32 q,k,v,o dropout 0.05", "dpo": "beta 0.1, lr 5e-4, batch 4, bf16, max_length 192",
+                          "penalty": "CKA (normalised HSIC), median-heuristic sigma, 128 sampled rows for delta_w, summed over modules",
+                          "variants": {k: v and dict(zip(("penalty", "target", "alpha"), v)) for k, v in VARIANTS.items()}},
+              "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}, "versions": package_versions(),
+              "variants": {}}
+    plain_store = RunStore(cfgs["plain"].run_dir)
+    helpful = plain_store.get_vector("helpful", "dpo")
+    for variant, cfg in cfgs.items():
+        method = "dpo" if variant == "plain" else "mva"
+        store = RunStore(cfg.run_dir)
+        harmless = store.get_vector("harmless", method)
+        adapters = [load_lora_adapter(helpful.adapter_dir, "helpful"), load_lora_adapter(harmless.adapter_dir, "harmless")]
+        overall = interference_report(adapters)["pairs"][0]["overall"]
+        log = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / method / "harmless" / "log.jsonl").read_text().splitlines()]
+        result["variants"][variant] = {
+            "harmless_train_log": {k: [round(r.get(k, float("nan")), 5) for r in log] for k in ("dpo_loss", "cka_total", "grad_norm")},
+            "similarity": {"cos": overall["cos"], "mean_abs_cos": overall["mean_abs_cos"], "cka": overall["cka"]},
+            "val_accuracy": {"helpful": [helpful.metrics["val_accuracy"], helpful.metrics["val_accuracy_se"]],
+                             "harmless": [harmless.metrics["val_accuracy"], harmless.metrics["val_accuracy_se"]]},
+            "val_pairs": harmless.metrics["val_pairs"],
+            "harmless_seconds_per_step": harmless.seconds_per_step,
+        }
+    result["penalty_timing"] = penalty_timing(cfgs["cka-delta_w"], s["timing_reps"])
+    result["train_wall_seconds_this_invocation"] = train_seconds
+    out = ROOT / "bench" / "results" / ("decorrelation.json" if mode == "full" else "decorrelation-quick.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
