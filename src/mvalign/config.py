@@ -155,7 +155,9 @@ class DPOSettings(_Strict):
 
 
 class DecorrelationSettings(_Strict):
-    alpha: float = Field(1.0, ge=0, description="Weight α of the penalty added to each later value's DPO loss.")
+    alpha: float = Field(
+        0.1, ge=0, description="Weight α of the penalty added to each later value's DPO loss (0.1 with cka: see bench/README.md)."
+    )
     penalty: Literal["hsic", "cka", "orth"] = Field(
         "cka", description="hsic: raw HSIC (tiny; scale α to it); cka: normalised HSIC in [0, 1], scale-free; "
         "orth: squared Frobenius overlap (the paper's ablation)."
