@@ -134,5 +134,109 @@ def diagnose(
         _fail(e)
 
 
+reward_app = typer.Typer(no_args_is_help=True, help="Reward models: train BT heads, evaluate them.")
+app.add_typer(reward_app, name="reward")
+
+
+@reward_app.command("train")
+def reward_train(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    value: Optional[list[str]] = typer.Option(None, "--value", help="Value whose BT head to train (default: all bt-head values)."),
+    force: bool = typer.Option(False, "--force", help="Retrain an existing head."),
+) -> None:
+    """Train the Bradley–Terry reward head of each value on its reward data; prints held-out pair accuracy."""
+    from .config import load_config
+    from .rewards import train_reward
+
+    try:
+        cfg = load_config(config)
+        names = value or [v.name for v in cfg.values if v.reward and v.reward.kind == "bt-head"]
+        for name in names:
+            meta = train_reward(cfg, name, force=force)
+            typer.echo(json.dumps({k: meta[k] for k in ("value", "train_pairs", "val_pairs", "train_accuracy", "val_accuracy")}))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@reward_app.command("eval")
+def reward_eval(config: Path = typer.Argument(..., help="Run config (YAML).")) -> None:
+    """Pair accuracy of every value's reward model on every value's held-out (val) DPO pairs: the diagonal says how
+    well each judge agrees with its own value's labels, the rest how the values relate."""
+    import numpy as np
+
+    from .config import load_config
+    from .data import load_value_splits
+    from .rewards import load_reward_models
+
+    try:
+        cfg = load_config(config)
+        models = load_reward_models(cfg)
+        for v in cfg.values:
+            pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["val"]
+            prompts = [p.prompt for p in pairs]
+            row = {"data": v.name, "pairs": len(pairs)}
+            for name, rm in models.items():
+                row[name] = float(np.mean(rm.score(prompts, [p.chosen for p in pairs]) > rm.score(prompts, [p.rejected for p in pairs])))
+            typer.echo(json.dumps(row))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Methods to run (default: mva)."),
+) -> None:
+    """The whole pipeline: reward heads → value vectors → sweep → Pareto front → report (resumable)."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    try:
+        summary = run_pipeline(load_config(config), tuple(method or ("mva",)))
+    except _user_errors() as e:
+        _fail(e)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="Tiny settings (about 2 minutes); the full demo takes about 10."),
+    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir", help="Where the demo run goes."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the demo's config as YAML and exit."),
+) -> None:
+    """MVA end to end on the embedded SmolLM2 and the built-in helpful/harmless dataset."""
+    import time
+
+    import yaml
+
+    from .demo import demo_config
+    from .pipeline import run_pipeline
+
+    run_dir = run_dir.resolve().with_name(run_dir.name + ("-quick" if quick else ""))
+    cfg = demo_config(quick, str(run_dir))
+    if show_config:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return
+    t0 = time.perf_counter()
+    try:
+        summary = run_pipeline(cfg)
+    except _user_errors() as e:
+        _fail(e)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="Run directory with evaluated fronts.")) -> None:
+    """Rewrite report.md and its PNGs from the run's front-<method>.json files."""
+    from .config import ConfigError
+    from .report import write_report
+
+    fronts = {p.stem.removeprefix("front-"): json.loads(p.read_text()) for p in sorted(run.glob("front-*.json"))}
+    if not fronts:
+        _fail(ConfigError(f"{run}: no front-<method>.json; run `mvalign run` first"))
+    typer.echo(f"wrote {write_report(run, fronts, {'run': str(run)})}")
+
+
 if __name__ == "__main__":
     app()

@@ -39,9 +39,13 @@ class ModelConfig(_Strict):
 
 
 class DataSourceConfig(_Strict):
-    format: Literal["generic", "hh-rlhf", "pku-saferlhf", "truthfulqa"] = Field(
+    format: Literal["generic", "hh-rlhf", "pku-saferlhf", "truthfulqa", "builtin"] = Field(
         "generic", description="Dataset layout: generic prompt/chosen/rejected table, Anthropic HH-RLHF transcripts, "
-        "PKU-SafeRLHF rows, or TruthfulQA judge files."
+        "PKU-SafeRLHF rows, TruthfulQA judge files, or the built-in helpful/harmless dataset (no files)."
+    )
+    part: Literal["policy", "reward", "all"] = Field(
+        "policy", description="builtin: which disjoint share of its prompts: 'policy' (DPO and evaluation) or 'reward' "
+        "(training reward heads)."
     )
     path: list[str] = Field(
         default_factory=list,
@@ -72,7 +76,7 @@ class DataSourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _has_source(self) -> DataSourceConfig:
-        if not self.path and not self.hub_name:
+        if not self.path and not self.hub_name and self.format != "builtin":
             raise ValueError("give either `path` (files) or `hub_name` (a datasets hub name)")
         return self
 
@@ -80,10 +84,44 @@ class DataSourceConfig(_Strict):
 class RewardConfig(_Strict):
     kind: Literal["hf", "bt-head"] = Field(
         "bt-head", description="'hf': a sequence-classification reward model; 'bt-head': a Bradley-Terry head on a "
-        "frozen encoder trained by `mvalign reward train`. Used by evaluation and VC scoring."
+        "frozen sentence encoder, trained by `mvalign reward train`. Used by evaluation and VC scoring."
     )
-    path: str | None = Field(None, description="Local directory or hub name of the reward model (hf kind), or of a trained head.")
+    path: str | None = Field(
+        None, description="hf: local directory or hub name of the reward model. bt-head: folder of a trained head "
+        "(default RUN/rewards/<value>)."
+    )
+    data: DataSourceConfig | None = Field(
+        None, description="bt-head: preference pairs to train the head on; keep them disjoint from the DPO data "
+        "(its train split trains the head, its val split measures held-out pair accuracy)."
+    )
+    encoder: str = Field("all-MiniLM-L6-v2", description="bt-head: frozen encoder (packaged MiniLM or a local folder).")
+    epochs: int = Field(30, ge=1, description="bt-head: training epochs.")
     cost: bool = Field(False, description="The model scores cost (lower is better): its scores are negated.")
+
+
+class SweepSettings(_Strict):
+    strategy: Literal["grid", "simplex", "list"] = Field(
+        "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
+        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`."
+    )
+    grid: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)],
+        description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",
+    )
+    simplex_step: float = Field(0.1, gt=0, le=1, description="simplex: step of the weights.")
+    points: list[dict[str, float]] = Field(default_factory=list, description="list: explicit weight vectors {value: ω}.")
+    val_prompts: int = Field(48, ge=1, description="Held-out validation prompts per point (selection).")
+    test_prompts: int = Field(48, ge=1, description="Held-out test prompts for the selected (Pareto) points.")
+    max_new_tokens: int = Field(48, ge=1, description="Generated tokens per response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Seed for prompt selection, sampling and bootstrap.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
+    reference_point: list[float] | None = Field(
+        None, description="Hypervolume reference point (one per value); default: per-value minimum over base and candidates."
+    )
 
 
 class ValueConfig(_Strict):
@@ -184,6 +222,7 @@ class MVAConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig, description="Deterministic train/val/test split.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA value-vector shape.")
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO training of each value vector.")
+    sweep: SweepSettings = Field(default_factory=SweepSettings, description="Evaluation of weight vectors ω.")
     decorrelation: DecorrelationSettings = Field(
         default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
     )
@@ -214,8 +253,10 @@ def _resolve_paths(cfg: MVAConfig, base: Path) -> MVAConfig:
 
     for v in cfg.values:
         v.data.path = [res(p) for p in v.data.path]
-        if v.reward and v.reward.path and (base / v.reward.path).exists():
+        if v.reward and v.reward.path and (base / Path(v.reward.path).expanduser()).exists():
             v.reward.path = res(v.reward.path)
+        if v.reward and v.reward.data:
+            v.reward.data.path = [res(p) for p in v.reward.data.path]
     model_path = base / cfg.model.name
     if model_path.exists():
         cfg.model.name = str(model_path.resolve())

@@ -1,4 +1,4 @@
-"""The run's SQLite store: which value vectors are trained (and how well), so re-running skips finished work.
+"""The run's SQLite store: trained value vectors and every evaluated weight vector, so re-running skips finished work.
 
 One file, `RUN/store.sqlite`; every write is its own transaction, so a killed process never leaves half a record.
 """
@@ -26,6 +26,21 @@ CREATE TABLE IF NOT EXISTS vectors (
     created REAL NOT NULL,
     PRIMARY KEY (value, method)
 );
+CREATE TABLE IF NOT EXISTS points (
+    method TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    split TEXT NOT NULL,
+    settings_key TEXT NOT NULL,
+    rewards TEXT NOT NULL,
+    ci95 TEXT NOT NULL,
+    n_prompts INTEGER NOT NULL,
+    seconds_generate REAL NOT NULL,
+    seconds_score REAL NOT NULL,
+    generation TEXT NOT NULL,
+    responses TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (method, weights, split, settings_key)
+);
 """
 
 
@@ -41,6 +56,29 @@ class VectorRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     """Held-out metrics, e.g. {"val_accuracy": 0.61, "val_margin": 0.12, "val_pairs": 40}."""
     created: float = field(default_factory=time.time)
+
+
+@dataclass
+class PointRecord:
+    """One evaluated weight vector: mean reward per value over the split's prompts, with bootstrap 95% intervals."""
+
+    method: str
+    weights: dict[str, float]
+    split: str
+    settings_key: str
+    """Identifies prompts, generation settings and reward models: a point is reused only when all three match."""
+    rewards: dict[str, float]
+    ci95: dict[str, list[float]]
+    n_prompts: int
+    seconds_generate: float
+    seconds_score: float
+    generation: dict[str, Any]
+    responses: list[str] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+
+
+def weights_key(weights: dict[str, float]) -> str:
+    return json.dumps({k: round(float(v), 10) for k, v in weights.items()}, sort_keys=True)
 
 
 class RunStore:
@@ -71,6 +109,38 @@ class RunStore:
         data = dict(row)
         data["metrics"] = json.loads(data["metrics"])
         return VectorRecord(**data)
+
+    def put_point(self, rec: PointRecord) -> None:
+        row = asdict(rec)
+        row["weights"] = weights_key(rec.weights)
+        for k in ("rewards", "ci95", "generation", "responses"):
+            row[k] = json.dumps(row[k])
+        cols = ", ".join(row)
+        with closing(self._connect()) as con, con:
+            con.execute(f"INSERT OR REPLACE INTO points ({cols}) VALUES ({', '.join(':' + k for k in row)})", row)
+
+    def get_point(self, method: str, weights: dict[str, float], split: str, settings_key: str) -> PointRecord | None:
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT * FROM points WHERE method = ? AND weights = ? AND split = ? AND settings_key = ?",
+                              (method, weights_key(weights), split, settings_key)).fetchone()
+        return None if row is None else self._point(row)
+
+    def points(self, method: str | None = None, split: str | None = None, settings_key: str | None = None) -> list[PointRecord]:
+        where, args = [], []
+        for col, val in (("method", method), ("split", split), ("settings_key", settings_key)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = "SELECT * FROM points" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
+        with closing(self._connect()) as con:
+            return [self._point(r) for r in con.execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _point(row: sqlite3.Row) -> PointRecord:
+        data = dict(row)
+        for k in ("weights", "rewards", "ci95", "generation", "responses"):
+            data[k] = json.loads(data[k])
+        return PointRecord(**data)
 
     def vectors(self, method: str | None = None) -> list[VectorRecord]:
         with closing(self._connect()) as con:

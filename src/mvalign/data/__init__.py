@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..config import DataSourceConfig
+from .builtin import builtin_pairs
 from .generic import collect_generic
 from .hh_rlhf import collect_hh
 from .pairs import DataError, PairCollector, PreferencePair, RowRef, Split, split_of, split_pairs
@@ -26,9 +27,14 @@ def _records(cfg: DataSourceConfig) -> Iterator[tuple[RowRef, dict[str, Any]]]:
 def load_pairs(cfg: DataSourceConfig, value: str) -> list[PreferencePair]:
     """All valid pairs of one data source for value `value` (cfg.value overrides the name), in source order."""
     label = cfg.value or value
-    source = cfg.hub_name or ", ".join(cfg.path)
+    source = cfg.hub_name or ", ".join(cfg.path) or "builtin"
     collector = PairCollector(source, cfg.on_invalid)
-    if cfg.format == "generic":
+    if cfg.format == "builtin":
+        try:
+            pairs = builtin_pairs(label, cfg.part)
+        except ValueError as e:
+            raise DataError(f"builtin data: {e}; set data.value") from None
+    elif cfg.format == "generic":
         pairs = collect_generic(_records(cfg), cfg.columns, collector)
     elif cfg.format == "hh-rlhf":
         pairs = collect_hh(_records(cfg), collector, cfg.single_turn_only)

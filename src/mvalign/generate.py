@@ -1,0 +1,61 @@
+"""Batched response generation (left padding, KV cache) for evaluating a model at one weight vector."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .data.pairs import Prompt
+from .models import format_prompt, has_chat_template
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_prompt_length: int = 256
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], settings: GenerationSettings,
+    use_chat_template: bool = True,
+) -> list[str]:
+    """One response per prompt: prompts formatted like in training, left-padded into batches, `model.generate`
+    with its KV cache (greedy unless do_sample), new tokens decoded without special tokens. Sampling is seeded per
+    batch, so a point's responses do not depend on what ran before it."""
+    chat = use_chat_template and has_chat_template(tokenizer)
+    texts = [format_prompt(tokenizer, p, chat) for p in prompts]
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    try:
+        for start in range(0, len(texts), settings.batch_size):
+            batch = tokenizer(texts[start : start + settings.batch_size], return_tensors="pt", padding=True,
+                              truncation=True, max_length=settings.max_prompt_length, add_special_tokens=not chat)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            kwargs = {"do_sample": settings.do_sample}
+            if settings.do_sample:
+                torch.manual_seed(settings.seed + start)
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+            ids = model.generate(**batch, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **kwargs)
+            new = ids[:, batch["input_ids"].shape[1] :]
+            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out

@@ -1,0 +1,161 @@
+"""The run's outputs: `front.json` (the contract other tools read), `report.md` and its PNGs.
+
+front.json = {"values": [...], "reference_point": [...], "points": [{"method", "weights", "split", "rewards", "ci95",
+"pareto"}], "hypervolume": {"val": float, "test": float}, "base": {"rewards": {...}, "ci95": {...},
+"rewards_val": {...}}}. Val points are all candidates (pareto = non-dominated among them); test points are the
+selected ones (pareto = non-dominated among the test scores of the selection). The reference point is the per-value
+minimum over the base model and every candidate (both splits) unless the config sets one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .pareto import default_reference_point, hypervolume, non_dominated
+from .store import PointRecord
+
+
+def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], test: Sequence[PointRecord],
+                base_val: PointRecord, base_test: PointRecord, reference: Sequence[float] | None = None) -> dict:
+    def mat(points):
+        return np.array([[p.rewards[v] for v in values] for p in points])
+
+    val_m, test_m = mat(val), mat(test)
+    ref = np.asarray(reference, float) if reference is not None else default_reference_point(
+        val_m, test_m, mat([base_val, base_test]))
+    val_mask, test_mask = non_dominated(val_m), non_dominated(test_m)
+    points = [
+        {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m)}
+        for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask)) for p, m in zip(pts, mask)
+    ]
+    return {
+        "values": list(values),
+        "reference_point": ref.tolist(),
+        "reference_point_rule": "given in config" if reference is not None else "per-value minimum over base and all candidates",
+        "points": points,
+        "hypervolume": {"val": hypervolume(val_m[val_mask], ref), "test": hypervolume(test_m[test_mask], ref)},
+        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards},
+    }
+
+
+def dominates_base(front: dict, split: str = "test") -> list[dict]:
+    """Points whose mean reward beats the base model's in every value (on `split`)."""
+    base = front["base"]["rewards" if split == "test" else "rewards_val"]
+    return [p for p in front["points"] if p["split"] == split and all(p["rewards"][v] > base[v] for v in front["values"])]
+
+
+def _fmt_w(w: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in w.items())
+
+
+def plot_front(front: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = front["values"]
+    pairs = [(0, 1)] if len(values) == 2 else [(i, j) for i in range(len(values)) for j in range(i + 1, len(values))]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 5.5), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        x, y = values[i], values[j]
+        for split, style in (("val", dict(c="0.7", s=18, label="val: all candidates")),
+                             ("test", dict(c="tab:blue", marker="s", s=30, label="test: selected"))):
+            pts = [p for p in front["points"] if p["split"] == split]
+            ax.scatter([p["rewards"][x] for p in pts], [p["rewards"][y] for p in pts], **style)
+        front_val = sorted((p for p in front["points"] if p["split"] == "val" and p["pareto"]), key=lambda p: p["rewards"][x])
+        ax.plot([p["rewards"][x] for p in front_val], [p["rewards"][y] for p in front_val], "o-", c="tab:red", ms=5,
+                label="val: non-dominated")
+        for p in front_val:
+            ax.annotate(_fmt_w(p["weights"]), (p["rewards"][x], p["rewards"][y]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        b = front["base"]
+        ax.scatter([b["rewards_val"][x]], [b["rewards_val"][y]], marker="*", s=180, c="k", label="base (val)")
+        ax.scatter([b["rewards"][x]], [b["rewards"][y]], marker="*", s=180, c="tab:green", label="base (test)")
+        ax.set_xlabel(f"{x} reward (mean)")
+        ax.set_ylabel(f"{y} reward (mean)")
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"trade-off front — HV val {front['hypervolume']['val']:.4g}, test {front['hypervolume']['test']:.4g} "
+                 f"(ref {np.round(front['reference_point'], 3).tolist()})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmaps(front: dict, path: Path) -> Path | None:
+    """Reward of each value against (ω_1, ω_2) over the val grid (two values only)."""
+    values = front["values"]
+    pts = [p for p in front["points"] if p["split"] == "val"]
+    if len(values) != 2 or len(pts) < 4:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted({p["weights"][values[0]] for p in pts})
+    ys = sorted({p["weights"][values[1]] for p in pts})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, v in zip(axes, values):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for p in pts:
+            grid[ys.index(p["weights"][values[1]]), xs.index(p["weights"][values[0]])] = p["rewards"][v]
+        im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=7)
+        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys], fontsize=7)
+        ax.set_xlabel(f"ω {values[0]}")
+        ax.set_ylabel(f"ω {values[1]}")
+        ax.set_title(f"{v} reward (val)", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path, fronts: dict[str, dict], settings: dict) -> Path:
+    """report.md with one section per method, and the PNGs beside it."""
+    run = Path(run_dir)
+    lines = ["# mvalign report", "", f"Run: `{run}`", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    summary = ["| method | HV val | HV test | reference point | non-dominated (val) | test points dominating base |",
+               "|---|---|---|---|---|---|"]
+    for method, front in fronts.items():
+        nd = sum(p["pareto"] for p in front["points"] if p["split"] == "val")
+        summary.append(f"| {method} | {front['hypervolume']['val']:.4g} | {front['hypervolume']['test']:.4g} | "
+                       f"{np.round(front['reference_point'], 3).tolist()} | {nd} | {len(dominates_base(front))} |")
+    lines += summary + [""]
+    for method, front in fronts.items():
+        png = plot_front(front, run / f"front-{method}.png")
+        heat = plot_heatmaps(front, run / f"heatmap-{method}.png")
+        values = front["values"]
+        base = front["base"]
+        lines += [f"## {method}", "", f"![front]({png.name})", ""]
+        if heat:
+            lines += [f"![reward vs weights]({heat.name})", ""]
+        lines += ["Selected (non-dominated on val) points, scored on test (mean and bootstrap 95% interval):", "",
+                  "| weights | " + " | ".join(values) + " | dominates base |", "|---|" + "---|" * (len(values) + 1)]
+        lines.append("| base (ω = 0) | " + " | ".join(f"{base['rewards'][v]:.3f} [{base['ci95'][v][0]:.3f}, "
+                                                      f"{base['ci95'][v][1]:.3f}]" for v in values) + " | |")
+        for p in (p for p in front["points"] if p["split"] == "test"):
+            beats = all(p["rewards"][v] > base["rewards"][v] for v in values)
+            lines.append(f"| {_fmt_w(p['weights'])} | " + " | ".join(
+                f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
+                + f" | {'yes' if beats else ''} |")
+        lines.append("")
+    path = run / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_front(run_dir: str | Path, front: dict, method: str, primary: bool = False) -> Path:
+    """RUN/front-<method>.json, and RUN/front.json too for the run's primary method."""
+    path = Path(run_dir) / f"front-{method}.json"
+    path.write_text(json.dumps(front, indent=1))
+    if primary:
+        (Path(run_dir) / "front.json").write_text(json.dumps(front, indent=1))
+    return path

@@ -1,0 +1,62 @@
+"""Reward models, one per value: HF sequence classifiers, BT heads on a frozen encoder, Python callables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError, MVAConfig
+from .base import CallableReward, RewardModel, ScoreCache, prompt_text
+
+__all__ = ["CallableReward", "RewardModel", "ScoreCache", "load_reward_models", "prompt_text", "reward_dir", "train_reward"]
+
+
+def reward_dir(cfg: MVAConfig, value: str) -> Path:
+    v = cfg.value(value)
+    if v.reward and v.reward.kind == "bt-head" and v.reward.path:
+        return Path(v.reward.path)
+    return Path(cfg.run_dir) / "rewards" / value
+
+
+def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
+    """Train the BT reward head of `value` on its reward data (train split), with held-out accuracy on val."""
+    import json
+
+    from ..data import load_value_splits
+    from .bt_head import train_bt_head
+
+    v = cfg.value(value)
+    if v.reward is None or v.reward.kind != "bt-head":
+        raise ConfigError(f"values.{value}.reward: training needs `kind: bt-head`")
+    if v.reward.data is None:
+        raise ConfigError(f"values.{value}.reward.data: give the preference data to train the head on "
+                          "(disjoint from the DPO data)")
+    out = reward_dir(cfg, value)
+    if (out / "head.json").is_file() and not force:
+        return json.loads((out / "head.json").read_text())
+    splits = load_value_splits(v.reward.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
+    return train_bt_head(splits["train"], splits["val"], out, value=value, encoder=v.reward.encoder,
+                         epochs=v.reward.epochs, seed=cfg.dpo.seed)
+
+
+def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, RewardModel]:
+    """One reward model per value, in config order; untrained BT heads are trained first when `train_missing`."""
+    from .bt_head import BTHeadReward
+    from .hf import HFRewardModel
+
+    out: dict[str, RewardModel] = {}
+    for v in cfg.values:
+        r = v.reward
+        if r is None:
+            raise ConfigError(f"values.{v.name}.reward is not set: every value needs a reward model for evaluation")
+        if r.kind == "hf":
+            if not r.path:
+                raise ConfigError(f"values.{v.name}.reward.path: name the reward model (local folder or hub name)")
+            out[v.name] = HFRewardModel(r.path, v.name, r.cost, trust_remote_code=cfg.model.trust_remote_code)
+            continue
+        folder = reward_dir(cfg, v.name)
+        if not (folder / "head.json").is_file():
+            if not train_missing:
+                raise ConfigError(f"{folder}: reward head for {v.name!r} not trained; run `mvalign reward train`")
+            train_reward(cfg, v.name)
+        out[v.name] = BTHeadReward(folder, v.name, r.cost)
+    return out

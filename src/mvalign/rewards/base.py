@@ -1,0 +1,86 @@
+"""What every reward model offers (batched scoring of (prompt, response) pairs), and a persistent score cache."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+from ..data.pairs import Prompt
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as one string (a dialogue's turns joined), for reward models that read plain text."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+class RewardModel:
+    """Scores responses to prompts; higher is better for the value. Subclasses implement `_score`."""
+
+    name: str = "reward"
+    identity: str = ""
+    """A string that changes whenever the scores could change (model files, head weights, formatting)."""
+    cost: bool = False
+    """A cost model (lower is better): `score` negates its raw output."""
+
+    def _score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not len(prompts):
+            return np.zeros(0)
+        raw = np.asarray(self._score(prompts, responses), dtype=np.float64)
+        if not np.all(np.isfinite(raw)):
+            bad = int(np.flatnonzero(~np.isfinite(raw))[0])
+            raise ValueError(f"reward model {self.name!r} returned a non-finite score ({raw[bad]}) for item {bad}: "
+                             f"prompt {prompt_text(prompts[bad])[:80]!r}")
+        return -raw if self.cost else raw
+
+
+class CallableReward(RewardModel):
+    """A programmatic scorer: any Python callable (prompt_text, response) -> float."""
+
+    def __init__(self, fn: Callable[[str, str], float], name: str, version: str = "1") -> None:
+        self.fn, self.name = fn, name
+        self.identity = f"callable:{name}:{getattr(fn, '__qualname__', repr(fn))}:{version}"
+
+    def _score(self, prompts, responses):
+        return [float(self.fn(prompt_text(p), r)) for p, r in zip(prompts, responses)]
+
+
+class ScoreCache:
+    """SQLite cache of scores keyed by sha256(reward identity, prompt, response), shared across runs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=30)) as con, con:
+            con.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)")
+
+    @staticmethod
+    def key(identity: str, prompt: Prompt, response: str) -> str:
+        return hashlib.sha256(f"{identity}\x00{prompt_text(prompt)}\x00{response}".encode()).hexdigest()
+
+    def score(self, model: RewardModel, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
+        """model.score with cached items served from disk and the rest computed in one batch and stored."""
+        keys = [self.key(model.identity, p, r) for p, r in zip(prompts, responses)]
+        with closing(sqlite3.connect(self.path, timeout=30)) as con:
+            found = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                found.update(con.execute(f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        if todo:
+            fresh = model.score([prompts[i] for i in todo], [responses[i] for i in todo])
+            with closing(sqlite3.connect(self.path, timeout=30)) as con, con:
+                con.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", [(keys[i], float(s)) for i, s in zip(todo, fresh)])
+            found.update({keys[i]: float(s) for i, s in zip(todo, fresh)})
+        return np.array([found[k] for k in keys])

@@ -1,0 +1,43 @@
+"""Any Hugging Face sequence-classification reward model (local directory or hub name)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import RewardModel, prompt_text
+
+
+class HFRewardModel(RewardModel):
+    """Score = the model's first logit for the dialogue (user prompt, assistant response), formatted with the reward
+    model's chat template when it has one, else as "<prompt>\\n\\n<response>"; negated when `cost`."""
+
+    def __init__(self, path: str, name: str, cost: bool = False, batch_size: int = 16, max_length: int = 512,
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+        except OSError as e:
+            raise RuntimeError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path") from e
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.name, self.cost, self.batch_size, self.max_length = name, cost, batch_size, max_length
+        self.identity = f"hf:{path}:{getattr(self.model.config, '_commit_hash', '')}:cost={cost}"
+
+    def _text(self, prompt, response: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        return f"{prompt_text(prompt)}\n\n{response}"
+
+    @torch.no_grad()
+    def _score(self, prompts, responses):
+        out = []
+        texts = [self._text(p, r) for p, r in zip(prompts, responses)]
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            out.extend(self.model(**batch).logits[:, 0].float().tolist())
+        return out

@@ -1,0 +1,102 @@
+"""Weight-vector strategies and the sweep engine: evaluate many ω on one loaded model, storing every point.
+
+For each ω: move the model in place to W0 + Σ ω_k ΔW_k (`CombinedModel`), generate responses to the split's
+prompts in batches, score them with every value's reward model, and store the point (mean per value, bootstrap 95%
+interval, timings, generation settings, responses) in the run's SQLite store. Points already stored with the same
+settings key (prompts + generation settings + reward identities) are skipped, so a killed sweep resumes where it
+stopped and gives identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .combine import CombinedModel
+from .config import SweepSettings
+from .data.pairs import Prompt
+from .generate import GenerationSettings, generate_responses
+from .pareto import bootstrap_ci
+from .rewards.base import RewardModel, ScoreCache, prompt_text
+from .store import PointRecord, RunStore
+
+
+def grid_points(values: Sequence[str], grid: Sequence[float]) -> list[dict[str, float]]:
+    """Every combination: ω_k chosen independently from `grid` for each value (the MVA extrapolation box)."""
+    return [dict(zip(values, combo)) for combo in itertools.product([float(g) for g in grid], repeat=len(values))]
+
+
+def simplex_points(values: Sequence[str], step: float) -> list[dict[str, float]]:
+    """ω on the simplex (ω_k ≥ 0, Σ ω_k = 1) in multiples of `step` (soups)."""
+    n_steps = round(1 / step)
+    if abs(n_steps * step - 1) > 1e-9:
+        raise ValueError(f"simplex_step {step} does not divide 1")
+    out = []
+    for combo in itertools.product(range(n_steps + 1), repeat=len(values)):
+        if sum(combo) == n_steps:
+            out.append({v: round(c * step, 10) for v, c in zip(values, combo)})
+    return out
+
+
+def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict[str, float]]:
+    if settings.strategy == "grid":
+        return grid_points(values, settings.grid)
+    if settings.strategy == "simplex":
+        return simplex_points(values, settings.simplex_step)
+    points = []
+    for i, p in enumerate(settings.points):
+        unknown = sorted(set(p) - set(values))
+        if unknown:
+            raise ValueError(f"sweep.points[{i}] names unknown values {unknown}; known: {list(values)}")
+        points.append({v: float(p.get(v, 0.0)) for v in values})
+    if not points:
+        raise ValueError("sweep.strategy is 'list' but sweep.points is empty")
+    return points
+
+
+def settings_key(prompts: Sequence[Prompt], generation: GenerationSettings, rewards: Mapping[str, RewardModel]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(generation.as_dict(), sort_keys=True).encode())
+    for name, rm in sorted(rewards.items()):
+        h.update(f"{name}={rm.identity}".encode())
+    for p in prompts:
+        h.update(prompt_text(p).encode() + b"\x00")
+    return h.hexdigest()[:24]
+
+
+def evaluate_points(
+    combined: CombinedModel, tokenizer, weight_points: Sequence[Mapping[str, float]], *, method: str, split: str,
+    prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings, store: RunStore,
+    cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True, progress: bool = True,
+) -> list[PointRecord]:
+    """Evaluate (or fetch from the store) every weight vector; returns the records in the order given."""
+    key = settings_key(prompts, generation, rewards)
+    out: list[PointRecord] = []
+    bar = tqdm(weight_points, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True)
+    for w in bar:
+        w = {k: float(v) for k, v in w.items()}
+        done = store.get_point(method, w, split, key)
+        if done is not None:
+            out.append(done)
+            continue
+        combined.set_weights(w)
+        t0 = time.perf_counter()
+        responses = generate_responses(combined.model, tokenizer, prompts, generation, use_chat_template)
+        t1 = time.perf_counter()
+        means, ci = {}, {}
+        for name, rm in rewards.items():
+            scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
+            means[name] = float(np.mean(scores))
+            ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
+        rec = PointRecord(method, w, split, key, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
+                          generation.as_dict(), responses)
+        store.put_point(rec)
+        out.append(rec)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
+    return out
