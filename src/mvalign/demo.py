@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .config import MVAConfig
 
-FULL = {"limit": 240, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.5, 1.0, 1.5],
+FULL = {"limit": 240, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.25, 0.5, 0.75, 1.0],
         "val_prompts": 32, "test_prompts": 32, "max_new_tokens": 32}
 QUICK = {"limit": 16, "steps": 2, "eval_pairs": 8, "head_epochs": 10, "grid": [1.0],
          "val_prompts": 8, "test_prompts": 8, "max_new_tokens": 12}

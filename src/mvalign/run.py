@@ -51,22 +51,27 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+EVALUATION_ONLY = ("sweep",)
+"""Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
+are keyed by their settings, so nothing stale is reused)."""
+
+
 def prepare_run_dir(cfg: MVAConfig) -> Path:
-    """Create RUN/, write config.yaml and versions.json; refuse a run dir made with a different config."""
+    """Create RUN/, write config.yaml and versions.json; refuse a run dir whose trained artifacts came from a
+    different config (sections other than `sweep`)."""
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.yaml"
+    new = cfg.model_dump(mode="json")
     if cfg_path.is_file():
         old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        new = cfg.model_dump(mode="json")
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in EVALUATION_ONLY)
         if changed:
             raise ConfigError(
                 f"{run} was made with a different config (differs in: {', '.join(changed)}). "
                 "Use a new run_dir, or delete the old run to start over; finished work there is kept until you do."
             )
-    else:
-        dump_config(cfg, cfg_path)
+    dump_config(cfg, cfg_path)
     seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed, "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
     info = {**package_versions(), "seeds": seeds}
     (run / "versions.json").write_text(json.dumps(info, indent=2))

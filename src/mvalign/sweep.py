@@ -83,6 +83,7 @@ def evaluate_points(
         w = {k: float(v) for k, v in w.items()}
         done = store.get_point(method, w, split, key)
         if done is not None:
+            done.weights = w  # the caller's value order (the store keeps keys sorted)
             out.append(done)
             continue
         combined.set_weights(w)

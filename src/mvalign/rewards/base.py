@@ -46,11 +46,16 @@ class RewardModel:
 
 
 class CallableReward(RewardModel):
-    """A programmatic scorer: any Python callable (prompt_text, response) -> float."""
+    """A programmatic scorer: any Python callable (prompt_text, response) -> float.
 
-    def __init__(self, fn: Callable[[str, str], float], name: str, version: str = "1") -> None:
-        self.fn, self.name = fn, name
-        self.identity = f"callable:{name}:{getattr(fn, '__qualname__', repr(fn))}:{version}"
+    Its identity (what cached scores and stored sweep points are keyed by) is the name, the callable's qualified
+    name and `version`: bump `version` when you change what the function computes.
+    """
+
+    def __init__(self, fn: Callable[[str, str], float], name: str, version: str = "1", cost: bool = False) -> None:
+        self.fn, self.name, self.cost = fn, name, cost
+        qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
+        self.identity = f"callable:{name}:{getattr(fn, '__module__', '')}.{qualname}:{version}:cost={cost}"
 
     def _score(self, prompts, responses):
         return [float(self.fn(prompt_text(p), r)) for p, r in zip(prompts, responses)]

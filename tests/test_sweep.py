@@ -1,0 +1,87 @@
+"""The sweep engine on a tiny model with programmatic reward scorers: strategies, storage, resume after a kill."""
+
+import copy
+
+import pytest
+
+from mvalign.combine import CombinedModel, load_lora_adapter
+from mvalign.config import SweepSettings
+from mvalign.generate import GenerationSettings, generate_responses
+from mvalign.rewards import CallableReward
+from mvalign.store import RunStore
+from mvalign.sweep import evaluate_points, grid_points, simplex_points, strategy_points
+from test_combine import save_random_adapter
+
+PROMPTS = ["Tell me about tea.", "How do I fix a bike?", "What is rain?", "Name a colour."]
+
+
+def test_strategies():
+    ref = grid_points(["helpful", "harmless"], [round(0.1 * i, 1) for i in range(1, 11)])
+    assert len(ref) == 100 and {"helpful": 1.0, "harmless": 0.1} in ref
+    simplex = simplex_points(["a", "b", "c"], 0.25)
+    assert len(simplex) == 15 and all(sum(p.values()) == pytest.approx(1.0) for p in simplex)
+    assert strategy_points(SweepSettings(strategy="list", points=[{"a": 2.0}]), ["a", "b"]) == [{"a": 2.0, "b": 0.0}]
+    with pytest.raises(ValueError, match="unknown values"):
+        strategy_points(SweepSettings(strategy="list", points=[{"c": 1.0}]), ["a", "b"])
+    with pytest.raises(ValueError, match="does not divide 1"):
+        simplex_points(["a", "b"], 0.3)
+
+
+def test_generation_is_batched_left_padded_and_deterministic(tokenizer, tiny_llama):
+    settings = GenerationSettings(max_new_tokens=6, batch_size=3)
+    batched = generate_responses(tiny_llama, tokenizer, PROMPTS, settings)
+    single = [generate_responses(tiny_llama, tokenizer, [p], settings)[0] for p in PROMPTS]
+    assert batched == single and len(batched) == 4
+    assert tokenizer.padding_side == "right"  # restored
+
+
+class Counting:
+    """Wraps a scorer and counts calls; raises once after `fail_after` calls (a killed sweep)."""
+
+    def __init__(self, fn, fail_after=None):
+        self.fn, self.calls, self.fail_after = fn, 0, fail_after
+
+    def __call__(self, prompt, response):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            self.fail_after = None
+            raise KeyboardInterrupt("killed")
+        return self.fn(prompt, response)
+
+
+def _sweep(tmp_path, tokenizer, model, store, scorers):
+    dirs = [save_random_adapter(model, tmp_path / n, i) for i, n in enumerate(["x", "y"])]
+    combined = CombinedModel(copy.deepcopy(model), [load_lora_adapter(d) for d in dirs])
+    rewards = {"x": CallableReward(scorers[0], "x"), "y": CallableReward(scorers[1], "y")}
+    points = grid_points(["x", "y"], [0.5, 1.0, 2.0])
+    return lambda: evaluate_points(combined, tokenizer, points, method="mva", split="val", prompts=PROMPTS,
+                                   rewards=rewards, generation=GenerationSettings(max_new_tokens=5, batch_size=2),
+                                   store=store, bootstrap=200, progress=False)
+
+
+def length_score(p, r):
+    return float(len(r))
+
+
+def vowel_score(p, r):
+    return float(sum(c in "aeiou" for c in r))
+
+
+def test_killed_sweep_resumes_without_recomputing(tmp_path, tokenizer, tiny_llama):
+    straight = _sweep(tmp_path / "a", tokenizer, tiny_llama, RunStore(tmp_path / "a"),
+                      [Counting(length_score), Counting(vowel_score)])()
+    assert len(straight) == 9 and len({tuple(p.rewards.values()) for p in straight}) > 1
+
+    killer = Counting(length_score, fail_after=4 * 5)  # dies while scoring the 6th point
+    store = RunStore(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [killer, Counting(vowel_score)])()
+    assert len(store.points()) == 5
+    fresh = Counting(length_score)
+    resumed = _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [fresh, Counting(vowel_score)])()
+    assert fresh.calls == 4 * 4  # only the 4 missing points were generated and scored
+    assert [(p.weights, p.rewards, p.ci95, p.responses) for p in resumed] == \
+           [(p.weights, p.rewards, p.ci95, p.responses) for p in straight]
+    again = Counting(length_score)
+    _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [again, Counting(vowel_score)])()
+    assert again.calls == 0
