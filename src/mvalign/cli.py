@@ -73,7 +73,8 @@ def train(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     value: Optional[list[str]] = typer.Option(None, "--value", help="Value to train (repeat for several; default: all)."),
     method: str = typer.Option("dpo", "--method", help="dpo: independent vectors; mva: each later vector decorrelated "
-                               "(HSIC/CKA) against the earlier, frozen ones."),
+                               "(HSIC/CKA) against the earlier, frozen ones; vcsoup: independent vectors on "
+                               "value-consistency-filtered pairs."),
     force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this vector."),
 ) -> None:
     """Train LoRA value vectors with DPO (resumes from checkpoints, skips finished vectors)."""
@@ -178,6 +179,33 @@ def reward_eval(config: Path = typer.Argument(..., help="Run config (YAML).")) -
             for name, rm in models.items():
                 row[name] = float(np.mean(rm.score(prompts, [p.chosen for p in pairs]) > rm.score(prompts, [p.rejected for p in pairs])))
             typer.echo(json.dumps(row))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command()
+def consistency(config: Path = typer.Argument(..., help="Run config (YAML) with a reward model per value.")) -> None:
+    """Score every value's training pairs with all reward models; print VC diagnostics and kept counts; write
+    RUN/consistency/summary.json and consistency.png."""
+    from .config import load_config
+    from .consistency import consistency_for_value, plot_consistency, select, summary
+    from .data import load_value_splits
+    from .run import prepare_run_dir
+
+    try:
+        cfg = load_config(config)
+        run = prepare_run_dir(cfg)
+        c = cfg.consistency
+        results, rows = {}, {}
+        for v in cfg.values:
+            pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["train"]
+            results[v.name] = consistency_for_value(cfg, v.name, pairs)
+            keep, _ = select(results[v.name]["vc"], c.mode, c.tau, c.quantile)
+            rows[v.name] = {**summary(results[v.name]), "mode": c.mode, "tau": c.tau, "kept": int(len(keep)),
+                            "stats": results[v.name]["stats"]}
+            typer.echo(json.dumps({"value": v.name, **{k: x for k, x in rows[v.name].items() if k != "stats"}}))
+        (run / "consistency" / "summary.json").write_text(json.dumps(rows, indent=2))
+        typer.echo(f"wrote {plot_consistency(results, run / 'consistency' / 'consistency.png')}")
     except _user_errors() as e:
         _fail(e)
 

@@ -63,6 +63,10 @@ class DataSourceConfig(_Strict):
         "truthfulqa: 'honest' (truth labels) or 'helpful' (info labels). Defaults to the value's name."
     )
     single_turn_only: bool = Field(False, description="hh-rlhf: keep only dialogues with one human turn.")
+    rows: tuple[int, int | None] | None = Field(
+        None, description="Use only valid pairs [start, end) in source order, before splitting (end null = to the "
+        "end): carves disjoint parts of one file, e.g. reward-head data vs DPO data."
+    )
     limit: int | None = Field(None, ge=1, description="Use at most this many training pairs (the first of the train split, in file order); val/test are not cut.")
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="A row with empty text, chosen == rejected or an unparsable transcript: 'error' stops "
@@ -108,7 +112,11 @@ class SweepSettings(_Strict):
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)],
         description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",
     )
-    simplex_step: float = Field(0.1, gt=0, le=1, description="simplex: step of the weights.")
+    simplex_step: float = Field(0.1, gt=0, le=1, description="simplex: step of the weights (soup methods always use it).")
+    combination: Literal["exact", "factorwise"] = Field(
+        "exact", description="exact: W0 + Σ ω s B A. factorwise: average A and B separately (only to reproduce the "
+        "reference soups; not the exact combination)."
+    )
     points: list[dict[str, float]] = Field(default_factory=list, description="list: explicit weight vectors {value: ω}.")
     val_prompts: int = Field(48, ge=1, description="Held-out validation prompts per point (selection).")
     test_prompts: int = Field(48, ge=1, description="Held-out test prompts for the selected (Pareto) points.")
@@ -212,6 +220,18 @@ class DecorrelationSettings(_Strict):
     )
 
 
+class ConsistencySettings(_Strict):
+    mode: Literal["threshold", "quantile", "soft"] = Field(
+        "threshold", description="VC-soup data operator: keep VC >= tau, keep the top `quantile` share, or keep all "
+        "pairs weighting each DPO loss by (1 + VC) / 2."
+    )
+    tau: float = Field(0.0, ge=-1, le=1, description="threshold: minimum value consistency (reference default 0).")
+    quantile: float = Field(0.5, gt=0, le=1, description="quantile: share of pairs kept (highest VC first).")
+    text: Literal["response", "prompt+response"] = Field(
+        "response", description="What the reward models score: the response alone (reference) or prompt + response."
+    )
+
+
 class MVAConfig(BaseModel):
     """Top-level configuration of one mvalign run."""
 
@@ -223,6 +243,9 @@ class MVAConfig(BaseModel):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA value-vector shape.")
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO training of each value vector.")
     sweep: SweepSettings = Field(default_factory=SweepSettings, description="Evaluation of weight vectors ω.")
+    consistency: ConsistencySettings = Field(
+        default_factory=ConsistencySettings, description="VC-soup: value-consistency filtering of the training pairs."
+    )
     decorrelation: DecorrelationSettings = Field(
         default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
     )

@@ -22,6 +22,8 @@ from .store import RunStore
 from .sweep import evaluate_points, strategy_points
 
 log = logging.getLogger(__name__)
+SOUP_METHODS = ("vcsoup",)
+"""Methods whose candidates are soups: weights on the simplex (sweep.simplex_step), whatever sweep.strategy says."""
 
 
 def eval_prompts(cfg: MVAConfig, split: Split, n: int) -> list[Prompt]:
@@ -52,7 +54,9 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     rewards = load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    combined = CombinedModel(model, [load_lora_adapter(adapter_dir(run, method, v), v) for v in values])
+    adapters = [load_lora_adapter(adapter_dir(run, method, v), v) for v in values]
+    combined = CombinedModel(model, adapters, cfg.sweep.combination)
+    label = method if cfg.sweep.combination == "exact" else f"{method}-factorwise"
     gen = generation_settings(cfg)
     chat = cfg.model.chat_template == "auto"
     common = dict(rewards=rewards, generation=gen, store=store, cache=cache, bootstrap=cfg.sweep.bootstrap,
@@ -61,16 +65,17 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     base_w = {v: 0.0 for v in values}
     base = {s: evaluate_points(combined, tokenizer, [base_w], method="base", split=s, prompts=prompts[s], **common)[0]
             for s in ("val", "test")}
-    candidates = [p for p in strategy_points(cfg.sweep, values) if any(p.values())]
-    val = evaluate_points(combined, tokenizer, candidates, method=method, split="val", prompts=prompts["val"], **common)
+    strategy = cfg.sweep.model_copy(update={"strategy": "simplex"}) if method in SOUP_METHODS else cfg.sweep
+    candidates = [p for p in strategy_points(strategy, values) if any(p.values())]
+    val = evaluate_points(combined, tokenizer, candidates, method=label, split="val", prompts=prompts["val"], **common)
     mask = non_dominated([[p.rewards[v] for v in values] for p in val])
     selected = [p.weights for p, m in zip(val, mask) if m]
-    test = evaluate_points(combined, tokenizer, selected, method=method, split="test", prompts=prompts["test"], **common)
+    test = evaluate_points(combined, tokenizer, selected, method=label, split="test", prompts=prompts["test"], **common)
     combined.reset()
-    front = build_front(values, method, val, test, base["val"], base["test"], cfg.sweep.reference_point)
+    front = build_front(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point)
     front["settings"] = {"val_prompts": len(prompts["val"]), "test_prompts": len(prompts["test"]), **gen.as_dict(),
-                         "strategy": cfg.sweep.strategy}
-    write_front(run, front, method, primary)
+                         "strategy": strategy.strategy, "combination": cfg.sweep.combination}
+    write_front(run, front, label, primary)
     return front
 
 

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from .combine import CombinedModel, load_lora_adapter
+from .consistency import consistency_for_value, select
 from .config import ConfigError, MVAConfig, dump_config, load_config
 from .data import load_value_splits
 from .models import cache_root, load_model
@@ -85,9 +86,10 @@ def load_run(run_dir: str | Path) -> MVAConfig:
     return load_config(path)
 
 
-METHODS = ("dpo", "mva")
+METHODS = ("dpo", "mva", "vcsoup")
 """dpo: one independent DPO vector per value. mva: values in config order, each later vector trained with the
-decorrelation penalty against the earlier (frozen) ones; its first vector is plain DPO (reused from `dpo` if there)."""
+decorrelation penalty against the earlier (frozen) ones; its first vector is plain DPO (reused from `dpo` if there).
+vcsoup: one independent DPO vector per value on its value-consistency-filtered (or -weighted) training pairs."""
 
 
 def value_seed(seed: int, value: str) -> int:
@@ -117,8 +119,8 @@ def train_method(cfg: MVAConfig, method: str, values: Sequence[str] = (), *, for
     if not order:
         raise ConfigError("the config has no values to train")
     wanted = list(values) or order
-    if method == "dpo":
-        return [train_value(cfg, v, "dpo", force=force, progress=progress) for v in wanted]
+    if method != "mva":
+        return [train_value(cfg, v, method, force=force, progress=progress) for v in wanted]
     last = max(order.index(v) for v in wanted)
     first_forced = min((order.index(v) for v in wanted), default=0) if force else len(order)
     return [train_value(cfg, v, "mva", frozen=order[:k], force=k >= first_forced, progress=progress)
@@ -150,12 +152,21 @@ def train_value(cfg: MVAConfig, value: str, method: str = "dpo", *, frozen: Sequ
         shutil.rmtree(train_dir, ignore_errors=True)
 
     splits = load_value_splits(vcfg.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
+    train_pairs, pair_weights, kept = splits["train"], None, {}
+    if method == "vcsoup":
+        c = cfg.consistency
+        keep, weights = select(consistency_for_value(cfg, value, train_pairs)["vc"], c.mode, c.tau, c.quantile)
+        if not len(keep):
+            raise ConfigError(f"consistency filter keeps no {value!r} training pair (mode {c.mode}); lower tau")
+        train_pairs = [train_pairs[i] for i in keep]
+        pair_weights = torch.tensor(weights, dtype=torch.float32) if c.mode == "soft" else None
+        kept = {"consistency_mode": c.mode, "pairs_before_filter": len(splits["train"])}
     frozen_adapters = [load_lora_adapter(adapter_dir(run, method, v), v) for v in frozen]
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
     chat = cfg.model.chat_template == "auto"
     d = cfg.dpo
-    train_tok = tokenize_pairs(tokenizer, splits["train"], d.max_length, d.max_prompt_length, chat)
+    train_tok = tokenize_pairs(tokenizer, train_pairs, d.max_length, d.max_prompt_length, chat)
     val_tok = tokenize_pairs(tokenizer, splits["val"][: d.eval_pairs], d.max_length, d.max_prompt_length, chat)
     autocast = torch.bfloat16 if d.precision == "bf16" else None
     pad = tokenizer.pad_token_id
@@ -170,14 +181,16 @@ def train_value(cfg: MVAConfig, value: str, method: str = "dpo", *, frozen: Sequ
         dc = cfg.decorrelation
         spec = PenaltySpec(kind=dc.penalty, target=dc.target, sigma=dc.sigma, rows=dc.rows)
         extra = DecorrelationLoss(frozen_adapters, spec, dc.alpha, seed=seed)
-    result = train_dpo(peft_model, train_tok, *ref_train, d, train_dir, pad, extra_loss=extra, progress=progress)
+    result = train_dpo(peft_model, train_tok, *ref_train, d, train_dir, pad, extra_loss=extra, pair_weights=pair_weights,
+                       progress=progress)
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, safe_serialization=True)
     _replace_dir(tmp, out_dir)
 
-    metrics: dict[str, float | int | str] = {"train_last_loss": result.last.get("loss", float("nan")), "val_pairs": len(val_tok)}
+    metrics: dict[str, float | int | str] = {"train_last_loss": result.last.get("loss", float("nan")), "val_pairs": len(val_tok),
+                                             **kept}
     if frozen:
         metrics["decorrelated_against"] = ",".join(frozen)
     if ref_val is not None:

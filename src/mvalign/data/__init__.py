@@ -44,6 +44,10 @@ def load_pairs(cfg: DataSourceConfig, value: str) -> list[PreferencePair]:
         if len(cfg.path) != 1:
             raise DataError("truthfulqa: `path` must be exactly one folder holding finetune_truth.jsonl and finetune_info.jsonl")
         pairs = collect_truthfulqa(cfg.path[0], label, collector)
+    if cfg.rows is not None:
+        pairs = pairs[cfg.rows[0] : cfg.rows[1]]
+        if not pairs:
+            raise DataError(f"{source}: `rows: {list(cfg.rows)}` selects no pairs (the source has fewer valid pairs)")
     return pairs if cfg.limit is None else pairs[: cfg.limit]
 
 
