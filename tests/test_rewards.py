@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from mvalign.data.pairs import PreferencePair
-from mvalign.rewards import CallableReward, ScoreCache
+from mvalign.rewards import CallableReward, RewardError, ScoreCache
 from mvalign.rewards.bt_head import BTHeadReward, SentenceEncoder, train_bt_head
 from mvalign.rewards.hf import HFRewardModel
 
@@ -60,7 +60,7 @@ def test_score_cache_serves_stored_scores(tmp_path):
 
 def test_non_finite_reward_is_an_error():
     rm = CallableReward(lambda p, r: float("nan") if r == "bad" else 1.0, "flaky")
-    with pytest.raises(ValueError, match="non-finite score"):
+    with pytest.raises(RewardError, match="non-finite score"):
         rm.score(["p", "q"], ["ok", "bad"])
 
 

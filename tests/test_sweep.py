@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from mvalign.combine import CombinedModel, load_lora_adapter
-from mvalign.config import SweepSettings
+from mvalign.config import ConfigError, SweepSettings
 from mvalign.generate import GenerationSettings, generate_responses
 from mvalign.rewards import CallableReward
 from mvalign.store import RunStore
@@ -21,9 +21,9 @@ def test_strategies():
     simplex = simplex_points(["a", "b", "c"], 0.25)
     assert len(simplex) == 15 and all(sum(p.values()) == pytest.approx(1.0) for p in simplex)
     assert strategy_points(SweepSettings(strategy="list", points=[{"a": 2.0}]), ["a", "b"]) == [{"a": 2.0, "b": 0.0}]
-    with pytest.raises(ValueError, match="unknown values"):
+    with pytest.raises(ConfigError, match="unknown values"):
         strategy_points(SweepSettings(strategy="list", points=[{"c": 1.0}]), ["a", "b"])
-    with pytest.raises(ValueError, match="does not divide 1"):
+    with pytest.raises(ConfigError, match="does not divide 1"):
         simplex_points(["a", "b"], 0.3)
 
 

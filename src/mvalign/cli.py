@@ -23,8 +23,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .config import ConfigError
     from .data import DataError
     from .models import ModelLoadError
+    from .rewards.base import RewardError
 
-    return (AdapterError, ConfigError, DataError, ModelLoadError)
+    return (AdapterError, ConfigError, DataError, ModelLoadError, RewardError)
 
 
 @app.callback()

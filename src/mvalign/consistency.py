@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .data.pairs import PreferencePair
 from .rewards.base import RewardModel, ScoreCache, prompt_text
 
@@ -59,7 +60,7 @@ def score_consistency(
 ) -> dict:
     """Raw scores, z-normalisation statistics, gaps and VC of every pair under every reward model."""
     if len(rewards) < 2:
-        raise ValueError("value consistency needs the reward models of at least two values")
+        raise ConfigError("value consistency needs the reward models of at least two values (add a second value)")
     prompts = ["" if text == "response" else p.prompt for p in pairs]
     out = {"names": list(rewards), "identities": {k: rm.identity for k, rm in rewards.items()}, "text": text,
            "digest": pairs_digest(pairs), "stats": {}, "gaps": []}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .combine import CombinedModel, load_lora_adapter
-from .config import MVAConfig
+from .config import ConfigError, MVAConfig
 from .data import load_value_splits
 from .data.pairs import Prompt, Split
 from .generate import GenerationSettings
@@ -35,7 +35,7 @@ def eval_prompts(cfg: MVAConfig, split: Split, n: int) -> list[Prompt]:
     keys = sorted(seen)
     random.Random(cfg.sweep.seed).shuffle(keys)
     if not keys:
-        raise ValueError(f"no {split} prompts: enlarge split.{split}")
+        raise ConfigError(f"no {split} prompts: enlarge split.{split}")
     return [seen[k] for k in keys[:n]]
 
 

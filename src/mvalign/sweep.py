@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .combine import CombinedModel
-from .config import SweepSettings
+from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
 from .generate import GenerationSettings, generate_responses
 from .pareto import bootstrap_ci
@@ -36,7 +36,7 @@ def simplex_points(values: Sequence[str], step: float) -> list[dict[str, float]]
     """ω on the simplex (ω_k ≥ 0, Σ ω_k = 1) in multiples of `step` (soups)."""
     n_steps = round(1 / step)
     if abs(n_steps * step - 1) > 1e-9:
-        raise ValueError(f"simplex_step {step} does not divide 1")
+        raise ConfigError(f"sweep.simplex_step {step} does not divide 1 (use e.g. 0.1, 0.2, 0.25)")
     out = []
     for combo in itertools.product(range(n_steps + 1), repeat=len(values)):
         if sum(combo) == n_steps:
@@ -53,10 +53,10 @@ def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict
     for i, p in enumerate(settings.points):
         unknown = sorted(set(p) - set(values))
         if unknown:
-            raise ValueError(f"sweep.points[{i}] names unknown values {unknown}; known: {list(values)}")
+            raise ConfigError(f"sweep.points[{i}] names unknown values {unknown}; known: {list(values)}")
         points.append({v: float(p.get(v, 0.0)) for v in values})
     if not points:
-        raise ValueError("sweep.strategy is 'list' but sweep.points is empty")
+        raise ConfigError("sweep.strategy is 'list' but sweep.points is empty")
     return points
 
 

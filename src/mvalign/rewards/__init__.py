@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError, MVAConfig
-from .base import CallableReward, RewardModel, ScoreCache, prompt_text
+from .base import CallableReward, RewardError, RewardModel, ScoreCache, prompt_text
 
-__all__ = ["CallableReward", "RewardModel", "ScoreCache", "load_reward_models", "prompt_text", "reward_dir", "train_reward"]
+__all__ = ["CallableReward", "RewardError", "RewardModel", "ScoreCache", "load_reward_models", "prompt_text", "reward_dir", "train_reward"]
 
 
 def reward_dir(cfg: MVAConfig, value: str) -> Path:

