@@ -75,8 +75,11 @@ def test_vcsoup_training_uses_filtered_or_weighted_pairs(tmp_path, tiny_model_di
     assert rows["harmless"]["pairs"] == 24 and rows["harmless"]["kept"] == (24 if mode == "soft" else sum(v >= 0 for v in vc))
     assert (tmp_path / "run" / "consistency" / "consistency.png").is_file()
     stamp = vc_file.stat().st_mtime_ns
+    assert runner.invoke(app, ["train", str(path), "--value", "harmless"]).exit_code == 0  # a plain DPO vector exists...
     trained = runner.invoke(app, ["train", str(path), "--method", "vcsoup", "--value", "harmless"])
     assert trained.exit_code == 0, trained.output
     assert vc_file.stat().st_mtime_ns == stamp  # filtering reused the cached scores
     summary_line = [json.loads(line) for line in trained.stdout.splitlines() if line.startswith("{")][0]
+    # ... and vcsoup still trains its own vector on the filtered pairs
     assert summary_line["train_pairs"] == rows["harmless"]["kept"] and summary_line["pairs_before_filter"] == 24
+    assert "reused" not in summary_line

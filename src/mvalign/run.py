@@ -142,7 +142,7 @@ def train_value(cfg: MVAConfig, value: str, method: str = "dpo", *, frozen: Sequ
         log.info("%s vector %r already trained (%s); skipping (use --force to retrain)", method, value, out_dir)
         return done
     plain = store.get_vector(value, "dpo")
-    if method != "dpo" and not frozen and not force and plain is not None and Path(plain.adapter_dir).is_dir():
+    if method == "mva" and not frozen and not force and plain is not None and Path(plain.adapter_dir).is_dir():
         _replace_dir(Path(plain.adapter_dir), out_dir, copy=True)  # mva's first vector is plain DPO: same training
         rec = dataclasses.replace(plain, method=method, adapter_dir=str(out_dir), metrics={**plain.metrics, "reused": "dpo"})
         store.put_vector(rec)
