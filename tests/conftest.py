@@ -84,6 +84,26 @@ def embedded_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("embedded-cache")
 
 
+def write_builtin_config(folder: Path, model_dir: Path, train_limit: int, **sections) -> Path:
+    """A tiny-model run config on the built-in helpful/harmless data with BT reward heads; `sections` add or
+    replace top-level blocks (sweep, consistency, ...). Returns the YAML path (run dir: folder/run)."""
+    import yaml
+
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "values": [{"name": v, "data": {"format": "builtin", "limit": train_limit},
+                    "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward", "limit": 60}, "epochs": 5}}
+                   for v in ("helpful", "harmless")],
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+        "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
+        "run_dir": "run",
+        **sections,
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def shared_data(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

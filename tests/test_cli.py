@@ -12,6 +12,7 @@ from mvalign.cli import app
 from mvalign.config import ConfigError, MVAConfig, load_config
 from mvalign.models import ModelLoadError, format_prompt, load_model
 from mvalign.store import RunStore
+from conftest import write_builtin_config
 from test_combine import assert_weights, expected_weights
 
 runner = CliRunner()
@@ -168,18 +169,8 @@ def test_mva_method_reuses_first_vector_and_diagnoses(tmp_path, run_config):
 
 
 def test_run_pipeline_reward_cli_and_report_on_tiny_model(tmp_path, tiny_model_dir):
-    cfg = {
-        "model": {"name": str(tiny_model_dir)},
-        "values": [{"name": v, "data": {"format": "builtin", "limit": 8},
-                    "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward", "limit": 60}, "epochs": 5}}
-                   for v in ("helpful", "harmless")],
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
-        "sweep": {"grid": [0.5, 2.0], "val_prompts": 4, "test_prompts": 3, "max_new_tokens": 4, "bootstrap": 100},
-        "run_dir": "run",
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    sweep = {"grid": [0.5, 2.0], "val_prompts": 4, "test_prompts": 3, "max_new_tokens": 4, "bootstrap": 100}
+    path = write_builtin_config(tmp_path, tiny_model_dir, 8, sweep=sweep)
     trained = runner.invoke(app, ["reward", "train", str(path)])
     assert trained.exit_code == 0, trained.output
     heads = [json.loads(line) for line in trained.stdout.splitlines() if line.startswith("{")]

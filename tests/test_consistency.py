@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
+from conftest import write_builtin_config
 from mvalign.cli import app
 from mvalign.consistency import score_consistency, select, summary, value_consistency, z_normalise
 from mvalign.data.pairs import PreferencePair
@@ -54,18 +54,7 @@ def test_filters_keep_exactly_what_they_say():
 
 @pytest.mark.parametrize("mode", ["threshold", "soft"])
 def test_vcsoup_training_uses_filtered_or_weighted_pairs(tmp_path, tiny_model_dir, mode):
-    cfg = {
-        "model": {"name": str(tiny_model_dir)},
-        "values": [{"name": v, "data": {"format": "builtin", "limit": 24},
-                    "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward", "limit": 60}, "epochs": 5}}
-                   for v in ("helpful", "harmless")],
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
-        "consistency": {"mode": mode, "tau": 0.0},
-        "run_dir": "run",
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_builtin_config(tmp_path, tiny_model_dir, 24, consistency={"mode": mode, "tau": 0.0})
     runner = CliRunner()
     result = runner.invoke(app, ["consistency", str(path)])
     assert result.exit_code == 0, result.output

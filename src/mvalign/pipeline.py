@@ -16,7 +16,7 @@ from .generate import GenerationSettings
 from .models import cache_root, load_model
 from .pareto import non_dominated
 from .report import build_front, write_front, write_report
-from .rewards import ScoreCache, load_reward_models
+from .rewards import ScoreCache, load_reward_models, reward_dir
 from .run import adapter_dir, prepare_run_dir, train_method
 from .store import RunStore
 from .sweep import evaluate_points, strategy_points
@@ -86,7 +86,7 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
     load_reward_models(cfg)  # trains missing BT heads first: a bad reward config fails before DPO
     heads = {}
     for v in cfg.values:
-        head_json = run / "rewards" / v.name / "head.json"
+        head_json = reward_dir(cfg, v.name) / "head.json"
         if head_json.is_file():
             heads[v.name] = json.loads(head_json.read_text())
     timings = {"rewards_s": time.perf_counter() - t0}
