@@ -1,0 +1,157 @@
+"""Sweep cost per evaluated weight vector (issue: performance, part 1), on the embedded SmolLM2.
+
+    .venv/bin/python bench/perf/sweep_cost.py            # ~10 min on 2 cores; writes bench/results/perf.json ("sweep")
+    .venv/bin/python bench/perf/sweep_cost.py --quick
+
+Three ways to evaluate a point, same prompts (built-in val prompts), same greedy generation settings, same reward
+heads (BT heads on MiniLM, trained once on the built-in `reward` prompts):
+  (a) base:      plain batched generation by the base model alone (the physical limit of a point), plus scoring;
+  (b) mvalign:   CombinedModel.set_weights(ω) in place, batched generation, scoring (what `mvalign run` does);
+  (c) reference: the authors' loop re-implemented: reload the base from disk, load each adapter with PEFT with its
+                 lora_alpha scaled by ω, merge, generate one prompt at a time, score.
+Each variant runs in its own fresh process (so peak RSS, VmHWM, is its own) and evaluates the same P weight
+vectors; the time per point is the median over those points. The value vectors are random LoRA adapters (r=16 on
+q/k/v/o, B ~ N(0, 0.02²)): their cost does not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "runs" / "bench-perf"
+SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16},
+            "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4}}
+WEIGHTS = [(0.3, 0.7), (0.7, 0.3), (1.0, 1.0), (0.5, 0.5)]
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def prepare(s: dict) -> dict:
+    """Random adapters and trained reward heads, created once under runs/bench-perf/."""
+    import torch
+
+    from mvalign.config import LoraSettings, ModelConfig
+    from mvalign.data import split_pairs
+    from mvalign.data.builtin import builtin_pairs
+    from mvalign.models import load_model
+    from mvalign.rewards.bt_head import train_bt_head
+    from mvalign.train.lora import add_value_adapter
+
+    for i, name in enumerate(("helpful", "harmless")):
+        out = WORK / "adapters" / name
+        if not (out / "adapter_model.safetensors").is_file():
+            model, _ = load_model(ModelConfig())
+            peft = add_value_adapter(model, LoraSettings(r=16, alpha=32, dropout=0.0), seed=i)
+            with torch.no_grad():
+                for n, p in peft.named_parameters():
+                    if "lora_B" in n:
+                        p.normal_(std=0.02)
+            peft.save_pretrained(out)
+        head = WORK / "rewards" / name
+        if not (head / "head.json").is_file():
+            sp = split_pairs(builtin_pairs(name, "reward"), seed=0, train=0.8, val=0.2)
+            train_bt_head(sp["train"], sp["val"], head, value=name, epochs=10)
+    prompts = sorted({p.prompt for p in builtin_pairs("helpful", "policy")})[: s["prompts"]]
+    return {"prompts": prompts}
+
+
+def run_variant(variant: str, s: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mvalign.combine import CombinedModel, load_lora_adapter
+    from mvalign.config import ModelConfig
+    from mvalign.generate import GenerationSettings, generate_responses
+    from mvalign.models import embedded_model_dir, load_model
+    from mvalign.rewards.bt_head import BTHeadReward
+
+    prompts = prepare(s)["prompts"]
+    rewards = [BTHeadReward(WORK / "rewards" / n) for n in ("helpful", "harmless")]
+    gen = GenerationSettings(max_new_tokens=s["tokens"], batch_size=s["batch"])
+    weights = WEIGHTS[: s["points"]]
+    times: list[float] = []
+    t_setup = time.perf_counter()
+    if variant in ("base", "mvalign"):
+        model, tokenizer = load_model(ModelConfig())
+        combined = CombinedModel(model, [load_lora_adapter(WORK / "adapters" / n, n) for n in ("helpful", "harmless")])
+    setup = time.perf_counter() - t_setup
+    for w in weights:
+        t0 = time.perf_counter()
+        if variant == "base":
+            responses = generate_responses(model, tokenizer, prompts, gen)
+        elif variant == "mvalign":
+            combined.set_weights(w)
+            responses = generate_responses(model, tokenizer, prompts, gen)
+        else:
+            from peft import PeftModel
+
+            from mvalign.models import load_tokenizer
+
+            folder = embedded_model_dir()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            tokenizer = load_tokenizer(str(folder))
+            for name, omega in zip(("helpful", "harmless"), w):
+                model = PeftModel.from_pretrained(model, WORK / "adapters" / name, adapter_name=name)
+                for module in model.modules():  # scale alpha by ω: scaling = ω · alpha / r
+                    if isinstance(getattr(module, "scaling", None), dict) and name in module.scaling:
+                        module.scaling[name] *= omega
+                model = model.merge_and_unload()
+            one = GenerationSettings(max_new_tokens=s["tokens"], batch_size=1)
+            responses = [generate_responses(model, tokenizer, [p], one)[0] for p in prompts]
+        for rm in rewards:
+            rm.score(prompts, responses)
+        times.append(time.perf_counter() - t0)
+    return {"variant": variant, "seconds_per_point": statistics.median(times), "raw_seconds": times,
+            "setup_seconds": setup, "peak_rss_mb": peak_rss_mb(), "points": len(weights)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--variant", choices=["base", "mvalign", "reference"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    mode = "quick" if args.quick else "full"
+    s = SETTINGS[mode]
+    if args.variant:
+        print("RESULT " + json.dumps(run_variant(args.variant, s)))
+        return
+    prepare(s)
+    results = {}
+    for variant in ("base", "mvalign", "reference"):
+        cmd = [sys.executable, __file__, "--variant", variant] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode or not line:
+            sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
+        results[variant] = json.loads(line[0][7:])
+    a, b, c = (results[k] for k in ("base", "mvalign", "reference"))
+    sweep = {
+        "ratio_vs_base_generation": b["seconds_per_point"] / a["seconds_per_point"],
+        "speedup_vs_reference_loop": c["seconds_per_point"] / b["seconds_per_point"],
+        "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
+        "raw": results,
+        "setting": {**s, "mode": mode, "model": "smollm2-135m-instruct (fp32)", "prompt_source": "built-in policy prompts",
+                    "generation": "greedy", "adapters": "2 random LoRA r=16 q/k/v/o", "scoring": "2 BT heads on MiniLM"},
+    }
+    out_path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")
+    perf = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    perf["sweep"] = sweep
+    out_path.write_text(json.dumps(perf, indent=2))
+    print(json.dumps({k: v for k, v in sweep.items() if k != "raw"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
