@@ -1,6 +1,6 @@
 """Decorrelation benchmark (issue: MVA value decorrelation) on the embedded SmolLM2 with HH-RLHF helpful + harmless.
 
-    .venv/bin/python bench/decorrelation.py            # full CPU setting (about 25 minutes on 2 cores)
+    .venv/bin/python bench/decorrelation.py --seeds 0 1   # full CPU setting (about 13 minutes per seed on 2 cores)
     .venv/bin/python bench/decorrelation.py --quick    # tiny setting, a few minutes
 
 Trains the helpful vector once with plain DPO, then the harmless vector three ways with the same seed, data and
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ VARIANTS = {"plain": None, "cka-delta_w": ("cka", "delta_w", 1.0), "cka-delta_w-
             "cka-lora_A": ("cka", "lora_A", 1.0)}
 
 
-def make_config(s: dict, variant: str, run_root: Path) -> MVAConfig:
+def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> MVAConfig:
     values = [
         {"name": name, "data": {"format": "hh-rlhf", "path": [str(SHARED / folder / "test.jsonl.gz")], "limit": s["limit"],
                                 "single_turn_only": True, "on_invalid": "skip"}}
@@ -61,7 +62,7 @@ def make_config(s: dict, variant: str, run_root: Path) -> MVAConfig:
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
-                "max_prompt_length": 96, "precision": "bf16", "seed": 0, "save_every": 10, "eval_pairs": s["eval_pairs"]},
+                "max_prompt_length": 96, "precision": "bf16", "seed": seed, "save_every": 10, "eval_pairs": s["eval_pairs"]},
         "decorrelation": {"alpha": alpha, "penalty": kind, "target": target, "sigma": "median", "rows": 128},
         "run_dir": str(run_root / variant),
     })
@@ -118,45 +119,55 @@ def penalty_timing(cfg: MVAConfig, reps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="config seeds to run (each a full set of vectors)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} is absent: this benchmark needs ../shared/data beside the repository")
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
-    run_root = ROOT / "runs" / f"bench-decorrelation-{mode}"
-    cfgs = {v: make_config(s, v, run_root) for v in VARIANTS}
-
-    t0 = time.perf_counter()
-    train_method(cfgs["plain"], "dpo")
-    for variant in VARIANTS:
-        if variant != "plain":
-            seed_first_vector(cfgs["plain"], cfgs[variant])
-            train_method(cfgs[variant], "mva")
-    train_seconds = time.perf_counter() - t0
-
+    base_root = ROOT / "runs" / f"bench-decorrelation-{mode}"
     result = {"setting": {**s, "mode": mode, "model": "smollm2-135m-instruct", "data": "HH-RLHF test splits, single-turn",
                           "lora": "r=16 alpha=32 q,k,v,o dropout 0.05", "dpo": "beta 0.1, lr 5e-4, batch 4, bf16, max_length 192",
                           "penalty": "CKA (normalised HSIC), median-heuristic sigma, 128 sampled rows for delta_w, summed over modules",
-                          "variants": {k: v and dict(zip(("penalty", "target", "alpha"), v)) for k, v in VARIANTS.items()}},
+                          "variants": {k: v and dict(zip(("penalty", "target", "alpha"), v)) for k, v in VARIANTS.items()},
+                          "seeds": args.seeds},
               "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}, "versions": package_versions(),
-              "variants": {}}
-    plain_store = RunStore(cfgs["plain"].run_dir)
-    helpful = plain_store.get_vector("helpful", "dpo")
-    for variant, cfg in cfgs.items():
-        method = "dpo" if variant == "plain" else "mva"
-        store = RunStore(cfg.run_dir)
-        harmless = store.get_vector("harmless", method)
-        adapters = [load_lora_adapter(helpful.adapter_dir, "helpful"), load_lora_adapter(harmless.adapter_dir, "harmless")]
-        overall = interference_report(adapters)["pairs"][0]["overall"]
-        log = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / method / "harmless" / "log.jsonl").read_text().splitlines()]
-        result["variants"][variant] = {
-            "harmless_train_log": {k: [round(r.get(k, float("nan")), 5) for r in log] for k in ("dpo_loss", "cka_total", "grad_norm")},
-            "similarity": {"cos": overall["cos"], "mean_abs_cos": overall["mean_abs_cos"], "cka": overall["cka"]},
-            "val_accuracy": {"helpful": [helpful.metrics["val_accuracy"], helpful.metrics["val_accuracy_se"]],
-                             "harmless": [harmless.metrics["val_accuracy"], harmless.metrics["val_accuracy_se"]]},
-            "val_pairs": harmless.metrics["val_pairs"],
-            "harmless_seconds_per_step": harmless.seconds_per_step,
+              "variants": {v: {"per_seed": {}} for v in VARIANTS}}
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        run_root = base_root if seed == 0 else base_root / f"seed{seed}"  # seed 0 keeps the first layout (resumable)
+        cfgs = {v: make_config(s, v, run_root, seed) for v in VARIANTS}
+        train_method(cfgs["plain"], "dpo")
+        for variant in VARIANTS:
+            if variant != "plain":
+                seed_first_vector(cfgs["plain"], cfgs[variant])
+                train_method(cfgs[variant], "mva")
+        helpful = RunStore(cfgs["plain"].run_dir).get_vector("helpful", "dpo")
+        for variant, cfg in cfgs.items():
+            method = "dpo" if variant == "plain" else "mva"
+            harmless = RunStore(cfg.run_dir).get_vector("harmless", method)
+            adapters = [load_lora_adapter(helpful.adapter_dir, "helpful"), load_lora_adapter(harmless.adapter_dir, "harmless")]
+            overall = interference_report(adapters)["pairs"][0]["overall"]
+            log = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / method / "harmless" / "log.jsonl").read_text().splitlines()]
+            result["variants"][variant]["per_seed"][str(seed)] = {
+                "harmless_train_log": {k: [round(r.get(k, float("nan")), 5) for r in log] for k in ("dpo_loss", "cka_total", "grad_norm")},
+                "similarity": {"cos": overall["cos"], "mean_abs_cos": overall["mean_abs_cos"], "cka": overall["cka"]},
+                "val_accuracy": {"helpful": [helpful.metrics["val_accuracy"], helpful.metrics["val_accuracy_se"]],
+                                 "harmless": [harmless.metrics["val_accuracy"], harmless.metrics["val_accuracy_se"]]},
+                "val_margin": {"helpful": helpful.metrics["val_margin"], "harmless": harmless.metrics["val_margin"]},
+                "val_pairs": harmless.metrics["val_pairs"],
+                "harmless_seconds_per_step": harmless.seconds_per_step,
+            }
+    train_seconds = time.perf_counter() - t0
+    for variant, entry in result["variants"].items():
+        runs = list(entry["per_seed"].values())
+        entry["mean_over_seeds"] = {
+            "seeds": len(runs),
+            **{k: float(np.mean([r["similarity"][k] for r in runs])) for k in ("cos", "mean_abs_cos", "cka")},
+            **{f"val_accuracy_{v}": float(np.mean([r["val_accuracy"][v][0] for r in runs])) for v in ("helpful", "harmless")},
+            "harmless_seconds_per_step": float(np.mean([r["harmless_seconds_per_step"] for r in runs])),
         }
+    cfgs = {v: make_config(s, v, base_root) for v in VARIANTS}
     result["penalty_timing"] = penalty_timing(cfgs["cka-delta_w"], s["timing_reps"])
     result["train_wall_seconds_this_invocation"] = train_seconds
     out = ROOT / "bench" / "results" / ("decorrelation.json" if mode == "full" else "decorrelation-quick.json")

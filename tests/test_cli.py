@@ -191,3 +191,14 @@ def test_run_pipeline_reward_cli_and_report_on_tiny_model(tmp_path, tiny_model_d
     assert (run / "report.md").read_text().startswith("# mvalign report")
     rewritten = runner.invoke(app, ["report", str(run)])
     assert rewritten.exit_code == 0 and (run / "front-mva.png").is_file()
+
+
+def test_run_dir_from_an_older_config_without_new_fields_is_accepted(tmp_path, run_config):
+    assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0
+    saved = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["consistency"]  # as written by a version that did not know this section
+    for v in old["values"]:
+        del v["data"]["rows"]
+    saved.write_text(yaml.safe_dump(old))
+    assert runner.invoke(app, ["train", str(run_config), "--value", "harmless"]).exit_code == 0

@@ -65,7 +65,8 @@ def prepare_run_dir(cfg: MVAConfig) -> Path:
     cfg_path = run / "config.yaml"
     new = cfg.model_dump(mode="json")
     if cfg_path.is_file():
-        old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        # validated, so fields added (with defaults) by a newer mvalign do not count as changes
+        old = MVAConfig.model_validate(yaml.safe_load(cfg_path.read_text(encoding="utf-8"))).model_dump(mode="json")
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in EVALUATION_ONLY)
         if changed:
             raise ConfigError(
