@@ -191,16 +191,18 @@ def consistency(config: Path = typer.Argument(..., help="Run config (YAML) with 
     from .config import load_config
     from .consistency import consistency_for_value, plot_consistency, select, summary
     from .data import load_value_splits
+    from .rewards import load_reward_models
     from .run import prepare_run_dir
 
     try:
         cfg = load_config(config)
         run = prepare_run_dir(cfg)
         c = cfg.consistency
+        rewards = load_reward_models(cfg)
         results, rows = {}, {}
         for v in cfg.values:
             pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["train"]
-            results[v.name] = consistency_for_value(cfg, v.name, pairs)
+            results[v.name] = consistency_for_value(cfg, v.name, pairs, rewards)
             keep, _ = select(results[v.name]["vc"], c.mode, c.tau, c.quantile)
             rows[v.name] = {**summary(results[v.name]), "mode": c.mode, "tau": c.tau, "kept": int(len(keep)),
                             "stats": results[v.name]["stats"]}

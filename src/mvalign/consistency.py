@@ -145,11 +145,13 @@ def plot_consistency(results: Mapping[str, dict], path: Path) -> Path:
     return path
 
 
-def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair]) -> dict:
-    """Cached VC scores of one value's training pairs under every value's reward model (RUN/consistency/<value>.json)."""
+def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair],
+                          rewards: Mapping[str, RewardModel] | None = None) -> dict:
+    """Cached VC scores of one value's training pairs under every value's reward model (RUN/consistency/<value>.json).
+    Pass `rewards` when scoring several values, so the judges are loaded once."""
     from .models import cache_root
     from .rewards import load_reward_models
 
-    rewards = load_reward_models(cfg)
+    rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     return cached_consistency(Path(cfg.run_dir) / "consistency" / f"{value}.json", pairs, rewards, cfg.consistency.text, cache)

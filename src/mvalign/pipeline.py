@@ -16,7 +16,7 @@ from .generate import GenerationSettings
 from .models import cache_root, load_model
 from .pareto import non_dominated
 from .report import build_front, write_front, write_report
-from .rewards import ScoreCache, load_reward_models, reward_dir
+from .rewards import RewardModel, ScoreCache, load_reward_models, reward_dir
 from .run import adapter_dir, prepare_run_dir, train_method
 from .store import RunStore
 from .sweep import evaluate_points, strategy_points
@@ -45,13 +45,15 @@ def generation_settings(cfg: MVAConfig) -> GenerationSettings:
                               cfg.dpo.max_prompt_length)
 
 
-def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True) -> dict:
+def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True,
+                    rewards: dict[str, RewardModel] | None = None) -> dict:
     """Sweep the method's weight vectors on val, select the non-dominated ones, score them (and the base) on test,
-    write front-<method>.json (and front.json when `primary`) and return the front."""
+    write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
+    loaded (default: load them from the config)."""
     run = Path(cfg.run_dir)
     store = RunStore(run)
     values = [v.name for v in cfg.values]
-    rewards = load_reward_models(cfg)
+    rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
     adapters = [load_lora_adapter(adapter_dir(run, method, v), v) for v in values]
@@ -83,7 +85,7 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
     """Train reward heads and value vectors (skipping finished work), evaluate each method, write the report."""
     run = prepare_run_dir(cfg)
     t0 = time.perf_counter()
-    load_reward_models(cfg)  # trains missing BT heads first: a bad reward config fails before DPO
+    rewards = load_reward_models(cfg)  # trains missing BT heads first: a bad reward config fails before DPO
     heads = {}
     for v in cfg.values:
         head_json = reward_dir(cfg, v.name) / "head.json"
@@ -97,7 +99,7 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
     fronts = {}
     for method in methods:
         t = time.perf_counter()
-        fronts[method] = evaluate_method(cfg, method, progress, primary=method == methods[0])
+        fronts[method] = evaluate_method(cfg, method, progress, primary=method == methods[0], rewards=rewards)
         timings[f"sweep_{method}_s"] = time.perf_counter() - t
     settings = {"model": cfg.model.name, "steps": cfg.dpo.max_steps, "strategy": cfg.sweep.strategy,
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,

@@ -72,13 +72,18 @@ def _gram(X: torch.Tensor) -> torch.Tensor:
     return X @ X.transpose(-2, -1)
 
 
+def rbf_from_gram(G: torch.Tensor, sigma: float | str) -> torch.Tensor:
+    """RBF kernel of the samples whose Gram matrix is G."""
+    return rbf_from_sqdist(sqdist_from_gram(G), sigma)
+
+
 def hsic(X: torch.Tensor, Y: torch.Tensor, sigma: float | str = 1.0) -> torch.Tensor:
     """HSIC of two row-paired sample matrices with RBF kernels."""
-    return hsic_from_kernels(rbf_from_sqdist(sqdist_from_gram(_gram(X)), sigma), rbf_from_sqdist(sqdist_from_gram(_gram(Y)), sigma))
+    return hsic_from_kernels(rbf_from_gram(_gram(X), sigma), rbf_from_gram(_gram(Y), sigma))
 
 
 def cka(X: torch.Tensor, Y: torch.Tensor, sigma: float | str = 1.0) -> torch.Tensor:
-    return cka_from_kernels(rbf_from_sqdist(sqdist_from_gram(_gram(X)), sigma), rbf_from_sqdist(sqdist_from_gram(_gram(Y)), sigma))
+    return cka_from_kernels(rbf_from_gram(_gram(X), sigma), rbf_from_gram(_gram(Y), sigma))
 
 
 def _scale(scale: float | torch.Tensor) -> float | torch.Tensor:
@@ -124,8 +129,7 @@ def module_penalty(
     else:
         Gx = delta_w_gram(train.A, train.B, train.scale, rows)
         Gy = delta_w_gram(frozen.A, frozen.B, frozen.scale, rows)
-    K = rbf_from_sqdist(sqdist_from_gram(Gx), spec.sigma)
-    L = rbf_from_sqdist(sqdist_from_gram(Gy), spec.sigma)
+    K, L = rbf_from_gram(Gx, spec.sigma), rbf_from_gram(Gy, spec.sigma)
     return cka_from_kernels(K, L) if spec.kind == "cka" else hsic_from_kernels(K, L)
 
 
