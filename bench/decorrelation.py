@@ -33,7 +33,8 @@ from mvalign.combine import load_lora_adapter  # noqa: E402
 from mvalign.config import MVAConfig  # noqa: E402
 from mvalign.diagnose import interference_report  # noqa: E402
 from mvalign.models import cache_root, load_model  # noqa: E402
-from mvalign.run import adapter_dir, package_versions, train_method, value_seed  # noqa: E402
+from mvalign.run import adapter_dir, package_versions, value_seed  # noqa: E402
+from mvalign.training import train_method  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
 from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec  # noqa: E402
 from mvalign.train.dpo import dpo_loss  # noqa: E402

@@ -29,7 +29,8 @@ from mvalign.consistency import plot_consistency, summary  # noqa: E402
 from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
 from mvalign.pipeline import evaluate_method  # noqa: E402
 from mvalign.rewards import load_reward_models  # noqa: E402
-from mvalign.run import package_versions, train_method  # noqa: E402
+from mvalign.run import package_versions  # noqa: E402
+from mvalign.training import train_method  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
 
 SETTINGS = {

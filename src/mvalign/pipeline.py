@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .combine import CombinedModel, load_lora_adapter
@@ -17,12 +18,13 @@ from .models import cache_root, load_model
 from .pareto import non_dominated
 from .report import build_front, write_front, write_report
 from .rewards import RewardModel, ScoreCache, load_reward_models, reward_dir
-from .run import adapter_dir, prepare_run_dir, train_method
+from .run import adapter_dir, prepare_run_dir
+from .training import PER_WEIGHT, preference_weights, train_method, vector_source, weight_label
 from .store import RunStore
-from .sweep import evaluate_points, strategy_points
+from .sweep import evaluate_points, simplex_points, strategy_points
 
 log = logging.getLogger(__name__)
-SOUP_METHODS = ("vcsoup",)
+SOUP_METHODS = ("soup", "vcsoup", "mva-convex")
 """Methods whose candidates are soups: weights on the simplex (sweep.simplex_step), whatever sweep.strategy says."""
 
 
@@ -45,9 +47,49 @@ def generation_settings(cfg: MVAConfig) -> GenerationSettings:
                               cfg.dpo.max_prompt_length)
 
 
+@dataclass
+class Candidates:
+    """What a method puts forward for evaluation: adapters loaded on one model and the points to try.
+
+    Each point is (label, adapter weights): the label is the ω (or, for per-weight methods, the preference weight
+    w; for seqt, which values' data the stage has seen) reported in fronts; adapter weights say which combination
+    of the loaded adapters realises it. Points are stored under `source` (the vectors' method), so methods sharing
+    vectors (dpo, soup, mva-nohsic) share evaluations.
+    """
+
+    source: str
+    adapters: list[tuple[str, Path]]
+    points: list[tuple[dict[str, float], dict[str, float]]]
+
+
+def method_candidates(cfg: MVAConfig, method: str) -> Candidates:
+    """dpo: each vector alone (ω = e_k). soup, vcsoup, mva-convex: the simplex (sweep.simplex_step). mva, mva-nohsic,
+    mva-orth: sweep.strategy (the extrapolation box by default). seqt: each stage's model. lw, modpo: each
+    per-weight model."""
+    run = Path(cfg.run_dir)
+    values = [v.name for v in cfg.values]
+    source = vector_source(method)
+    if method in PER_WEIGHT:
+        ws = preference_weights(cfg)
+        labels = [weight_label(w) for w in ws]
+        return Candidates(source, [(lb, adapter_dir(run, source, lb)) for lb in labels],
+                          [(w, {lb: 1.0}) for w, lb in zip(ws, labels)])
+    adapters = [(v, adapter_dir(run, source, v)) for v in values]
+    if method == "seqt":
+        return Candidates(source, adapters, [({u: float(j <= k) for j, u in enumerate(values)}, {v: 1.0})
+                                             for k, v in enumerate(values)])
+    if method == "dpo":
+        points = [{u: float(u == v) for u in values} for v in values]
+    elif method in SOUP_METHODS:
+        points = simplex_points(values, cfg.sweep.simplex_step)
+    else:
+        points = [p for p in strategy_points(cfg.sweep, values) if any(p.values())]
+    return Candidates(source, adapters, [(p, p) for p in points])
+
+
 def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True,
                     rewards: dict[str, RewardModel] | None = None) -> dict:
-    """Sweep the method's weight vectors on val, select the non-dominated ones, score them (and the base) on test,
+    """Evaluate the method's candidates on val, select the non-dominated ones, score them (and the base) on test,
     write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
     loaded (default: load them from the config)."""
     run = Path(cfg.run_dir)
@@ -55,30 +97,46 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     values = [v.name for v in cfg.values]
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
+    cand = method_candidates(cfg, method)
+    missing = [str(p) for _, p in cand.adapters if not p.is_dir()]
+    if missing:
+        raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    adapters = [load_lora_adapter(adapter_dir(run, method, v), v) for v in values]
-    combined = CombinedModel(model, adapters, cfg.sweep.combination)
-    label = method if cfg.sweep.combination == "exact" else f"{method}-factorwise"
+    combined = CombinedModel(model, [load_lora_adapter(p, name) for name, p in cand.adapters], cfg.sweep.combination)
+    suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
+    label, key = method + suffix, cand.source + suffix
     gen = generation_settings(cfg)
-    chat = cfg.model.chat_template == "auto"
     common = dict(rewards=rewards, generation=gen, store=store, cache=cache, bootstrap=cfg.sweep.bootstrap,
-                  use_chat_template=chat, progress=progress)
+                  use_chat_template=cfg.model.chat_template == "auto", progress=progress)
     prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
-    base_w = {v: 0.0 for v in values}
-    base = {s: evaluate_points(combined, tokenizer, [base_w], method="base", split=s, prompts=prompts[s], **common)[0]
-            for s in ("val", "test")}
-    strategy = cfg.sweep.model_copy(update={"strategy": "simplex"}) if method in SOUP_METHODS else cfg.sweep
-    candidates = [p for p in strategy_points(strategy, values) if any(p.values())]
-    val = evaluate_points(combined, tokenizer, candidates, method=label, split="val", prompts=prompts["val"], **common)
+    base = {s: evaluate_points(combined, tokenizer, [{v: 0.0 for v in values}], apply=[{}], method="base", split=s,
+                               prompts=prompts[s], **common)[0] for s in ("val", "test")}
+    labels, applies = [p[0] for p in cand.points], [p[1] for p in cand.points]
+    val = evaluate_points(combined, tokenizer, labels, apply=applies, method=key, split="val", prompts=prompts["val"], **common)
     mask = non_dominated([[p.rewards[v] for v in values] for p in val])
-    selected = [p.weights for p, m in zip(val, mask) if m]
-    test = evaluate_points(combined, tokenizer, selected, method=label, split="test", prompts=prompts["test"], **common)
+    chosen = [i for i, m in enumerate(mask) if m]
+    test = evaluate_points(combined, tokenizer, [labels[i] for i in chosen], apply=[applies[i] for i in chosen],
+                           method=key, split="test", prompts=prompts["test"], **common)
     combined.reset()
+    for p in (*val, *test):
+        p.method = label
     front = build_front(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point)
     front["settings"] = {"val_prompts": len(prompts["val"]), "test_prompts": len(prompts["test"]), **gen.as_dict(),
-                         "strategy": strategy.strategy, "combination": cfg.sweep.combination}
+                         "candidates": "per-weight models" if method in PER_WEIGHT else "stages" if method == "seqt"
+                         else "each vector alone" if method == "dpo" else "simplex" if method in SOUP_METHODS
+                         else cfg.sweep.strategy, "combination": cfg.sweep.combination, "vectors": cand.source}
+    front["training"] = training_compute(store, cand)
     write_front(run, front, label, primary)
     return front
+
+
+def training_compute(store: RunStore, cand: Candidates) -> dict:
+    """Optimizer steps, tokens and wall seconds summed over the adapters a method's candidates use."""
+    recs = [store.get_vector(name, cand.source) for name, _ in cand.adapters]
+    recs = [r for r in recs if r is not None]
+    return {"adapters": len(recs), "steps": sum(r.steps for r in recs),
+            "tokens": sum(float(r.metrics.get("train_tokens", 0.0)) for r in recs),
+            "seconds": sum(r.seconds for r in recs)}
 
 
 def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: bool = True) -> dict:

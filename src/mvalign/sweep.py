@@ -74,19 +74,26 @@ def evaluate_points(
     combined: CombinedModel, tokenizer, weight_points: Sequence[Mapping[str, float]], *, method: str, split: str,
     prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings, store: RunStore,
     cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True, progress: bool = True,
+    apply: Sequence[Mapping[str, float]] | None = None,
 ) -> list[PointRecord]:
-    """Evaluate (or fetch from the store) every weight vector; returns the records in the order given."""
+    """Evaluate (or fetch from the store) every weight vector; returns the records in the order given.
+
+    `apply[i]` (default: the weight vector itself) is what `combined.set_weights` gets for point i (adapters not
+    named get 0): methods whose points are separate models label the point by its preference weight and apply
+    the one-hot choice of its adapter."""
+    if apply is not None and len(apply) != len(weight_points):
+        raise ValueError(f"{len(weight_points)} points but {len(apply)} adapter weightings")
     key = settings_key(prompts, generation, rewards)
     out: list[PointRecord] = []
     bar = tqdm(weight_points, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True)
-    for w in bar:
+    for i, w in enumerate(bar):
         w = {k: float(v) for k, v in w.items()}
         done = store.get_point(method, w, split, key)
         if done is not None:
             done.weights = w  # the caller's value order (the store keeps keys sorted)
             out.append(done)
             continue
-        combined.set_weights(w)
+        combined.set_weights(w if apply is None else {n: float(apply[i].get(n, 0.0)) for n in combined.names})
         t0 = time.perf_counter()
         responses = generate_responses(combined.model, tokenizer, prompts, generation, use_chat_template)
         t1 = time.perf_counter()

@@ -12,7 +12,9 @@ Which rows enter the kernel (`target`):
     D_ab = G_aa + G_bb − 2 G_ab, so no d_out × d_in matrix is formed; m rows (same indices for both adapters)
     are sampled per step when d_out > m.
 Orthogonality ablation (`penalty = "orth"`): ‖A_k A_jᵀ‖_F² for lora_A and ‖ΔW_kᵀ ΔW_j‖_F² for delta_w, the latter
-as tr(Mᵀ (A_k A_kᵀ) M (A_j A_jᵀ)) · s_k² s_j² with M = B_kᵀ B_j (only r × r products).
+as tr(Mᵀ (A_k A_kᵀ) M (A_j A_jᵀ)) · s_k² s_j² with M = B_kᵀ B_j (only r × r products). `orth-normalised` divides
+by sqrt(‖ΔW_kᵀ ΔW_k‖_F² ‖ΔW_jᵀ ΔW_j‖_F²): a scale-free overlap in [0, 1] (Cauchy–Schwarz on the PSD matrices
+ΔW ΔWᵀ), the orthogonality counterpart of CKA, so the same α means a comparable pull.
 """
 
 from __future__ import annotations
@@ -101,10 +103,20 @@ def delta_w_gram(A: torch.Tensor, B: torch.Tensor, scale: float | torch.Tensor, 
 class PenaltySpec:
     """How two value vectors are compared (see module docstring)."""
 
-    kind: str = "hsic"  # hsic | cka | orth
+    kind: str = "hsic"  # hsic | cka | orth | orth-normalised
     target: str = "delta_w"  # delta_w | lora_A
     sigma: float | str = "median"
     rows: int = 128  # m: ΔW rows sampled per step (delta_w), all rows when d_out <= m
+
+
+def _orth_overlap(x: LoraFactors, y: LoraFactors, target: str) -> torch.Tensor:
+    """‖A_x A_yᵀ‖_F² (lora_A) or ‖ΔW_xᵀ ΔW_y‖_F² = s_x² s_y² tr(Mᵀ (A_x A_xᵀ) M (A_y A_yᵀ)), M = B_xᵀ B_y (delta_w)."""
+    if target == "lora_A":
+        return (x.A @ y.A.transpose(-2, -1)).pow(2).sum((-2, -1))
+    M = x.B.transpose(-2, -1) @ y.B
+    prod = M.transpose(-2, -1) @ _gram(x.A) @ M @ _gram(y.A)
+    scale = torch.as_tensor(x.scale) * torch.as_tensor(y.scale)
+    return scale**2 * torch.diagonal(prod, dim1=-2, dim2=-1).sum(-1)
 
 
 def module_penalty(
@@ -115,13 +127,12 @@ def module_penalty(
     Factors may carry leading batch dimensions (several modules of equal shapes stacked, with a tensor of scales):
     the result then has those dimensions.
     """
-    if spec.kind == "orth":
-        if spec.target == "lora_A":
-            return (train.A @ frozen.A.transpose(-2, -1)).pow(2).sum((-2, -1))
-        M = train.B.transpose(-2, -1) @ frozen.B
-        prod = M.transpose(-2, -1) @ _gram(train.A) @ M @ _gram(frozen.A)
-        scale = torch.as_tensor(train.scale) * torch.as_tensor(frozen.scale)
-        return scale**2 * torch.diagonal(prod, dim1=-2, dim2=-1).sum(-1)
+    if spec.kind in ("orth", "orth-normalised"):
+        cross = _orth_overlap(train, frozen, spec.target)
+        if spec.kind == "orth":
+            return cross
+        norm = _orth_overlap(train, train, spec.target) * _orth_overlap(frozen, frozen, spec.target)
+        return cross / norm.clamp_min(1e-24).sqrt()
     if spec.target == "lora_A":
         if train.A.shape != frozen.A.shape:
             raise ValueError(f"lora_A target pairs rows by rank index: ranks differ ({train.A.shape} vs {frozen.A.shape})")

@@ -101,12 +101,13 @@ def train_dpo(
     extra_loss: ExtraLoss | None = None,
     pair_weights: torch.Tensor | None = None,
     pair_margins: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train the trainable (LoRA) parameters of `model` with DPO on `pairs` against cached reference log-probs.
 
-    Per micro-batch: loss = L_DPO(weights, margins) + extra_loss(model), divided by grad_accum. Writes
+    Per micro-batch: loss = L_DPO(weights, margins, logit_scale) + extra_loss(model), divided by grad_accum. Writes
     `out_dir/log.jsonl` (one line per optimizer step) and a resumable `out_dir/checkpoint/` every
     `settings.save_every` steps and at the end; an existing checkpoint is resumed from.
     """
@@ -150,9 +151,11 @@ def train_dpo(
                         pol_c, pol_r, ref_chosen[t_idx].to(acc.device), ref_rejected[t_idx].to(acc.device), settings.beta,
                         weights=None if pair_weights is None else pair_weights[t_idx].to(acc.device),
                         margins=None if pair_margins is None else pair_margins[t_idx].to(acc.device),
+                        scale=logit_scale,
                     )
                     loss = out_dpo.loss
-                    logs = {"dpo_loss": out_dpo.loss.item(), "accuracy": out_dpo.accuracy.item(),
+                    logs = {"tokens": float(batch["attention_mask"].sum()) * settings.grad_accum,
+                            "dpo_loss": out_dpo.loss.item(), "accuracy": out_dpo.accuracy.item(),
                             "margin": out_dpo.margin.item(), "chosen_reward": out_dpo.chosen_rewards.mean().item(),
                             "rejected_reward": out_dpo.rejected_rewards.mean().item()}
                     if extra_loss is not None:
