@@ -1,0 +1,183 @@
+"""Quality benchmark: every method, matched budgets, two real settings, several seeds; resumable cell by cell.
+
+    .venv/bin/python bench/quality/run.py                      # full: hh + tqa, seeds 0 1 2 (see bench/README.md)
+    .venv/bin/python bench/quality/run.py --max-minutes 100    # stop starting new cells after 100 minutes
+    .venv/bin/python bench/quality/run.py --quick              # smoke run (1 seed, 1 step, 3 prompts), a few minutes
+    .venv/bin/python bench/quality/quality_table.py            # rebuild bench/results/quality.md from quality.json
+
+Settings (../shared/data): `hh` = HH-RLHF helpful vs harmless; `tqa` = TruthfulQA honest vs helpful. Base model:
+the embedded SmolLM2-135M-Instruct. Judges: Bradley-Terry heads on frozen all-MiniLM-L6-v2 (one per value,
+trained once per setting, shared by every seed and method):
+  hh   helpful judge on helpful-online + helpful-rejection-sampled (other dialogues than DPO's), harmless judge on
+       all harmless-base dialogues of the train split; DPO on single-turn helpful-base / harmless-base train pairs;
+  tqa  judges and DPO on the TruthfulQA pairs of the train split (questions).
+  Splits hash (seed, prompt), so evaluation prompts (val / test split) are unseen by judges and DPO alike; the
+  harmless and tqa judges share train prompts with DPO, as a reward model and its policy do in RLHF.
+Budgets: every value vector gets S optimizer steps (batch 4); lw and modpo train one model per weight w ∈ {0.25,
+0.5, 0.75} with n·S/3 steps each (the same total as n value vectors); seqt trains S steps per stage. Candidates:
+extrapolation box ω ∈ {0, 0.5, 1}² \\ 0 (mva, mva-nohsic, mva-orth), simplex step 0.25 (soup, vcsoup, mva-convex),
+each vector alone (dpo), stages (seqt), per-weight models (lw, modpo). Selection on val prompts, report on test
+prompts, greedy decoding. Seeds change the training seed (LoRA init, data order, dropout); data splits, prompts and
+judges are fixed. A cell = (setting, seed, method): stored in bench/results/quality.json as soon as it finishes and
+skipped when re-run; run directories live under runs/bench-quality/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mvalign.combine import load_lora_adapter  # noqa: E402
+from mvalign.config import MVAConfig  # noqa: E402
+from mvalign.diagnose import interference_report  # noqa: E402
+from mvalign.pipeline import evaluate_method  # noqa: E402
+from mvalign.rewards import load_reward_models  # noqa: E402
+from mvalign.run import adapter_dir, package_versions  # noqa: E402
+from mvalign.store import RunStore  # noqa: E402
+from mvalign.training import train_method, vector_source  # noqa: E402
+from quality_table import write_table  # noqa: E402
+
+METHODS = ["dpo", "soup", "mva-nohsic", "mva", "mva-convex", "mva-orth", "vcsoup", "seqt", "lw", "modpo"]
+BUDGET = {
+    "full": {"steps": 24, "limit": 320, "eval_pairs": 48, "prompts": 24, "tokens": 32, "rm_epochs": 30,
+             "rm_limit": None, "max_length": 160, "max_prompt_length": 96},
+    "quick": {"steps": 1, "limit": 8, "eval_pairs": 4, "prompts": 3, "tokens": 4, "rm_epochs": 2,
+              "rm_limit": 48, "max_length": 96, "max_prompt_length": 64},
+}
+WEIGHTS = [0.25, 0.5, 0.75]
+
+
+def values_for(setting: str, b: dict, root: Path) -> list[dict]:
+    def judge(name):
+        return {"kind": "bt-head", "path": str(root / setting / "rewards" / name), "epochs": b["rm_epochs"]}
+    if setting == "hh":
+        hh = DATA / "hh-rlhf"
+        def src(*folders, **extra):
+            return {"format": "hh-rlhf", "path": [str(hh / f / "test.jsonl.gz") for f in folders], "on_invalid": "skip", **extra}
+        return [
+            {"name": "helpful", "data": src("helpful-base", single_turn_only=True, limit=b["limit"]),
+             "reward": {**judge("helpful"), "data": src("helpful-online", "helpful-rejection-sampled", limit=b["rm_limit"])}},
+            {"name": "harmless", "data": src("harmless-base", single_turn_only=True, limit=b["limit"]),
+             "reward": {**judge("harmless"), "data": src("harmless-base", limit=b["rm_limit"])}},
+        ]
+    tqa = {"format": "truthfulqa", "path": [str(DATA / "truthfulqa")], "on_invalid": "skip"}
+    return [{"name": v, "data": {**tqa, "value": v, "limit": b["limit"]},
+             "reward": {**judge(v), "data": {**tqa, "value": v, "limit": b["rm_limit"]}}} for v in ("honest", "helpful")]
+
+
+def make_config(setting: str, seed: int, b: dict, root: Path) -> MVAConfig:
+    values = values_for(setting, b, root)
+    names = [v["name"] for v in values]
+    return MVAConfig.model_validate({
+        "values": values,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": b["steps"], "batch_size": 4, "max_length": b["max_length"],
+                "max_prompt_length": b["max_prompt_length"], "precision": "bf16", "seed": seed, "save_every": 8,
+                "eval_pairs": b["eval_pairs"]},
+        "sweep": {"strategy": "grid", "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25, "val_prompts": b["prompts"],
+                  "test_prompts": b["prompts"], "max_new_tokens": b["tokens"], "batch_size": 12, "bootstrap": 1000},
+        "decorrelation": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"},
+        "consistency": {"mode": "threshold", "tau": 0.0, "text": "response"},
+        "baselines": {"weights": [{names[0]: w, names[1]: round(1 - w, 10)} for w in WEIGHTS],
+                      "steps_per_model": lw_steps(b), "modpo_margin": "implicit"},
+        "run_dir": str(root / setting / f"seed{seed}"),
+    })
+
+
+def lw_steps(b: dict) -> int:
+    """Steps of each lw / modpo model: the budget of two value vectors split over the weights."""
+    return max(1, round(2 * b["steps"] / len(WEIGHTS)))
+
+
+def interference(cfg: MVAConfig, source: str) -> dict | None:
+    if source not in ("dpo", "mva", "mva-orth", "vcsoup"):
+        return None
+    run = Path(cfg.run_dir)
+    adapters = [load_lora_adapter(adapter_dir(run, source, v.name), v.name) for v in cfg.values]
+    overall = interference_report(adapters)["pairs"][0]["overall"]
+    return {k: overall[k] for k in ("cos", "mean_abs_cos", "cka")}
+
+
+def cell_record(cfg: MVAConfig, method: str, front: dict, seconds: float) -> dict:
+    store = RunStore(cfg.run_dir)
+    source = vector_source(method)
+    vectors = {r.value: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
+               | {"steps": r.steps, "train_pairs": r.train_pairs, "seconds_per_step": r.seconds_per_step}
+               for r in store.vectors(source)}
+    return {"method": method, "values": front["values"], "base": front["base"], "points": front["points"],
+            "hypervolume_own_reference": front["hypervolume"], "own_reference_point": front["reference_point"],
+            "training": front["training"], "settings": front["settings"], "vectors": vectors,
+            "interference": interference(cfg, source), "evaluation_seconds": seconds}
+
+
+def save(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--settings", nargs="+", default=["hh", "tqa"], choices=["hh", "tqa"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--max-minutes", type=float, default=None, help="start no new (setting, seed) after this long")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
+    mode = "quick" if args.quick else "full"
+    b = BUDGET[mode]
+    root = ROOT / "runs" / f"bench-quality-{mode}"
+    out = ROOT / "bench" / "results" / ("quality.json" if mode == "full" else "quality-quick.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.is_file() else {"cells": {}}
+    results.update({
+        "budget": {**b, "mode": mode, "weights_lw_modpo": WEIGHTS, "steps_per_lw_modpo_model": lw_steps(b),
+                   "lora": "r16 alpha32 q,k,v,o dropout 0.05", "dpo": "beta 0.1 lr 5e-4 batch 4 bf16",
+                   "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25, "decorrelation": "CKA on delta_w, alpha 0.1",
+                   "consistency": "threshold tau 0", "model": "smollm2-135m-instruct (embedded)"},
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "versions": package_versions(),
+    })
+    t0 = time.perf_counter()
+    for setting in args.settings:
+        judges = None
+        for seed in args.seeds:
+            todo = [m for m in args.methods if f"{setting}/{seed}/{m}" not in results["cells"]]
+            if not todo:
+                continue
+            if args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes:
+                print(f"stopping: {args.max_minutes} minutes reached; re-run to continue", flush=True)
+                write_table(results, out.with_suffix(".md"))
+                return
+            cfg = make_config(setting, seed, b, root)
+            judges = judges or load_reward_models(cfg)
+            results.setdefault("judges", {})[setting] = {
+                v.name: {k: json.loads((Path(v.reward.path) / "head.json").read_text()).get(k)
+                         for k in ("val_accuracy", "val_pairs", "train_pairs")} for v in cfg.values}
+            for method in todo:
+                t = time.perf_counter()
+                train_method(cfg, method)
+                front = evaluate_method(cfg, method, primary=False, rewards=judges)
+                results["cells"][f"{setting}/{seed}/{method}"] = cell_record(cfg, method, front, time.perf_counter() - t)
+                results["wall_seconds_total"] = results.get("wall_seconds_total", 0.0) + time.perf_counter() - t
+                save(results, out)
+                print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
+                                  "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+    print(write_table(results, out.with_suffix(".md")))
+
+
+if __name__ == "__main__":
+    main()
