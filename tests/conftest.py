@@ -109,3 +109,15 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo)")
     return path
+
+
+def hypervolume_2d(points, ref) -> float:
+    """Hypervolume of 2-D maximisation points by sweeping rectangles (independent of moocore)."""
+    points = [tuple(p) for p in points]
+    nd = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    area, y_prev = 0.0, ref[1]
+    for x, y in sorted(set(nd), key=lambda p: -p[0]):
+        if x > ref[0] and y > y_prev:
+            area += (x - ref[0]) * (y - y_prev)
+            y_prev = y
+    return area

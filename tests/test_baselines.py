@@ -19,7 +19,7 @@ from mvalign.train.logprobs import compute_logprobs
 from mvalign.train.tokenize import tokenize_pairs
 from mvalign.training import METHODS, _modpo_margins, preference_weights, train_method
 from safetensors.torch import load_file
-from conftest import write_builtin_config
+from conftest import hypervolume_2d, write_builtin_config
 
 runner = CliRunner()
 
@@ -113,18 +113,6 @@ def test_modpo_implicit_margins_match_peft_log_probs(tmp_path, tiny_model_dir):
     assert torch.allclose(got, expected, atol=1e-5) and expected.abs().max() > 0
 
 
-def _hv2d(points, ref):
-    """Hypervolume of 2-D maximisation points by sweeping rectangles (independent of moocore)."""
-    nd = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-    nd = sorted(set(nd), key=lambda p: -p[0])
-    area, y_prev = 0.0, ref[1]
-    for x, y in nd:
-        if x > ref[0] and y > y_prev:
-            area += (x - ref[0]) * (y - y_prev)
-            y_prev = y
-    return area
-
-
 def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     sweep = {"grid": [0.5, 1.0], "simplex_step": 0.5, "val_prompts": 4, "test_prompts": 3, "max_new_tokens": 4,
              "bootstrap": 100}
@@ -167,7 +155,7 @@ def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     for row in table["rows"]:
         pts = [tuple(p["rewards"][v] for v in ("helpful", "harmless")) for p in fronts[row["method"]]["points"]
                if p["split"] == "test"]
-        assert row["hypervolume_test"] == pytest.approx(_hv2d(pts, ref), abs=1e-9)
+        assert row["hypervolume_test"] == pytest.approx(hypervolume_2d(pts, ref), abs=1e-9)
         assert row["best"]["helpful"] == pytest.approx(max(p[0] for p in pts))
     assert (out / "compare.png").stat().st_size > 1000 and "| mva |" in (out / "compare.md").read_text()
     bad = runner.invoke(app, ["compare", str(run), "--reference", "1,2,3"])

@@ -104,10 +104,12 @@ class RewardConfig(_Strict):
 
 
 class SweepSettings(_Strict):
-    strategy: Literal["grid", "simplex", "list"] = Field(
+    strategy: Literal["grid", "simplex", "list", "adaptive"] = Field(
         "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
-        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`."
+        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`; adaptive: `budget` "
+        "points in the box [min(grid), max(grid)]ⁿ, placed where the front has its largest gaps (mvalign.search)."
     )
+    budget: int = Field(25, ge=2, description="adaptive: weight vectors evaluated on val (the seed grid included).")
     grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)],
         description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",

@@ -19,6 +19,7 @@ from .pareto import non_dominated
 from .report import build_front, write_front, write_report
 from .rewards import RewardModel, ScoreCache, load_reward_models, reward_dir
 from .run import adapter_dir, prepare_run_dir
+from .search import adaptive_search
 from .training import PER_WEIGHT, preference_weights, train_method, vector_source, weight_label
 from .store import RunStore
 from .sweep import evaluate_points, simplex_points, strategy_points
@@ -60,6 +61,8 @@ class Candidates:
     source: str
     adapters: list[tuple[str, Path]]
     points: list[tuple[dict[str, float], dict[str, float]]]
+    adaptive: bool = False
+    """True: no fixed points; `mvalign.search.adaptive_search` picks sweep.budget of them while evaluating."""
 
 
 def method_candidates(cfg: MVAConfig, method: str) -> Candidates:
@@ -82,6 +85,8 @@ def method_candidates(cfg: MVAConfig, method: str) -> Candidates:
         points = [{u: float(u == v) for u in values} for v in values]
     elif method in SOUP_METHODS:
         points = simplex_points(values, cfg.sweep.simplex_step)
+    elif cfg.sweep.strategy == "adaptive":
+        return Candidates(source, adapters, [], adaptive=True)
     else:
         points = [p for p in strategy_points(cfg.sweep, values) if any(p.values())]
     return Candidates(source, adapters, [(p, p) for p in points])
@@ -111,6 +116,12 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
     base = {s: evaluate_points(combined, tokenizer, [{v: 0.0 for v in values}], apply=[{}], method="base", split=s,
                                prompts=prompts[s], **common)[0] for s in ("val", "test")}
+    if cand.adaptive:
+        grid = cfg.sweep.grid
+        found = adaptive_search(lambda ws: [p.rewards for p in evaluate_points(
+            combined, tokenizer, ws, method=key, split="val", prompts=prompts["val"], **{**common, "progress": False})],
+            values, cfg.sweep.budget, min(grid), max(grid))
+        cand.points = [(w, w) for w, _ in found]
     labels, applies = [p[0] for p in cand.points], [p[1] for p in cand.points]
     val = evaluate_points(combined, tokenizer, labels, apply=applies, method=key, split="val", prompts=prompts["val"], **common)
     mask = non_dominated([[p.rewards[v] for v in values] for p in val])

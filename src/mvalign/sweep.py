@@ -49,6 +49,8 @@ def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict
         return grid_points(values, settings.grid)
     if settings.strategy == "simplex":
         return simplex_points(values, settings.simplex_step)
+    if settings.strategy == "adaptive":
+        raise ConfigError("sweep.strategy 'adaptive' chooses its points while it evaluates (mvalign.search)")
     points = []
     for i, p in enumerate(settings.points):
         unknown = sorted(set(p) - set(values))
