@@ -1,7 +1,11 @@
-"""Sweep cost per evaluated weight vector (issue: performance, part 1), on the embedded SmolLM2.
+"""Sweep cost per evaluated weight vector (issue: performance, part 1), on the embedded SmolLM2 and a tiny model.
 
-    .venv/bin/python bench/perf/sweep_cost.py            # ~10 min on 2 cores; writes bench/results/perf.json ("sweep")
+    .venv/bin/python bench/perf/sweep_cost.py                # ~10 min on 2 cores; perf.json "sweep"
+    .venv/bin/python bench/perf/sweep_cost.py --model tiny   # ~2 min; perf.json "sweep_tiny"
     .venv/bin/python bench/perf/sweep_cost.py --quick
+
+`--model tiny`: a 2-layer random Llama (hidden 64, 4 heads, MLP 128) with SmolLM2's tokenizer, built once under
+runs/bench-perf/tiny/, so that fixed per-point costs (scoring, Python, merge) weigh more than generation does.
 
 Three ways to evaluate a point, same prompts (built-in val prompts), same greedy generation settings, same reward
 heads (BT heads on MiniLM, trained once on the built-in `reward` prompts):
@@ -27,6 +31,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "runs" / "bench-perf"
+MODEL = "smollm2"
+
+
+def work() -> Path:
+    return WORK if MODEL == "smollm2" else WORK / "tiny"
+
+
+def model_config():
+    """The base model: the embedded SmolLM2, or the tiny random Llama (built on first use)."""
+    from mvalign.config import ModelConfig
+
+    if MODEL == "smollm2":
+        return ModelConfig()
+    folder = work() / "model"
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from mvalign.models import load_model
+
+        _, tokenizer = load_model(ModelConfig())
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          bos_token_id=tokenizer.bos_token_id)
+        LlamaForCausalLM(cfg).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return ModelConfig(name=str(folder))
 SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16},
             "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4}}
 WEIGHTS = [(0.3, 0.7), (0.7, 0.3), (1.0, 1.0), (0.5, 0.5)]
@@ -43,7 +76,7 @@ def prepare(s: dict) -> dict:
     """Random adapters and trained reward heads, created once under runs/bench-perf/."""
     import torch
 
-    from mvalign.config import LoraSettings, ModelConfig
+    from mvalign.config import LoraSettings
     from mvalign.data import split_pairs
     from mvalign.data.builtin import builtin_pairs
     from mvalign.models import load_model
@@ -51,9 +84,9 @@ def prepare(s: dict) -> dict:
     from mvalign.train.lora import add_value_adapter
 
     for i, name in enumerate(("helpful", "harmless")):
-        out = WORK / "adapters" / name
+        out = work() / "adapters" / name
         if not (out / "adapter_model.safetensors").is_file():
-            model, _ = load_model(ModelConfig())
+            model, _ = load_model(model_config())
             peft = add_value_adapter(model, LoraSettings(r=16, alpha=32, dropout=0.0), seed=i)
             with torch.no_grad():
                 for n, p in peft.named_parameters():
@@ -73,7 +106,6 @@ def run_variant(variant: str, s: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from mvalign.combine import CombinedModel, load_lora_adapter
-    from mvalign.config import ModelConfig
     from mvalign.generate import GenerationSettings, generate_responses
     from mvalign.models import embedded_model_dir, load_model
     from mvalign.rewards.bt_head import BTHeadReward
@@ -85,8 +117,8 @@ def run_variant(variant: str, s: dict) -> dict:
     times: list[float] = []
     t_setup = time.perf_counter()
     if variant in ("base", "mvalign"):
-        model, tokenizer = load_model(ModelConfig())
-        combined = CombinedModel(model, [load_lora_adapter(WORK / "adapters" / n, n) for n in ("helpful", "harmless")])
+        model, tokenizer = load_model(model_config())
+        combined = CombinedModel(model, [load_lora_adapter(work() / "adapters" / n, n) for n in ("helpful", "harmless")])
     setup = time.perf_counter() - t_setup
     for w in weights:
         t0 = time.perf_counter()
@@ -100,11 +132,11 @@ def run_variant(variant: str, s: dict) -> dict:
 
             from mvalign.models import load_tokenizer
 
-            folder = embedded_model_dir()
+            folder = embedded_model_dir() if MODEL == "smollm2" else Path(model_config().name)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
             tokenizer = load_tokenizer(str(folder))
             for name, omega in zip(("helpful", "harmless"), w):
-                model = PeftModel.from_pretrained(model, WORK / "adapters" / name, adapter_name=name)
+                model = PeftModel.from_pretrained(model, work() / "adapters" / name, adapter_name=name)
                 for module in model.modules():  # scale alpha by ω: scaling = ω · alpha / r
                     if isinstance(getattr(module, "scaling", None), dict) and name in module.scaling:
                         module.scaling[name] *= omega
@@ -121,8 +153,11 @@ def run_variant(variant: str, s: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--variant", choices=["base", "mvalign", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global MODEL
+    MODEL = args.model
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
     if args.variant:
@@ -131,7 +166,7 @@ def main() -> None:
     prepare(s)
     results = {}
     for variant in ("base", "mvalign", "reference"):
-        cmd = [sys.executable, __file__, "--variant", variant] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, __file__, "--variant", variant, "--model", MODEL] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
@@ -143,12 +178,13 @@ def main() -> None:
         "speedup_vs_reference_loop": c["seconds_per_point"] / b["seconds_per_point"],
         "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
         "raw": results,
-        "setting": {**s, "mode": mode, "model": "smollm2-135m-instruct (fp32)", "prompt_source": "built-in policy prompts",
+        "setting": {**s, "mode": mode, "model": "smollm2-135m-instruct (fp32)" if MODEL == "smollm2" else
+                    "tiny random Llama: 2 layers, hidden 64, SmolLM2 tokenizer (fp32)", "prompt_source": "built-in policy prompts",
                     "generation": "greedy", "adapters": "2 random LoRA r=16 q/k/v/o", "scoring": "2 BT heads on MiniLM"},
     }
     out_path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")
     perf = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    perf["sweep"] = sweep
+    perf["sweep" if MODEL == "smollm2" else "sweep_tiny"] = sweep
     out_path.write_text(json.dumps(perf, indent=2))
     print(json.dumps({k: v for k, v in sweep.items() if k != "raw"}, indent=2))
 
