@@ -1,7 +1,7 @@
 """DPO optimizer-step time: mvalign's trainer (cached reference log-probs) vs trl's DPOTrainer, same everything.
 
     .venv/bin/pip install -e '.[bench]'                 # trl, bench-only
-    .venv/bin/python bench/perf/dpo_step.py             # ~10 min on 2 cores; merges the "dpo" block into perf.json
+    .venv/bin/python bench/perf/dpo_step.py             # ~8 min on 2 cores; merges the "dpo" block into perf.json
     .venv/bin/python bench/perf/dpo_step.py --quick     # smoke run (3 steps per variant)
 
 Same model (embedded SmolLM2-135M-Instruct, fp32 weights), LoRA (r 16, alpha 32, q/k/v/o, dropout 0: trl
@@ -127,7 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     if not HH.is_dir():
         sys.exit(f"{HH} is absent: this benchmark needs ../shared/data beside the repository")
-    steps, warmup, rounds = (3, 1, 1) if args.quick else (12, 2, args.rounds)
+    steps, warmup, rounds = (3, 1, 1) if args.quick else (10, 2, args.rounds)
     cache = cache_root(os.environ.get("MVALIGN_CACHE_DIR", "~/.cache/mvalign"))
     _, tokenizer = load_model(ModelConfig(), cache)
     pairs = load_data(tokenizer, 64)

@@ -8,8 +8,10 @@
 Settings (../shared/data): `hh` = HH-RLHF helpful vs harmless; `tqa` = TruthfulQA honest vs helpful. Base model:
 the embedded SmolLM2-135M-Instruct. Judges: Bradley-Terry heads on frozen all-MiniLM-L6-v2 (one per value,
 trained once per setting, shared by every seed and method):
-  hh   helpful judge on helpful-online + helpful-rejection-sampled (other dialogues than DPO's), harmless judge on
-       all harmless-base dialogues of the train split; DPO on single-turn helpful-base / harmless-base train pairs;
+  hh   helpful judge on single-turn helpful-online + helpful-rejection-sampled (other dialogues than DPO's),
+       harmless judge on the single-turn harmless-base pairs of the train split (the evaluation prompts are
+       single-turn too; with all dialogues both judges fell to 0.53 held-out accuracy); DPO on single-turn
+       helpful-base / harmless-base train pairs;
   tqa  judges and DPO on the TruthfulQA pairs of the train split (questions).
   Splits hash (seed, prompt), so evaluation prompts (val / test split) are unseen by judges and DPO alike; the
   harmless and tqa judges share train prompts with DPO, as a reward model and its policy do in RLHF.
@@ -67,9 +69,10 @@ def values_for(setting: str, b: dict, root: Path) -> list[dict]:
             return {"format": "hh-rlhf", "path": [str(hh / f / "test.jsonl.gz") for f in folders], "on_invalid": "skip", **extra}
         return [
             {"name": "helpful", "data": src("helpful-base", single_turn_only=True, limit=b["limit"]),
-             "reward": {**judge("helpful"), "data": src("helpful-online", "helpful-rejection-sampled", limit=b["rm_limit"])}},
+             "reward": {**judge("helpful"), "data": src("helpful-online", "helpful-rejection-sampled", single_turn_only=True,
+                                                      limit=b["rm_limit"])}},
             {"name": "harmless", "data": src("harmless-base", single_turn_only=True, limit=b["limit"]),
-             "reward": {**judge("harmless"), "data": src("harmless-base", limit=b["rm_limit"])}},
+             "reward": {**judge("harmless"), "data": src("harmless-base", single_turn_only=True, limit=b["rm_limit"])}},
         ]
     tqa = {"format": "truthfulqa", "path": [str(DATA / "truthfulqa")], "on_invalid": "skip"}
     return [{"name": v, "data": {**tqa, "value": v, "limit": b["limit"]},

@@ -106,8 +106,8 @@ class RewardConfig(_Strict):
 class SweepSettings(_Strict):
     strategy: Literal["grid", "simplex", "list", "adaptive"] = Field(
         "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
-        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`; adaptive: `budget` "
-        "points in the box [min(grid), max(grid)]ⁿ, placed where the front has its largest gaps (mvalign.search)."
+        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`; adaptive: `budget` of the "
+        "grid's points, chosen where the front has its largest gaps (mvalign.search)."
     )
     budget: int = Field(25, ge=2, description="adaptive: weight vectors evaluated on val (the seed grid included).")
     grid: list[float] = Field(

@@ -117,10 +117,9 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     base = {s: evaluate_points(combined, tokenizer, [{v: 0.0 for v in values}], apply=[{}], method="base", split=s,
                                prompts=prompts[s], **common)[0] for s in ("val", "test")}
     if cand.adaptive:
-        grid = cfg.sweep.grid
         found = adaptive_search(lambda ws: [p.rewards for p in evaluate_points(
             combined, tokenizer, ws, method=key, split="val", prompts=prompts["val"], **{**common, "progress": False})],
-            values, cfg.sweep.budget, min(grid), max(grid))
+            values, cfg.sweep.budget, cfg.sweep.grid)
         cand.points = [(w, w) for w, _ in found]
     labels, applies = [p[0] for p in cand.points], [p[1] for p in cand.points]
     val = evaluate_points(combined, tokenizer, labels, apply=applies, method=key, split="val", prompts=prompts["val"], **common)
