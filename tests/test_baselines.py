@@ -160,3 +160,18 @@ def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     assert (out / "compare.png").stat().st_size > 1000 and "| mva |" in (out / "compare.md").read_text()
     bad = runner.invoke(app, ["compare", str(run), "--reference", "1,2,3"])
     assert bad.exit_code == 2 and "--reference" in bad.output
+
+
+def test_modpo_reward_margins_are_the_other_judges_score_gaps(tmp_path, tiny_model_dir):
+    from mvalign.rewards import load_reward_models
+
+    cfg = load_config(write_builtin_config(tmp_path, tiny_model_dir, 8, baselines={"modpo_margin": "reward"}))
+    run = tmp_path / "run"
+    model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
+    pairs = load_value_splits(cfg.value("helpful").data, "helpful", cfg.split.seed, cfg.split.train, cfg.split.val)["train"][:5]
+    tok = tokenize_pairs(tokenizer, pairs, cfg.dpo.max_length, cfg.dpo.max_prompt_length, True)
+    got = _modpo_margins(cfg, run, model, tok, tokenizer.pad_token_id, pairs, ["harmless"], {"helpful": 0.6, "harmless": 0.4})
+    judge = load_reward_models(cfg)["harmless"]
+    prompts = [p.prompt for p in pairs]
+    gap = judge.score(prompts, [p.chosen for p in pairs]) - judge.score(prompts, [p.rejected for p in pairs])
+    assert torch.allclose(got, 0.4 * torch.as_tensor(gap, dtype=torch.float32), atol=1e-6) and gap.std() > 0
