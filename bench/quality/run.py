@@ -27,6 +27,7 @@ skipped when re-run; run directories live under runs/bench-quality/ (not committ
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -118,16 +119,25 @@ def cell_record(cfg: MVAConfig, method: str, front: dict, seconds: float) -> dic
     vectors = {r.value: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
                | {"steps": r.steps, "train_pairs": r.train_pairs, "seconds_per_step": r.seconds_per_step}
                for r in store.vectors(source)}
-    return {"method": method, "values": front["values"], "base": front["base"], "points": front["points"],
+    return {"method": method, "torch_threads": torch.get_num_threads(), "values": front["values"], "base": front["base"], "points": front["points"],
             "hypervolume_own_reference": front["hypervolume"], "own_reference_point": front["reference_point"],
             "training": front["training"], "settings": front["settings"], "vectors": vectors,
             "interference": interference(cfg, source), "evaluation_seconds": seconds}
 
 
-def save(results: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
+    """Write results, merging cells that other processes (e.g. another setting run in parallel) stored meanwhile;
+    returns the merged results. A file lock serialises writers."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+        merged = {**on_disk, **{k: v for k, v in results.items() if k not in ("cells", "judges")}}
+        merged["cells"] = {**on_disk.get("cells", {}), **({new_cell: results["cells"][new_cell]} if new_cell else {})}
+        merged["judges"] = {**on_disk.get("judges", {}), **results.get("judges", {})}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(merged, indent=1))
+        os.replace(tmp, path)
+    return merged
 
 
 def main() -> None:
@@ -137,7 +147,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new (setting, seed) after this long")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (two runs side by side: 1 each)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
     mode = "quick" if args.quick else "full"
@@ -146,12 +159,13 @@ def main() -> None:
     out = ROOT / "bench" / "results" / ("quality.json" if mode == "full" else "quality-quick.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {"cells": {}}
+    results.pop("wall_seconds_total", None)
     results.update({
         "budget": {**b, "mode": mode, "weights_lw_modpo": WEIGHTS, "steps_per_lw_modpo_model": lw_steps(b),
                    "lora": "r16 alpha32 q,k,v,o dropout 0.05", "dpo": "beta 0.1 lr 5e-4 batch 4 bf16",
                    "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25, "decorrelation": "CKA on delta_w, alpha 0.1",
                    "consistency": "threshold tau 0", "model": "smollm2-135m-instruct (embedded)"},
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "versions": package_versions(),
     })
     t0 = time.perf_counter()
@@ -175,8 +189,7 @@ def main() -> None:
                 train_method(cfg, method)
                 front = evaluate_method(cfg, method, primary=False, rewards=judges)
                 results["cells"][f"{setting}/{seed}/{method}"] = cell_record(cfg, method, front, time.perf_counter() - t)
-                results["wall_seconds_total"] = results.get("wall_seconds_total", 0.0) + time.perf_counter() - t
-                save(results, out)
+                results = save(results, out, f"{setting}/{seed}/{method}")
                 print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
                                   "seconds": round(time.perf_counter() - t, 1)}), flush=True)
     print(write_table(results, out.with_suffix(".md")))
