@@ -19,6 +19,7 @@ that benchmark's run directory exists.
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 import json
 import os
 import platform
@@ -37,7 +38,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from mvalign.config import DataSourceConfig, DPOSettings, LoraSettings, ModelConfig  # noqa: E402
 from mvalign.data import load_pairs  # noqa: E402
 from mvalign.models import cache_root, format_prompt, load_model  # noqa: E402
-from mvalign.run import package_versions  # noqa: E402
 from mvalign.train.logprobs import reference_logprobs  # noqa: E402
 from mvalign.train.lora import add_value_adapter  # noqa: E402
 from mvalign.train.tokenize import tokenize_pairs  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
         "setting": {"model": "smollm2-135m-instruct", "pairs": len(pairs), "batch_pairs": 4, "max_length": MAX_LEN,
                     "lora": "r16 alpha32 q,k,v,o dropout 0", "precision": "bf16 autocast, fp32 weights",
                     "gradient_checkpointing": False, "steps_per_run": steps, "rounds": rounds,
-                    "trl": package_versions().get("trl") or __import__("trl").__version__},
+                    "trl": version("trl")},
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
     }
     if not args.quick:

@@ -16,15 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mvalign.compare import mean_interval
+from mvalign.compare import mean_interval, shared_reference, test_matrix
 from mvalign.pareto import hypervolume, non_dominated
 
 BASELINES = ["dpo", "soup", "seqt", "lw", "modpo", "vcsoup", "mva-nohsic", "mva-convex", "mva-orth"]
-
-
-def _test(cell: dict) -> np.ndarray:
-    pts = [p for p in cell["points"] if p["split"] == "test"]
-    return np.array([[p["rewards"][v] for v in cell["values"]] for p in pts]).reshape(len(pts), len(cell["values"]))
 
 
 def setting_tables(cells: dict[str, dict]) -> dict:
@@ -36,12 +31,11 @@ def setting_tables(cells: dict[str, dict]) -> dict:
     for setting, t in out.items():
         cs = list(t["cells"].values())
         values = cs[0]["values"]
-        rows = [_test(c) for c in cs] + [np.array([[c["base"]["rewards"][v] for v in values]]) for c in cs]
-        ref = np.concatenate(rows).min(axis=0)
-        t["values"], t["reference_point"] = values, ref.tolist()
+        ref = shared_reference([{"front": c} for c in cs])  # a cell holds its front's values, points and base
+        t["values"], t["reference_point"] = values, ref
         t["per_cell"] = {}
         for (seed, method), c in t["cells"].items():
-            m = _test(c)
+            m = test_matrix(c)
             base = np.array([c["base"]["rewards"][v] for v in values])
             t["per_cell"][(seed, method)] = {
                 "hv": hypervolume(m[non_dominated(m)], ref) if len(m) else 0.0,

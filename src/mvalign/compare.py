@@ -40,7 +40,8 @@ def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list
     return out
 
 
-def _test_matrix(front: dict) -> np.ndarray:
+def test_matrix(front: dict) -> np.ndarray:
+    """Mean rewards of a front's test points, one row per point, one column per value."""
     pts = [p for p in front["points"] if p["split"] == "test"]
     return np.array([[p["rewards"][v] for v in front["values"]] for p in pts]).reshape(len(pts), len(front["values"]))
 
@@ -48,7 +49,7 @@ def _test_matrix(front: dict) -> np.ndarray:
 def shared_reference(entries: Sequence[dict]) -> list[float]:
     """Per-value minimum over every entry's base (test) rewards and test points."""
     values = entries[0]["front"]["values"]
-    rows = [_test_matrix(e["front"]) for e in entries]
+    rows = [test_matrix(e["front"]) for e in entries]
     rows += [np.array([[e["front"]["base"]["rewards"][v] for v in values]]) for e in entries]
     return np.concatenate(rows).min(axis=0).tolist()
 
@@ -67,7 +68,7 @@ def compare(entries: Sequence[dict], reference: Sequence[float] | None = None) -
     rows = []
     for e in entries:
         f = e["front"]
-        m = _test_matrix(f)
+        m = test_matrix(f)
         mask = non_dominated(m) if len(m) else np.zeros(0, bool)
         rows.append({
             "run": e["run"], "method": e["method"],
