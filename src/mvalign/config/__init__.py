@@ -1,0 +1,160 @@
+"""The one typed run configuration, loadable from YAML.
+
+Every field documents itself (``mvalign config --show`` prints the defaults with these descriptions as comments).
+Relative paths in a YAML file are resolved against the directory of that file, so a config can be run from anywhere.
+The sections live in ``sections.py`` (model, data, rewards, split, sweep) and ``training.py`` (LoRA, DPO,
+decorrelation, consistency, baselines); everything is importable from ``mvalign.config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .sections import (
+    EMBEDDED_MODEL,
+    ConfigError,
+    DataSourceConfig,
+    ModelConfig,
+    RewardConfig,
+    SplitConfig,
+    SweepSettings,
+    ValueConfig,
+)
+from .training import BaselineSettings, ConsistencySettings, DecorrelationSettings, DPOSettings, LoraSettings
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "BaselineSettings",
+    "ConfigError",
+    "ConsistencySettings",
+    "DPOSettings",
+    "DataSourceConfig",
+    "DecorrelationSettings",
+    "LoraSettings",
+    "MVAConfig",
+    "ModelConfig",
+    "RewardConfig",
+    "SplitConfig",
+    "SweepSettings",
+    "ValueConfig",
+    "describe_defaults",
+    "dump_config",
+    "load_config",
+]
+
+class MVAConfig(BaseModel):
+    """Top-level configuration of one mvalign run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    values: list[ValueConfig] = Field(default_factory=list, description="One entry per value, in training order.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Deterministic train/val/test split.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA value-vector shape.")
+    dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO training of each value vector.")
+    sweep: SweepSettings = Field(default_factory=SweepSettings, description="Evaluation of weight vectors ω.")
+    consistency: ConsistencySettings = Field(
+        default_factory=ConsistencySettings, description="VC-soup: value-consistency filtering of the training pairs."
+    )
+    decorrelation: DecorrelationSettings = Field(
+        default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
+    )
+    baselines: BaselineSettings = Field(
+        default_factory=BaselineSettings, description="The one-model-per-weight baselines (lw, modpo)."
+    )
+    run_dir: str = Field("runs/mvalign", description="Run directory: config, adapters, logs, checkpoints, store.")
+    cache_dir: str = Field(
+        "~/.cache/mvalign", description="Shared cache: converted embedded model, reference log-probs (env MVALIGN_CACHE_DIR overrides)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_values(self) -> MVAConfig:
+        names = [v.name for v in self.values]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"value names must be unique; repeated: {dupes}")
+        return self
+
+    def value(self, name: str) -> ValueConfig:
+        for v in self.values:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no value named {name!r} in the config; known values: {[v.name for v in self.values]}")
+
+
+def _resolve_paths(cfg: MVAConfig, base: Path) -> MVAConfig:
+    def res(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    for v in cfg.values:
+        v.data.path = [res(p) for p in v.data.path]
+        if v.reward and v.reward.path and (base / Path(v.reward.path).expanduser()).exists():
+            v.reward.path = res(v.reward.path)
+        if v.reward and v.reward.data:
+            v.reward.data.path = [res(p) for p in v.reward.data.path]
+    model_path = base / cfg.model.name
+    if model_path.exists():
+        cfg.model.name = str(model_path.resolve())
+    cfg.run_dir = res(cfg.run_dir)
+    return cfg
+
+
+def load_config(path: str | Path) -> MVAConfig:
+    """Read a YAML config; relative paths are taken relative to the file's directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(raw).__name__}")
+    try:
+        cfg = MVAConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{path}: invalid config"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    return _resolve_paths(cfg, path.parent.resolve())
+
+
+def dump_config(cfg: MVAConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def describe_defaults() -> str:
+    """The default config as YAML, each field preceded by its description as a comment."""
+    example = MVAConfig(
+        values=[ValueConfig(name="helpful", data=DataSourceConfig(format="hh-rlhf", path=["data/helpful.jsonl.gz"]))]
+    )
+    return _commented_yaml(example, indent=0)
+
+
+def _commented_yaml(model: BaseModel, indent: int) -> str:
+    pad = "  " * indent
+    out: list[str] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if field.description:
+            out.append(f"{pad}# {field.description}")
+        if isinstance(value, BaseModel):
+            out.append(f"{pad}{name}:")
+            out.append(_commented_yaml(value, indent + 1))
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            out.append(f"{pad}{name}:")
+            for item in value:
+                body = _commented_yaml(item, indent + 2).splitlines()
+                first = next(i for i, line in enumerate(body) if not line.strip().startswith("#"))
+                body[first] = f"{pad}  - " + body[first].lstrip()
+                out.extend(body)
+        else:
+            dumped = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False).strip()
+            out.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+    return "\n".join(out)

@@ -1,0 +1,159 @@
+"""The data, model, reward and evaluation sections of the run configuration."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the field and what to do."""
+
+
+class Strict(BaseModel):
+    """A config section that rejects unknown fields and validates assignments."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+
+class ModelConfig(Strict):
+    name: str = Field(
+        EMBEDDED_MODEL,
+        description="Base causal LM: 'smollm2-135m-instruct' (embedded, offline), a local HF directory, "
+        "a .gguf file, or a hub name (needs internet).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the base weights are held in."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model repo. Off unless you trust it.")
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="'auto' formats prompts with the tokenizer's chat template when it has one; 'none' forces plain text."
+    )
+
+
+class DataSourceConfig(Strict):
+    format: Literal["generic", "hh-rlhf", "pku-saferlhf", "truthfulqa", "builtin"] = Field(
+        "generic", description="Dataset layout: generic prompt/chosen/rejected table, Anthropic HH-RLHF transcripts, "
+        "PKU-SafeRLHF rows, TruthfulQA judge files, or the built-in helpful/harmless dataset (no files)."
+    )
+    part: Literal["policy", "reward", "all"] = Field(
+        "policy", description="builtin: which disjoint share of its prompts: 'policy' (DPO and evaluation) or 'reward' "
+        "(training reward heads)."
+    )
+    path: list[str] = Field(
+        default_factory=list,
+        description="Files (JSONL/JSON/CSV/Parquet, optionally .gz) or, for truthfulqa, the folder holding "
+        "finetune_truth.jsonl and finetune_info.jsonl. Several files are concatenated.",
+    )
+    hub_name: str | None = Field(None, description="A `datasets` hub name instead of files (needs internet or a local HF cache).")
+    hub_split: str = Field("train", description="Split of the hub dataset to read.")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+        description="generic format: which source column holds prompt, chosen and rejected.",
+    )
+    value: str | None = Field(
+        None, description="pku-saferlhf: 'helpful' (better_response_id) or 'harmless' (safer_response_id); "
+        "truthfulqa: 'honest' (truth labels) or 'helpful' (info labels). Defaults to the value's name."
+    )
+    single_turn_only: bool = Field(False, description="hh-rlhf: keep only dialogues with one human turn.")
+    rows: tuple[int, int | None] | None = Field(
+        None, description="Use only valid pairs [start, end) in source order, before splitting (end null = to the "
+        "end): carves disjoint parts of one file, e.g. reward-head data vs DPO data."
+    )
+    limit: int | None = Field(None, ge=1, description="Use at most this many training pairs (the first of the train split, in file order); val/test are not cut.")
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="A row with empty text, chosen == rejected or an unparsable transcript: 'error' stops "
+        "with the file and line, 'skip' drops it and reports the count."
+    )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _has_source(self) -> DataSourceConfig:
+        if not self.path and not self.hub_name and self.format != "builtin":
+            raise ValueError("give either `path` (files) or `hub_name` (a datasets hub name)")
+        return self
+
+
+class RewardConfig(Strict):
+    kind: Literal["hf", "bt-head"] = Field(
+        "bt-head", description="'hf': a sequence-classification reward model; 'bt-head': a Bradley-Terry head on a "
+        "frozen sentence encoder, trained by `mvalign reward train`. Used by evaluation and VC scoring."
+    )
+    path: str | None = Field(
+        None, description="hf: local directory or hub name of the reward model. bt-head: folder of a trained head "
+        "(default RUN/rewards/<value>)."
+    )
+    data: DataSourceConfig | None = Field(
+        None, description="bt-head: preference pairs to train the head on; keep them disjoint from the DPO data "
+        "(its train split trains the head, its val split measures held-out pair accuracy)."
+    )
+    encoder: str = Field("all-MiniLM-L6-v2", description="bt-head: frozen encoder (packaged MiniLM or a local folder).")
+    epochs: int = Field(30, ge=1, description="bt-head: training epochs.")
+    cost: bool = Field(False, description="The model scores cost (lower is better): its scores are negated.")
+
+
+class SweepSettings(Strict):
+    strategy: Literal["grid", "simplex", "list", "adaptive"] = Field(
+        "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
+        "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`; adaptive: `budget` of the "
+        "grid's points, chosen where the front has its largest gaps (mvalign.search)."
+    )
+    budget: int = Field(25, ge=2, description="adaptive: weight vectors evaluated on val (the seed grid included).")
+    grid: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)],
+        description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",
+    )
+    simplex_step: float = Field(0.1, gt=0, le=1, description="simplex: step of the weights (soup methods always use it).")
+    combination: Literal["exact", "factorwise"] = Field(
+        "exact", description="exact: W0 + Σ ω s B A. factorwise: average A and B separately (only to reproduce the "
+        "reference soups; not the exact combination)."
+    )
+    points: list[dict[str, float]] = Field(default_factory=list, description="list: explicit weight vectors {value: ω}.")
+    val_prompts: int = Field(48, ge=1, description="Held-out validation prompts per point (selection).")
+    test_prompts: int = Field(48, ge=1, description="Held-out test prompts for the selected (Pareto) points.")
+    max_new_tokens: int = Field(48, ge=1, description="Generated tokens per response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Seed for prompt selection, sampling and bootstrap.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
+    reference_point: list[float] | None = Field(
+        None, description="Hypervolume reference point (one per value); default: per-value minimum over base and candidates."
+    )
+
+
+class ValueConfig(Strict):
+    name: str = Field(description="Value name, e.g. helpful, harmless, honest. Used in weights and file names.")
+    data: DataSourceConfig = Field(description="Where this value's preference pairs come from.")
+    reward: RewardConfig | None = Field(None, description="How this value is measured on generated responses.")
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError(f"value name {v!r} must be non-empty and use only letters, digits, '-' and '_'")
+        return v
+
+
+class SplitConfig(Strict):
+    train: float = Field(0.8, gt=0, le=1, description="Fraction of prompts for training.")
+    val: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts for validation (selection).")
+    test: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts for the final report.")
+    seed: int = Field(0, description="Split seed; the split is a hash of (seed, prompt), so pairs sharing a prompt share a split.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {self.train}+{self.val}+{self.test}")
+        return self
+
+

@@ -1,0 +1,101 @@
+"""The training sections of the run configuration: LoRA shape, DPO, MVA decorrelation, VC-soup, baselines."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .sections import Strict
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="lora_alpha; the update is scaled by s = alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Names (suffixes) of the linear modules that get an adapter.",
+    )
+
+
+class DPOSettings(Strict):
+    beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate for the LoRA parameters.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="Learning-rate schedule (transformers.get_scheduler)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train; overrides epochs.")
+    batch_size: int = Field(4, ge=1, description="Pairs per micro-batch (each pair is two sequences).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(256, ge=8, description="Max tokens of prompt + response; responses are cut at the end.")
+    max_prompt_length: int = Field(128, ge=4, description="Max prompt tokens; longer prompts keep their last tokens.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward/backward under bf16 autocast.")
+    seed: int = Field(
+        0, description="Seed for LoRA init, data order and dropout; each value uses its own seed derived from this one "
+        "and the value's name, so value vectors never share their initialisation."
+    )
+    save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
+    max_grad_norm: float | None = Field(1.0, description="Clip the gradient norm; null disables clipping.")
+    eval_pairs: int | None = Field(
+        64, ge=1, description="Validation pairs scored after training (implicit-reward accuracy); null uses all."
+    )
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> DPOSettings:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
+        return self
+
+
+class DecorrelationSettings(Strict):
+    alpha: float = Field(
+        0.1, ge=0, description="Weight α of the penalty added to each later value's DPO loss (0.1 with cka: see bench/README.md)."
+    )
+    penalty: Literal["hsic", "cka", "orth", "orth-normalised"] = Field(
+        "cka", description="hsic: raw HSIC (tiny; scale α to it); cka: normalised HSIC in [0, 1], scale-free; "
+        "orth: squared Frobenius overlap (the paper's ablation); orth-normalised: that overlap divided by the "
+        "vectors' own, in [0, 1]."
+    )
+    target: Literal["delta_w", "lora_A"] = Field(
+        "delta_w", description="delta_w: rows of ΔW = s·B·A (the paper); lora_A: rows of the A factors paired by rank "
+        "index (the authors' released approximation)."
+    )
+    sigma: float | Literal["median"] = Field(
+        "median", description="RBF bandwidth σ, or 'median' for the median heuristic per matrix (reference: 1.0)."
+    )
+    rows: int = Field(
+        128, ge=2, description="delta_w: ΔW rows sampled per step (same rows for both vectors; all rows when d_out is smaller)."
+    )
+
+
+class ConsistencySettings(Strict):
+    mode: Literal["threshold", "quantile", "soft"] = Field(
+        "threshold", description="VC-soup data operator: keep VC >= tau, keep the top `quantile` share, or keep all "
+        "pairs weighting each DPO loss by (1 + VC) / 2."
+    )
+    tau: float = Field(0.0, ge=-1, le=1, description="threshold: minimum value consistency (reference default 0).")
+    quantile: float = Field(0.5, gt=0, le=1, description="quantile: share of pairs kept (highest VC first).")
+    text: Literal["response", "prompt+response"] = Field(
+        "response", description="What the reward models score: the response alone (reference) or prompt + response."
+    )
+
+
+class BaselineSettings(Strict):
+    weights: list[dict[str, float]] = Field(
+        default_factory=list, description="lw / modpo: preference weight vectors w (w_k >= 0, sum 1), one trained "
+        "model each; empty = the simplex points at sweep.simplex_step with every w_k > 0."
+    )
+    steps_per_model: int | None = Field(
+        None, ge=1, description="lw / modpo: optimizer steps of each per-weight model (null = dpo.max_steps). For a "
+        "budget matched to n value vectors of S steps, use n·S / len(weights)."
+    )
+    modpo_margin: Literal["implicit", "reward"] = Field(
+        "implicit", description="modpo: the other values' rewards in the margin: implicit DPO rewards β·log π_j/π_ref "
+        "of their dpo vectors (default; keeps the evaluation judges out of training) or their reward models."
+    )
+
+
