@@ -49,7 +49,27 @@ def paired(t: dict, a: str, b: str, key=lambda x: x["hv"]) -> dict | None:
     seeds = sorted(s for s, m in t["per_cell"] if m == a and (s, b) in t["per_cell"])
     if not seeds:
         return None
-    return {**mean_interval([key(t["per_cell"][(s, a)]) - key(t["per_cell"][(s, b)]) for s in seeds]), "seeds": seeds}
+    diffs = [key(t["per_cell"][(s, a)]) - key(t["per_cell"][(s, b)]) for s in seeds]
+    return {**mean_interval(diffs), "seeds": seeds, "positive": sum(d > 0 for d in diffs)}
+
+
+def verdict(ci: dict | None, want: str = "positive") -> str:
+    """'held' when the 95% interval lies on the claimed side of 0, 'reversed' when on the other side, else
+    'not shown' (the interval contains 0, or fewer than 2 seeds). want='not-negative' (a "does not hurt" claim):
+    'hurt' when the interval lies below 0, else 'no loss detected'."""
+    if ci is None or ci["n"] < 2:
+        return "not shown"
+    lo, hi = ci["ci95"]
+    if want == "not-negative":
+        return "hurt" if hi < 0 else "no loss detected"
+    if want == "negative":
+        lo, hi = -hi, -lo
+    return "held" if lo > 0 else "reversed" if hi < 0 else "not shown"
+
+
+def _row(claim: str, ci: dict | None, meaning: str, want: str = "positive", digits: int = 3) -> str:
+    wins = "—" if ci is None else f"{ci['positive']}/{ci['n']}"
+    return f"| {claim} | {_fmt(ci, digits)} | {wins} | {verdict(ci, want)} | {meaning} |"
 
 
 def _fmt(ci: dict | None, digits: int = 3) -> str:
@@ -60,8 +80,30 @@ def _fmt(ci: dict | None, digits: int = 3) -> str:
     return f"{ci['mean']:+.{digits}f}{interval} (n={ci['n']})"
 
 
+def claims(t: dict) -> list[tuple]:
+    """The paper's claims as (label, paired interval, what positive means, claimed side, digits) rows."""
+    rows = [(f"HV(mva) − HV({b})", paired(t, "mva", b), "MVA's front larger", "positive", 3) for b in BASELINES]
+    rows += [
+        ("extrapolation, HSIC vectors: HV(mva) − HV(mva-convex)", paired(t, "mva", "mva-convex"), "box beats simplex",
+         "positive", 3),
+        ("extrapolation, plain vectors: HV(mva-nohsic) − HV(soup)", paired(t, "mva-nohsic", "soup"), "box beats simplex",
+         "positive", 3),
+        ("decorrelation: HV(mva) − HV(mva-nohsic)", paired(t, "mva", "mva-nohsic"), "HSIC helps the combination",
+         "positive", 3),
+        ("VC filtering: HV(vcsoup) − HV(soup)", paired(t, "vcsoup", "soup"), "filtered soups better", "positive", 3),
+        ("interference: CKA(mva vectors) − CKA(dpo vectors)",
+         paired(t, "mva", "dpo", key=lambda c: c["interference"]["cka"] if c["interference"] else float("nan")),
+         "more interference (claim: negative)", "negative", 4),
+        ("single value: held-out pair acc. of the later vector, mva − dpo",
+         paired(t, "mva", "dpo", key=lambda c: c["vectors"][t["values"][1]]["val_accuracy"]),
+         f"decorrelation helps the {t['values'][1]} vector (claim: not hurt)", "not-negative", 3),
+    ]
+    return rows
+
+
 def markdown(results: dict) -> str:
     tables = setting_tables(results.get("cells", {}))
+    summary: list[tuple[str, list[tuple]]] = []
     lines = ["# Quality benchmark", "", f"Budget and settings: `{json.dumps(results.get('budget', {}))}`", ""]
     for setting, t in tables.items():
         values = t["values"]
@@ -85,20 +127,24 @@ def markdown(results: dict) -> str:
             lines.append(f"| {m} | {len(cells)} | {hv['mean']:.3f}{ci} | {np.mean([c['beats_base'] for c in cells]):.1f} | "
                          + " | ".join(f"{x:.3f}" for x in best)
                          + f" | {tr['steps']:.0f} | {tr['tokens']:.0f} | {tr['seconds']:.0f} |")
-        lines += ["", "Paired differences (same seed), mean [95% t-interval]:", "",
-                  "| claim | difference | positive means |", "|---|---|---|"]
-        for b in BASELINES:
-            lines.append(f"| HV(mva) − HV({b}) | {_fmt(paired(t, 'mva', b))} | MVA's front larger |")
-        lines.append(f"| extrapolation, HSIC vectors: HV(mva) − HV(mva-convex) | {_fmt(paired(t, 'mva', 'mva-convex'))} | box beats simplex |")
-        lines.append(f"| extrapolation, plain vectors: HV(mva-nohsic) − HV(soup) | {_fmt(paired(t, 'mva-nohsic', 'soup'))} | box beats simplex |")
-        lines.append(f"| decorrelation: HV(mva) − HV(mva-nohsic) | {_fmt(paired(t, 'mva', 'mva-nohsic'))} | HSIC helps the combination |")
-        lines.append(f"| VC filtering: HV(vcsoup) − HV(soup) | {_fmt(paired(t, 'vcsoup', 'soup'))} | filtered soups better |")
-        second = values[1]
-        cka = paired(t, "mva", "dpo", key=lambda c: c["interference"]["cka"] if c["interference"] else float("nan"))
-        acc = paired(t, "mva", "dpo", key=lambda c: c["vectors"][second]["val_accuracy"])
-        lines.append(f"| interference: CKA(mva vectors) − CKA(dpo vectors) | {_fmt(cka, 4)} | (negative = less interference) |")
-        lines.append(f"| single value: held-out pair acc. of the {second} vector, mva − dpo | {_fmt(acc)} | decorrelation does not hurt if ≈ 0 |")
+        lines += ["", "Paired differences (same seed), mean [95% t-interval]; seeds > 0 = seeds whose difference is "
+                  "positive; verdict: held / reversed when the interval excludes 0, else not shown:", "",
+                  "| claim | difference | seeds > 0 | verdict | positive means |", "|---|---|---|---|---|"]
+        rows = claims(t)
+        summary.append((setting, rows))
+        lines += [_row(*r) for r in rows]
         lines.append("")
+    if summary:
+        head = ["## The paper's claims across settings", "",
+                "Verdict per setting (seeds whose paired difference is positive / seeds); details in the sections below.",
+                "", "| claim | " + " | ".join(s for s, _ in summary) + " |", "|---" * (1 + len(summary)) + "|"]
+        for i, r in enumerate(summary[0][1]):
+            cells = []
+            for _, rows in summary:
+                ci = rows[i][1] if i < len(rows) else None
+                cells.append("—" if ci is None else f"{verdict(ci, rows[i][3])} ({ci['positive']}/{ci['n']})")
+            head.append(f"| {r[0]} | " + " | ".join(cells) + " |")
+        lines[4:4] = head + [""]
     return "\n".join(lines) + "\n"
 
 
