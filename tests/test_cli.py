@@ -135,6 +135,27 @@ def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["sweep"]["grid"] == [0.5, 2.0]
 
 
+def test_method_only_sections_may_change_until_their_methods_have_artifacts(tmp_path, run_config):
+    assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0
+    raw = yaml.safe_load(run_config.read_text())
+    raw["decorrelation"] = {"alpha": 0.3}
+    raw["baselines"] = {"steps_per_model": 3}
+    run_config.write_text(yaml.safe_dump(raw))
+    # only dpo vectors exist: neither section has been read by any trained artifact yet
+    result = runner.invoke(app, ["train", str(run_config), "--method", "mva"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["decorrelation"]["alpha"] == 0.3
+    raw["decorrelation"] = {"alpha": 0.5}
+    run_config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
+    assert result.exit_code == 2
+    assert "differs in: decorrelation (read by the mva artifacts already there)" in result.output
+    raw["decorrelation"] = {"alpha": 0.3}
+    raw["baselines"] = {"steps_per_model": 1}  # no lw / modpo model yet: accepted
+    run_config.write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["train", str(run_config), "--value", "harmless"]).exit_code == 0
+
+
 def test_bad_data_fails_before_training(tmp_path, run_config):
     (tmp_path / "harmless.jsonl").write_text(json.dumps({"prompt": "Hi", "chosen": "same", "rejected": "same"}) + "\n")
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])

@@ -25,6 +25,7 @@ import yaml
 from .combine import CombinedModel, load_lora_adapter
 from .config import ConfigError, MVAConfig, dump_config, load_config
 from .models import cache_root, load_model
+from .store import RunStore
 
 log = logging.getLogger(__name__)
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
@@ -44,10 +45,22 @@ EVALUATION_ONLY = ("sweep",)
 """Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
 are keyed by their settings, so nothing stale is reused)."""
 
+SECTION_USERS = {"baselines": ("lw", "modpo"), "consistency": ("vcsoup",), "decorrelation": ("mva", "mva-orth")}
+"""Config sections that only some methods' training reads: a run dir accepts a change to one of them while it holds
+no adapter, checkpoint, vector or evaluated point of those methods (which the change would make stale), so a
+baseline or an MVA setting can be added or tuned next to finished dpo vectors without retraining them."""
+
+
+def _artifacts_of(run: Path, methods: tuple[str, ...]) -> list[str]:
+    """Methods among `methods` with anything trained or evaluated in `run`."""
+    store = RunStore(run) if (run / "store.sqlite").is_file() else None
+    return [m for m in methods if (run / "adapters" / m).exists() or (run / "train" / m).exists()
+            or (store is not None and (store.vectors(m) or store.points(m)))]
+
 
 def prepare_run_dir(cfg: MVAConfig) -> Path:
     """Create RUN/, write config.yaml and versions.json; refuse a run dir whose trained artifacts came from a
-    different config (sections other than `sweep`)."""
+    different config (any section but `sweep`, and the SECTION_USERS sections while their methods have artifacts)."""
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "config.yaml"
@@ -56,9 +69,16 @@ def prepare_run_dir(cfg: MVAConfig) -> Path:
         # validated, so fields added (with defaults) by a newer mvalign do not count as changes
         old = MVAConfig.model_validate(yaml.safe_load(cfg_path.read_text(encoding="utf-8"))).model_dump(mode="json")
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in EVALUATION_ONLY)
-        if changed:
+        blocking = []
+        for k in changed:
+            made = _artifacts_of(run, SECTION_USERS[k]) if k in SECTION_USERS else None
+            if made is None:
+                blocking.append(k)
+            elif made:
+                blocking.append(f"{k} (read by the {', '.join(made)} artifacts already there)")
+        if blocking:
             raise ConfigError(
-                f"{run} was made with a different config (differs in: {', '.join(changed)}). "
+                f"{run} was made with a different config (differs in: {', '.join(blocking)}). "
                 "Use a new run_dir, or delete the old run to start over; finished work there is kept until you do."
             )
     dump_config(cfg, cfg_path)
