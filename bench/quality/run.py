@@ -21,7 +21,8 @@ extrapolation box ω ∈ {0, 0.5, 1}² \\ 0 (mva, mva-nohsic, mva-orth), simplex
 each vector alone (dpo), stages (seqt), per-weight models (lw, modpo). Selection on val prompts, report on test
 prompts, greedy decoding. Seeds change the training seed (LoRA init, data order, dropout); data splits, prompts and
 judges are fixed. A cell = (setting, seed, method): stored in bench/results/quality.json as soon as it finishes and
-skipped when re-run; run directories live under runs/bench-quality/ (not committed).
+skipped when re-run; run directories live under runs/bench-quality-full/ (--quick: runs/bench-quality-quick/; not committed).
+Each cell records `cell_wall_seconds`: its whole wall time (training included) on this machine.
 """
 
 from __future__ import annotations
@@ -122,7 +123,16 @@ def cell_record(cfg: MVAConfig, method: str, front: dict, seconds: float) -> dic
     return {"method": method, "torch_threads": torch.get_num_threads(), "values": front["values"], "base": front["base"], "points": front["points"],
             "hypervolume_own_reference": front["hypervolume"], "own_reference_point": front["reference_point"],
             "training": front["training"], "settings": front["settings"], "vectors": vectors,
-            "interference": interference(cfg, source), "evaluation_seconds": seconds}
+            "interference": interference(cfg, source), "cell_wall_seconds": seconds}
+
+
+def migrate(results: dict) -> dict:
+    """Rename fields of cells stored by earlier versions: `evaluation_seconds` held the whole cell's wall time
+    (training + evaluation), so it is now `cell_wall_seconds`."""
+    for c in results.get("cells", {}).values():
+        if "evaluation_seconds" in c:
+            c["cell_wall_seconds"] = c.pop("evaluation_seconds")
+    return results
 
 
 def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
@@ -130,7 +140,7 @@ def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
     returns the merged results. A file lock serialises writers."""
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+        on_disk = migrate(json.loads(path.read_text())) if path.is_file() else {"cells": {}}
         merged = {**on_disk, **{k: v for k, v in results.items() if k not in ("cells", "judges")}}
         merged["cells"] = {**on_disk.get("cells", {}), **({new_cell: results["cells"][new_cell]} if new_cell else {})}
         merged["judges"] = {**on_disk.get("judges", {}), **results.get("judges", {})}
@@ -158,7 +168,7 @@ def main() -> None:
     root = ROOT / "runs" / f"bench-quality-{mode}"
     out = ROOT / "bench" / "results" / ("quality.json" if mode == "full" else "quality-quick.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out.read_text()) if out.is_file() else {"cells": {}}
+    results = migrate(json.loads(out.read_text())) if out.is_file() else {"cells": {}}
     results.pop("wall_seconds_total", None)
     results.update({
         "budget": {**b, "mode": mode, "weights_lw_modpo": WEIGHTS, "steps_per_lw_modpo_model": lw_steps(b),
@@ -192,6 +202,7 @@ def main() -> None:
                 results = save(results, out, f"{setting}/{seed}/{method}")
                 print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
                                   "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+    results = save(results, out)
     print(write_table(results, out.with_suffix(".md")))
 
 
