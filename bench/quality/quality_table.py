@@ -68,8 +68,12 @@ def verdict(ci: dict | None, want: str = "positive") -> str:
 
 
 def _row(claim: str, ci: dict | None, meaning: str, want: str = "positive", digits: int = 3) -> str:
-    wins = "—" if ci is None else f"{ci['positive']}/{ci['n']}"
-    return f"| {claim} | {_fmt(ci, digits)} | {wins} | {verdict(ci, want)} | {meaning} |"
+    return f"| {claim} | {_fmt(ci, digits)} | {_wins(ci)} | {verdict(ci, want)} | {meaning} |"
+
+
+def _wins(ci: dict | None) -> str:
+    """Seeds whose paired difference is positive, out of the seeds compared."""
+    return "—" if ci is None else f"{ci['positive']}/{ci['n']}"
 
 
 def _fmt(ci: dict | None, digits: int = 3) -> str:
@@ -104,7 +108,8 @@ def claims(t: dict) -> list[tuple]:
 def markdown(results: dict) -> str:
     tables = setting_tables(results.get("cells", {}))
     summary: list[tuple[str, list[tuple]]] = []
-    lines = ["# Quality benchmark", "", f"Budget and settings: `{json.dumps(results.get('budget', {}))}`", ""]
+    header = ["# Quality benchmark", "", f"Budget and settings: `{json.dumps(results.get('budget', {}))}`", ""]
+    lines: list[str] = []
     for setting, t in tables.items():
         values = t["values"]
         ref = ", ".join(f"{x:.3f}" for x in t["reference_point"])
@@ -139,13 +144,11 @@ def markdown(results: dict) -> str:
                 "Verdict per setting (seeds whose paired difference is positive / seeds); details in the sections below.",
                 "", "| claim | " + " | ".join(s for s, _ in summary) + " |", "|---" * (1 + len(summary)) + "|"]
         for i, r in enumerate(summary[0][1]):
-            cells = []
-            for _, rows in summary:
-                ci = rows[i][1] if i < len(rows) else None
-                cells.append("—" if ci is None else f"{verdict(ci, rows[i][3])} ({ci['positive']}/{ci['n']})")
+            cells = ["—" if rows[i][1] is None else f"{verdict(rows[i][1], rows[i][3])} ({_wins(rows[i][1])})"
+                     for _, rows in summary]
             head.append(f"| {r[0]} | " + " | ".join(cells) + " |")
-        lines[4:4] = head + [""]
-    return "\n".join(lines) + "\n"
+        header += head + [""]
+    return "\n".join(header + lines) + "\n"
 
 
 def write_table(results: dict, path: Path) -> str:
