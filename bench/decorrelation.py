@@ -31,17 +31,17 @@ SHARED = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 from mvalign.combine import load_lora_adapter  # noqa: E402
 from mvalign.config import MVAConfig  # noqa: E402
+from mvalign.data import load_value_splits  # noqa: E402
 from mvalign.diagnose import interference_report  # noqa: E402
+from mvalign.lora import add_value_adapter  # noqa: E402
+from mvalign.methods import train_method  # noqa: E402
 from mvalign.models import cache_root, load_model  # noqa: E402
-from mvalign.run import adapter_dir, package_versions, value_seed  # noqa: E402
-from mvalign.training import train_method  # noqa: E402
+from mvalign.rundir import RunDir, package_versions, value_seed  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
 from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec  # noqa: E402
 from mvalign.train.dpo import dpo_loss  # noqa: E402
 from mvalign.train.logprobs import pair_logprobs  # noqa: E402
-from mvalign.train.lora import add_value_adapter  # noqa: E402
 from mvalign.train.tokenize import collate_pairs, tokenize_pairs  # noqa: E402
-from mvalign.data import load_value_splits  # noqa: E402
 
 SETTINGS = {
     "full": {"limit": 160, "steps": 40, "eval_pairs": 128, "timing_reps": 5},
@@ -73,7 +73,7 @@ def seed_first_vector(src_cfg: MVAConfig, dst_cfg: MVAConfig) -> None:
     """Give a variant's run the already-trained plain helpful vector (identical config for it), so it is not retrained."""
     src, dst = RunStore(src_cfg.run_dir), RunStore(dst_cfg.run_dir)
     rec = src.get_vector("helpful", "dpo")
-    target = adapter_dir(Path(dst_cfg.run_dir), "dpo", "helpful")
+    target = RunDir(dst_cfg.run_dir).adapter("dpo", "helpful")
     if dst.get_vector("helpful", "dpo") is None:
         shutil.copytree(rec.adapter_dir, target, dirs_exist_ok=True)
         rec.adapter_dir = str(target)
@@ -83,9 +83,9 @@ def seed_first_vector(src_cfg: MVAConfig, dst_cfg: MVAConfig) -> None:
 def penalty_timing(cfg: MVAConfig, reps: int) -> dict:
     """Median seconds of one DPO micro-step (fwd+bwd, batch 4) and of the penalty's fwd+bwd, interleaved."""
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    frozen = load_lora_adapter(adapter_dir(Path(cfg.run_dir), "dpo", "helpful"), "helpful")
+    frozen = load_lora_adapter(RunDir(cfg.run_dir).adapter("dpo", "helpful"), "helpful")
     peft = add_value_adapter(model, cfg.lora, value_seed(0, "harmless"))
-    trained = load_lora_adapter(adapter_dir(Path(cfg.run_dir), "mva", "harmless"))
+    trained = load_lora_adapter(RunDir(cfg.run_dir).adapter("mva", "harmless"))
     with torch.no_grad():  # start from the trained vector so the penalty sees realistic factors
         for name, p in peft.named_parameters():
             if "lora_" in name:
@@ -127,13 +127,22 @@ def main() -> None:
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
     base_root = ROOT / "runs" / f"bench-decorrelation-{mode}"
-    result = {"setting": {**s, "mode": mode, "model": "smollm2-135m-instruct", "data": "HH-RLHF test splits, single-turn",
-                          "lora": "r=16 alpha=32 q,k,v,o dropout 0.05", "dpo": "beta 0.1, lr 5e-4, batch 4, bf16, max_length 192",
-                          "penalty": "CKA (normalised HSIC), median-heuristic sigma, 128 sampled rows for delta_w, summed over modules",
-                          "variants": {k: v and dict(zip(("penalty", "target", "alpha"), v)) for k, v in VARIANTS.items()},
-                          "seeds": args.seeds},
-              "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()}, "versions": package_versions(),
-              "variants": {v: {"per_seed": {}} for v in VARIANTS}}
+    result = {
+        "setting": {
+            **s,
+            "mode": mode,
+            "model": "smollm2-135m-instruct",
+            "data": "HH-RLHF test splits, single-turn",
+            "lora": "r=16 alpha=32 q,k,v,o dropout 0.05",
+            "dpo": "beta 0.1, lr 5e-4, batch 4, bf16, max_length 192",
+            "penalty": "CKA (normalised HSIC), median-heuristic sigma, 128 sampled rows for delta_w, summed over modules",
+            "variants": {k: v and dict(zip(("penalty", "target", "alpha"), v)) for k, v in VARIANTS.items()},
+            "seeds": args.seeds,
+        },
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads()},
+        "versions": package_versions(),
+        "variants": {v: {"per_seed": {}} for v in VARIANTS},
+    }
     t0 = time.perf_counter()
     for seed in args.seeds:
         run_root = base_root if seed == 0 else base_root / f"seed{seed}"  # seed 0 keeps the first layout (resumable)
@@ -149,18 +158,25 @@ def main() -> None:
             harmless = RunStore(cfg.run_dir).get_vector("harmless", method)
             adapters = [load_lora_adapter(helpful.adapter_dir, "helpful"), load_lora_adapter(harmless.adapter_dir, "harmless")]
             overall = interference_report(adapters)["pairs"][0]["overall"]
-            log = [json.loads(line) for line in (Path(cfg.run_dir) / "train" / method / "harmless" / "log.jsonl").read_text().splitlines()]
+            log = [
+                json.loads(line)
+                for line in (Path(cfg.run_dir) / "train" / method / "harmless" / "log.jsonl").read_text().splitlines()
+            ]
             result["variants"][variant]["per_seed"][str(seed)] = {
-                "harmless_train_log": {k: [round(r.get(k, float("nan")), 5) for r in log] for k in ("dpo_loss", "cka_total", "grad_norm")},
+                "harmless_train_log": {
+                    k: [round(r.get(k, float("nan")), 5) for r in log] for k in ("dpo_loss", "cka_total", "grad_norm")
+                },
                 "similarity": {"cos": overall["cos"], "mean_abs_cos": overall["mean_abs_cos"], "cka": overall["cka"]},
-                "val_accuracy": {"helpful": [helpful.metrics["val_accuracy"], helpful.metrics["val_accuracy_se"]],
-                                 "harmless": [harmless.metrics["val_accuracy"], harmless.metrics["val_accuracy_se"]]},
+                "val_accuracy": {
+                    "helpful": [helpful.metrics["val_accuracy"], helpful.metrics["val_accuracy_se"]],
+                    "harmless": [harmless.metrics["val_accuracy"], harmless.metrics["val_accuracy_se"]],
+                },
                 "val_margin": {"helpful": helpful.metrics["val_margin"], "harmless": harmless.metrics["val_margin"]},
                 "val_pairs": harmless.metrics["val_pairs"],
                 "harmless_seconds_per_step": harmless.seconds_per_step,
             }
     train_seconds = time.perf_counter() - t0
-    for variant, entry in result["variants"].items():
+    for entry in result["variants"].values():
         runs = list(entry["per_seed"].values())
         entry["mean_over_seeds"] = {
             "seeds": len(runs),

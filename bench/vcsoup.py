@@ -26,11 +26,11 @@ HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
 
 from mvalign.config import MVAConfig  # noqa: E402
 from mvalign.consistency import plot_consistency, summary  # noqa: E402
+from mvalign.evaluate import evaluate_method  # noqa: E402
+from mvalign.methods import train_method  # noqa: E402
 from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
-from mvalign.pipeline import evaluate_method  # noqa: E402
 from mvalign.rewards import load_reward_models  # noqa: E402
-from mvalign.run import package_versions  # noqa: E402
-from mvalign.training import train_method  # noqa: E402
+from mvalign.rundir import package_versions  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
 
 SETTINGS = {
@@ -79,12 +79,20 @@ def main() -> None:
     for variant, cfg in cfgs.items():
         train_method(cfg, "vcsoup")
         fronts[variant] = evaluate_method(cfg, "vcsoup")
-        vectors[variant] = {r.value: {"train_pairs": r.train_pairs, "pairs_before_filter": r.metrics.get("pairs_before_filter"),
-                                      "val_accuracy": r.metrics.get("val_accuracy"), "val_accuracy_se": r.metrics.get("val_accuracy_se")}
-                            for r in RunStore(cfg.run_dir).vectors("vcsoup")}
+        vectors[variant] = {
+            r.value: {
+                "train_pairs": r.train_pairs,
+                "pairs_before_filter": r.metrics.get("pairs_before_filter"),
+                "val_accuracy": r.metrics.get("val_accuracy"),
+                "val_accuracy_se": r.metrics.get("val_accuracy_se"),
+            }
+            for r in RunStore(cfg.run_dir).vectors("vcsoup")
+        }
     for value in ("helpful", "harmless"):
         consistency[value] = json.loads((Path(cfgs["filtered"].run_dir) / "consistency" / f"{value}.json").read_text())
-    png = plot_consistency(consistency, ROOT / "bench" / "results" / f"vcsoup-consistency{'-quick' if mode == 'quick' else ''}.png")
+    png = plot_consistency(
+        consistency, ROOT / "bench" / "results" / f"vcsoup-consistency{'-quick' if mode == 'quick' else ''}.png"
+    )
 
     values = ["helpful", "harmless"]
     def mat(front, split):
@@ -115,7 +123,12 @@ def main() -> None:
     out = ROOT / "bench" / "results" / ("vcsoup.json" if mode == "full" else "vcsoup-quick.json")
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("reward_heads", "reference_point")}, indent=1))
-    print(json.dumps({v: {k: x for k, x in c.items() if k not in ("histogram", "stats")} for v, c in result["consistency"].items()}, indent=1))
+    print(
+        json.dumps(
+            {v: {k: x for k, x in c.items() if k not in ("histogram", "stats")} for v, c in result["consistency"].items()},
+            indent=1,
+        )
+    )
     print(json.dumps({v: f["hypervolume"] for v, f in result["fronts"].items()}, indent=1), "\nwrote", out, png)
 
 

@@ -8,12 +8,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from common import assert_weights, expected_weights, write_builtin_config
 from mvalign.cli import app
 from mvalign.config import ConfigError, MVAConfig, load_config
 from mvalign.models import ModelLoadError, format_prompt, load_model
 from mvalign.store import RunStore
-from conftest import write_builtin_config
-from test_combine import assert_weights, expected_weights
 
 runner = CliRunner()
 
@@ -55,7 +54,7 @@ def test_config_errors_name_the_field(tmp_path, run_config):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["config", "--check", str(bad)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "dpo.betta: Extra inputs are not permitted" in result.output and "lora.r:" in result.output
     raw = yaml.safe_load(run_config.read_text())
     raw["values"][1]["name"] = "helpful"
@@ -81,7 +80,9 @@ def test_unknown_model_is_one_clear_error(tmp_path):
 def test_format_prompt_chat_and_plain(tokenizer):
     assert format_prompt(tokenizer, "Hi") == "<user>Hi<eos><assistant>"
     dialogue = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Q"})
-    assert format_prompt(tokenizer, dialogue, use_chat_template=False) == "\n\nHuman: Hi\n\nAssistant: Yo\n\nHuman: Q\n\nAssistant:"
+    assert (
+        format_prompt(tokenizer, dialogue, use_chat_template=False) == "\n\nHuman: Hi\n\nAssistant: Yo\n\nHuman: Q\n\nAssistant:"
+    )
 
 
 def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir):
@@ -115,9 +116,9 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
     assert delta > 0
 
     bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful=0.8,honest=1", "--out", str(out)])
-    assert bad.exit_code == 2 and "no trained value vector for ['honest']" in bad.output
+    assert bad.exit_code == 1 and "no trained value vector for ['honest']" in bad.output
     bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful:0.8", "--out", str(out)])
-    assert bad.exit_code == 2 and "is not NAME=NUMBER" in bad.output
+    assert bad.exit_code == 1 and "is not NAME=NUMBER" in bad.output
 
 
 def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
@@ -126,7 +127,7 @@ def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
     raw["dpo"]["beta"] = 0.5
     run_config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
-    assert result.exit_code == 2 and "different config (differs in: dpo)" in result.output
+    assert result.exit_code == 1 and "different config (differs in: dpo)" in result.output
     assert (tmp_path / "run" / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
     raw["dpo"]["beta"] = 0.1
     raw["sweep"] = {"grid": [0.5, 2.0]}  # evaluation settings may change on a finished run
@@ -148,7 +149,7 @@ def test_method_only_sections_may_change_until_their_methods_have_artifacts(tmp_
     raw["decorrelation"] = {"alpha": 0.5}
     run_config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "differs in: decorrelation (read by the mva artifacts already there)" in result.output
     raw["decorrelation"] = {"alpha": 0.3}
     raw["baselines"] = {"steps_per_model": 1}  # no lw / modpo model yet: accepted
@@ -159,7 +160,7 @@ def test_method_only_sections_may_change_until_their_methods_have_artifacts(tmp_
 def test_bad_data_fails_before_training(tmp_path, run_config):
     (tmp_path / "harmless.jsonl").write_text(json.dumps({"prompt": "Hi", "chosen": "same", "rejected": "same"}) + "\n")
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
-    assert result.exit_code == 2 and "harmless.jsonl:1: chosen == rejected" in result.output
+    assert result.exit_code == 1 and "harmless.jsonl:1: chosen == rejected" in result.output
     assert not (tmp_path / "run" / "adapters" / "dpo" / "harmless").exists()
 
 
@@ -184,7 +185,7 @@ def test_mva_method_reuses_first_vector_and_diagnoses(tmp_path, run_config):
     assert report["values"] == ["harmless", "helpful"] and len(report["pairs"]) == 1
     assert (run / "diagnostics" / "interference-mva.png").stat().st_size > 1000
     bad = runner.invoke(app, ["diagnose", str(run), "--method", "dpo"])
-    assert bad.exit_code == 2 and "at least two trained value vectors" in bad.output
+    assert bad.exit_code == 1 and "at least two trained value vectors" in bad.output
     combined = runner.invoke(app, ["combine", str(run), "--weights", "helpful=1,harmless=1", "--out", str(tmp_path / "m")])
     assert combined.exit_code == 0 and json.loads((tmp_path / "m" / "mvalign_combination.json").read_text())["method"] == "mva"
 

@@ -1,48 +1,11 @@
 import copy
-import json
 
-import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.numpy import load_file as load_numpy
 
-from conftest import make_gpt2, make_llama
+from common import assert_weights, expected_weights, make_gpt2, make_llama, save_random_adapter
 from mvalign.combine import AdapterError, CombinedModel, combine, factorwise_delta, load_lora_adapter
-
-LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def save_random_adapter(base, path, seed, r=4, alpha=8.0, targets=LLAMA_TARGETS, **kw):
-    """A PEFT adapter with random A *and* B (so ΔW != 0), saved in PEFT format."""
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
-                                                           init_lora_weights=False, **kw))
-    model.save_pretrained(path)
-    return path
-
-
-def expected_weights(base, adapter_dirs, weights):
-    """Independent reference in float64 numpy: W0 + Σ ω_k (alpha_k / r_k) B_k A_k, read from the raw files."""
-    out = {n: p.detach().double().numpy().copy() for n, p in base.named_parameters()}
-    for path, w in zip(adapter_dirs, weights):
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        tensors = load_numpy(str(path / "adapter_model.safetensors"))
-        for key, a in tensors.items():
-            if "lora_A" not in key:
-                continue
-            b = tensors[key.replace("lora_A", "lora_B")].astype(np.float64)
-            delta = w * cfg["lora_alpha"] / cfg["r"] * (b @ a.astype(np.float64))
-            module = key.removeprefix("base_model.model.").split(".lora_A")[0]
-            if cfg.get("fan_in_fan_out"):
-                delta = delta.T
-            out[module + ".weight"] += delta
-    return out
-
-
-def assert_weights(model, expected, atol=1e-6):
-    for name, p in model.named_parameters():
-        np.testing.assert_allclose(p.detach().double().numpy(), expected[name], atol=atol, rtol=0, err_msg=name)
 
 
 @pytest.fixture

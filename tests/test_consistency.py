@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_builtin_config
+from common import write_builtin_config
 from mvalign.cli import app
 from mvalign.consistency import score_consistency, select, summary, value_consistency, z_normalise
 from mvalign.data.pairs import PreferencePair

@@ -5,17 +5,24 @@ import numpy as np
 import pytest
 import torch
 
-from mvalign.combine import LoraFactors, load_lora_adapter
+from common import TOY
 from mvalign.config import DPOSettings, LoraSettings
+from mvalign.lora import LoraFactors, add_value_adapter, load_lora_adapter
 from mvalign.train.decorrelation import (
-    DecorrelationLoss, PenaltySpec, cka, hsic, layer_of, median_sigma, module_penalty, sqdist_from_gram,
+    DecorrelationLoss,
+    PenaltySpec,
+    cka,
+    hsic,
+    layer_of,
+    median_sigma,
+    module_penalty,
+    sqdist_from_gram,
     trainable_lora_factors,
 )
 from mvalign.train.logprobs import reference_logprobs
-from mvalign.train.lora import add_value_adapter
+from mvalign.train.losses import PenaltyTerm, dpo_objective
 from mvalign.train.tokenize import tokenize_pairs
-from mvalign.train.trainer import train_dpo, trainable_state
-from test_train import TOY
+from mvalign.train.trainer import train_adapter, trainable_state
 
 
 def hsic_loops(X, Y, sigma):
@@ -124,7 +131,8 @@ def _train(tokenizer, tiny_llama, tmp_path, name, extra=None, seed=0):
     toks = tokenize_pairs(tokenizer, TOY, 64, 40)
     ref = reference_logprobs(model, toks, tokenizer.pad_token_id, tmp_path / "cache")
     settings = DPOSettings(lr=2e-2, max_steps=10, batch_size=4, scheduler="constant")
-    train_dpo(model, toks, *ref, settings, tmp_path / name, tokenizer.pad_token_id, extra_loss=extra, progress=False)
+    objective = dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(extra)] if extra else [])
+    train_adapter(model, objective, settings, tmp_path / name, tokenizer.pad_token_id, progress=False)
     model.save_pretrained(tmp_path / f"{name}-adapter")
     return model
 
@@ -189,8 +197,11 @@ def test_diagnostics_from_factors_match_dense(tmp_path, tokenizer, tiny_llama):
 def test_batched_loss_equals_sum_of_module_penalties(tmp_path, tokenizer, tiny_llama, kind, target):
     _train(tokenizer, tiny_llama, tmp_path, "first")
     frozen = load_lora_adapter(tmp_path / "first-adapter", "first")
-    model = add_value_adapter(copy.deepcopy(tiny_llama), LoraSettings(r=4, alpha=8, dropout=0.0, 
-                                                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]), 5)
+    model = add_value_adapter(
+        copy.deepcopy(tiny_llama),
+        LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]),
+        5,
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:

@@ -10,11 +10,11 @@ import yaml
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from conftest import shared_data
+from common import shared_data
 from mvalign.cli import app
 from mvalign.config import ModelConfig
-from mvalign.store import RunStore
 from mvalign.models import EMBEDDED_GGUF, embedded_gguf_path, embedded_model_dir, format_prompt, load_model
+from mvalign.store import RunStore
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from conftest import hypervolume_2d
+from common import hypervolume_2d
 
 SPEC = importlib.util.spec_from_file_location(
     "quality_table", Path(__file__).resolve().parents[1] / "bench" / "quality" / "quality_table.py"

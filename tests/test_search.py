@@ -6,10 +6,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from common import hypervolume_2d, write_builtin_config
 from mvalign.cli import app
 from mvalign.search import adaptive_search, seed_indices
 from mvalign.store import RunStore
-from conftest import hypervolume_2d, write_builtin_config
 
 FUNCTIONS = {
     "curved": lambda x, y: (x - 0.6 * y * y + 0.3 * x * y, y - 0.6 * x * x + 0.2 * x * y),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import shared_data
+from common import shared_data
 from mvalign.config import DataSourceConfig
 from mvalign.data import DataError, load_pairs, load_value_splits
 from mvalign.data.truthfulqa import count_conflict_questions

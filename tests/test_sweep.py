@@ -4,13 +4,13 @@ import copy
 
 import pytest
 
+from common import save_random_adapter
 from mvalign.combine import CombinedModel, load_lora_adapter
 from mvalign.config import ConfigError, SweepSettings
 from mvalign.generate import GenerationSettings, generate_responses
 from mvalign.rewards import CallableReward
 from mvalign.store import RunStore
 from mvalign.sweep import evaluate_points, grid_points, simplex_points, strategy_points
-from test_combine import save_random_adapter
 
 PROMPTS = ["Tell me about tea.", "How do I fix a bike?", "What is rain?", "Name a colour."]
 

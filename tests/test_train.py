@@ -6,27 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_gpt2
+from common import TOY, make_gpt2, naive_response_logprob
 from mvalign.config import DPOSettings, LoraSettings
-from mvalign.data.pairs import PreferencePair
+from mvalign.lora import add_value_adapter
 from mvalign.train.dpo import dpo_loss
 from mvalign.train.logprobs import compute_logprobs, pair_logprobs, reference_logprobs
-from mvalign.train.lora import add_value_adapter
+from mvalign.train.losses import PenaltyTerm, dpo_objective
 from mvalign.train.tokenize import collate_pairs, tokenize_pairs
-from mvalign.train.trainer import train_dpo, trainable_state
-
-TOPICS = ["tea", "maps", "rain", "bread", "knots", "stars", "bikes", "clay"]
-TOY = [PreferencePair(f"Tell me about {t}.", f"Gladly! {t.title()} are great.", "No.") for t in TOPICS]
-TOY += [PreferencePair(({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                        {"role": "user", "content": "Greet me."}), "Good morning!", "Go away.")]
-
-
-def naive_response_logprob(model, prompt_ids, response_ids):
-    """Independent reference: one unpadded sequence, full log_softmax, a Python loop over response tokens."""
-    ids = torch.tensor([list(prompt_ids) + list(response_ids)])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
-    return sum(logp[len(prompt_ids) + j - 1, t].item() for j, t in enumerate(response_ids))
+from mvalign.train.trainer import train_adapter, trainable_state
 
 
 def test_tokenize_masks_and_truncation(tokenizer):
@@ -102,7 +89,9 @@ def test_dpo_steps_raise_reward_accuracy(tmp_path, tokenizer, tiny_llama):
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
     before = dpo_loss(*compute_logprobs(model, toks, tokenizer.pad_token_id), *ref, 0.1)
     settings = DPOSettings(lr=2e-2, max_steps=15, batch_size=4, scheduler="constant", save_every=100)
-    result = train_dpo(model, toks, *ref, settings, tmp_path / "run", tokenizer.pad_token_id, progress=False)
+    result = train_adapter(
+        model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "run", tokenizer.pad_token_id, progress=False
+    )
     after = dpo_loss(*compute_logprobs(model, toks, tokenizer.pad_token_id), *ref, 0.1)
     assert before.accuracy.item() == 0.0  # policy == reference at init: every implicit reward is 0
     assert after.accuracy.item() >= 0.8 and after.loss.item() < before.loss.item() - 0.05
@@ -114,7 +103,9 @@ def test_dpo_steps_raise_reward_accuracy(tmp_path, tokenizer, tiny_llama):
 def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
     settings = DPOSettings(lr=1e-2, max_steps=4, batch_size=2, save_every=2, scheduler="linear")
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
-    train_dpo(model, toks, *ref, settings, tmp_path / "straight", tokenizer.pad_token_id, progress=False)
+    train_adapter(
+        model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "straight", tokenizer.pad_token_id, progress=False
+    )
     straight = trainable_state(model)
 
     calls = {"n": 0}
@@ -127,11 +118,13 @@ def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
 
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
     with pytest.raises(KeyboardInterrupt):
-        train_dpo(model, toks, *ref, settings, tmp_path / "killed", tokenizer.pad_token_id,
-                  extra_loss=crash_at_step_3, progress=False)
+        train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(crash_at_step_3)]), settings,
+                      tmp_path / "killed", tokenizer.pad_token_id, progress=False)
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["step"] == 2
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)  # a fresh process
-    result = train_dpo(model, toks, *ref, settings, tmp_path / "killed", tokenizer.pad_token_id, progress=False)
+    result = train_adapter(
+        model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "killed", tokenizer.pad_token_id, progress=False
+    )
     assert result.steps == 4
     resumed = trainable_state(model)
     for name in straight:
@@ -143,7 +136,14 @@ def test_gradient_accumulation_matches_large_batch(tmp_path, tokenizer, tiny_lla
     for batch, accum in [(4, 1), (2, 2)]:
         model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
         settings = DPOSettings(lr=1e-2, max_steps=1, batch_size=batch, grad_accum=accum, max_grad_norm=None)
-        train_dpo(model, toks, *ref, settings, tmp_path / f"b{batch}", tokenizer.pad_token_id, progress=False)
+        train_adapter(
+            model,
+            dpo_objective(toks, *ref, settings.beta),
+            settings,
+            tmp_path / f"b{batch}",
+            tokenizer.pad_token_id,
+            progress=False,
+        )
         states.append(trainable_state(model))
     for name in states[0]:
         torch.testing.assert_close(states[0][name], states[1][name], atol=1e-6, rtol=1e-5, msg=name)
@@ -153,8 +153,8 @@ def test_pair_weights_and_extra_loss_reach_the_update(tmp_path, tokenizer, tiny_
     settings = DPOSettings(lr=1e-2, max_steps=2, batch_size=4)
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
     start = trainable_state(model)
-    train_dpo(model, toks, *ref, settings, tmp_path / "w0", tokenizer.pad_token_id,
-              pair_weights=torch.zeros(len(toks)), progress=False)
+    zero = dpo_objective(toks, *ref, settings.beta, weights=torch.zeros(len(toks)))
+    train_adapter(model, zero, settings, tmp_path / "w0", tokenizer.pad_token_id, progress=False)
     assert all(torch.equal(v, start[k]) for k, v in trainable_state(model).items())  # weight 0: no gradient at all
 
     def a_norm(m, micro):
@@ -162,8 +162,8 @@ def test_pair_weights_and_extra_loss_reach_the_update(tmp_path, tokenizer, tiny_
         return term, {"a_norm": term.item()}
 
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
-    train_dpo(model, toks, *ref, settings, tmp_path / "extra", tokenizer.pad_token_id,
-              pair_weights=torch.zeros(len(toks)), extra_loss=a_norm, progress=False)
+    zero = dpo_objective(toks, *ref, settings.beta, weights=torch.zeros(len(toks)), extra=[PenaltyTerm(a_norm)])
+    train_adapter(model, zero, settings, tmp_path / "extra", tokenizer.pad_token_id, progress=False)
     assert any(not torch.equal(v, start[k]) for k, v in trainable_state(model).items())
     log = [json.loads(line) for line in (tmp_path / "extra" / "log.jsonl").read_text().splitlines()]
     assert "a_norm" in log[-1] and log[-1]["loss"] == pytest.approx(log[-1]["dpo_loss"] + log[-1]["a_norm"], abs=1e-5)

@@ -8,7 +8,7 @@ Same model (embedded SmolLM2-135M-Instruct, fp32 weights), LoRA (r 16, alpha 32,
 disables dropout by default), batch of 4 pairs, AdamW lr 5e-4, bf16 autocast, no gradient checkpointing (trl
 turns it on by default; off here for both), the same 64 HH helpful single-turn pairs chat-templated, all fitting
 in 192 tokens so neither side truncates. Variants, run in alternating rounds inside one process: `mvalign`
-(`train_dpo`, reference log-probs cached before training), `trl-precompute` (DPOTrainer with
+(`train_adapter` on a DPO objective, reference log-probs cached before training), `trl-precompute` (DPOTrainer with
 precompute_ref_log_probs=True: the same caching) and `trl` (its default: reference forward each step with the
 adapter disabled). Seconds per optimizer step are measured per step (trl: a TrainerCallback; mvalign: its
 log.jsonl), the first `warmup` steps of each run dropped; the ratio is median over rounds of per-run medians.
@@ -19,7 +19,6 @@ that benchmark's run directory exists.
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import version
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -37,11 +37,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from mvalign.config import DataSourceConfig, DPOSettings, LoraSettings, ModelConfig  # noqa: E402
 from mvalign.data import load_pairs  # noqa: E402
+from mvalign.lora import add_value_adapter  # noqa: E402
 from mvalign.models import cache_root, format_prompt, load_model  # noqa: E402
 from mvalign.train.logprobs import reference_logprobs  # noqa: E402
-from mvalign.train.lora import add_value_adapter  # noqa: E402
+from mvalign.train.losses import dpo_objective  # noqa: E402
 from mvalign.train.tokenize import tokenize_pairs  # noqa: E402
-from mvalign.train.trainer import train_dpo  # noqa: E402
+from mvalign.train.trainer import train_adapter  # noqa: E402
 
 LORA = LoraSettings(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 MAX_LEN = 192
@@ -70,7 +71,7 @@ def run_mvalign(pairs, steps: int, cache: Path) -> list[float]:
     ref = reference_logprobs(model, tok, tokenizer.pad_token_id, cache, 8, torch.bfloat16)
     peft = add_value_adapter(model, LORA, 0)
     with tempfile.TemporaryDirectory() as out:
-        train_dpo(peft, tok, *ref, settings, out, tokenizer.pad_token_id, progress=False)
+        train_adapter(peft, dpo_objective(tok, *ref, settings.beta), settings, out, tokenizer.pad_token_id, progress=False)
         return [json.loads(line)["seconds"] for line in Path(out, "log.jsonl").read_text().splitlines()]
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from mvalign.combine import CombinedModel, load_lora_adapter
+from mvalign.evaluate import eval_prompts, generation_settings
 from mvalign.models import cache_root, load_model
 from mvalign.pareto import hypervolume, non_dominated
-from mvalign.pipeline import eval_prompts, generation_settings
 from mvalign.rewards import ScoreCache, load_reward_models
-from mvalign.run import adapter_dir, load_run
+from mvalign.rundir import RunDir
 from mvalign.search import adaptive_search
 from mvalign.store import RunStore
 from mvalign.sweep import evaluate_points, grid_points
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=25)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    cfg = load_run(args.run)
+    cfg = RunDir(args.run).load_config()
     if args.quick:
         args.prompts, args.tokens, dense_axis = 3, 4, [0.1, 0.4, 0.7, 1.0]
     else:
@@ -58,11 +58,18 @@ def main() -> None:
     work = ROOT / "runs" / "bench-perf" / "search" / f"{run.parent.name}-{run.name}-{args.method}"
     store = RunStore(work)
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    combined = CombinedModel(model, [load_lora_adapter(adapter_dir(run, args.method, v), v) for v in values])
-    common = dict(rewards=load_reward_models(cfg, train_missing=False), generation=generation_settings(cfg),
-                  store=store, cache=ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite"),
-                  bootstrap=200, use_chat_template=cfg.model.chat_template == "auto", prompts=eval_prompts(cfg, "val", args.prompts),
-                  method="search", split="val")
+    combined = CombinedModel(model, [load_lora_adapter(RunDir(run).adapter(args.method, v), v) for v in values])
+    common = dict(
+        rewards=load_reward_models(cfg, train_missing=False),
+        generation=generation_settings(cfg),
+        store=store,
+        cache=ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite"),
+        bootstrap=200,
+        use_chat_template=cfg.model.chat_template == "auto",
+        prompts=eval_prompts(cfg, "val", args.prompts),
+        method="search",
+        split="val",
+    )
 
     def evaluate(ws, progress=False):
         return evaluate_points(combined, tokenizer, ws, progress=progress, **common)

@@ -79,9 +79,9 @@ def prepare(s: dict) -> dict:
     from mvalign.config import LoraSettings
     from mvalign.data import split_pairs
     from mvalign.data.builtin import builtin_pairs
+    from mvalign.lora import add_value_adapter
     from mvalign.models import load_model
     from mvalign.rewards.bt_head import train_bt_head
-    from mvalign.train.lora import add_value_adapter
 
     for i, name in enumerate(("helpful", "harmless")):
         out = work() / "adapters" / name
@@ -178,9 +178,17 @@ def main() -> None:
         "speedup_vs_reference_loop": c["seconds_per_point"] / b["seconds_per_point"],
         "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
         "raw": results,
-        "setting": {**s, "mode": mode, "model": "smollm2-135m-instruct (fp32)" if MODEL == "smollm2" else
-                    "tiny random Llama: 2 layers, hidden 64, SmolLM2 tokenizer (fp32)", "prompt_source": "built-in policy prompts",
-                    "generation": "greedy", "adapters": "2 random LoRA r=16 q/k/v/o", "scoring": "2 BT heads on MiniLM"},
+        "setting": {
+            **s,
+            "mode": mode,
+            "model": "smollm2-135m-instruct (fp32)"
+            if MODEL == "smollm2"
+            else "tiny random Llama: 2 layers, hidden 64, SmolLM2 tokenizer (fp32)",
+            "prompt_source": "built-in policy prompts",
+            "generation": "greedy",
+            "adapters": "2 random LoRA r=16 q/k/v/o",
+            "scoring": "2 BT heads on MiniLM",
+        },
     }
     out_path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")
     perf = json.loads(out_path.read_text()) if out_path.is_file() else {}

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mvalign.compare import mean_interval, shared_reference, test_matrix
+from mvalign.methods import method_names
 from mvalign.pareto import hypervolume, non_dominated
 
-BASELINES = ["dpo", "soup", "seqt", "lw", "modpo", "vcsoup", "mva-nohsic", "mva-convex", "mva-orth"]
+BASELINES = [m for m in method_names() if m != "mva"]  # every registered method MVA is compared with
 
 
 def setting_tables(cells: dict[str, dict]) -> dict:
@@ -28,7 +29,7 @@ def setting_tables(cells: dict[str, dict]) -> dict:
     for key, cell in cells.items():
         setting, seed, method = key.split("/")
         out.setdefault(setting, {"cells": {}})["cells"][(int(seed), method)] = cell
-    for setting, t in out.items():
+    for t in out.values():
         cs = list(t["cells"].values())
         values = cs[0]["values"]
         ref = shared_reference([{"front": c} for c in cs])  # a cell holds its front's values, points and base

@@ -42,17 +42,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality_table import write_table  # noqa: E402
+
 from mvalign.combine import load_lora_adapter  # noqa: E402
 from mvalign.config import MVAConfig  # noqa: E402
 from mvalign.diagnose import interference_report  # noqa: E402
-from mvalign.pipeline import evaluate_method  # noqa: E402
+from mvalign.evaluate import evaluate_method  # noqa: E402
+from mvalign.methods import get_method, method_names, train_method  # noqa: E402
 from mvalign.rewards import load_reward_models  # noqa: E402
-from mvalign.run import adapter_dir, package_versions  # noqa: E402
+from mvalign.rundir import RunDir, package_versions  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
-from mvalign.training import train_method, vector_source  # noqa: E402
-from quality_table import write_table  # noqa: E402
 
-METHODS = ["dpo", "soup", "mva-nohsic", "mva", "mva-convex", "mva-orth", "vcsoup", "seqt", "lw", "modpo"]
+METHODS = method_names()  # every registered method
 BUDGET = {
     "full": {"steps": 24, "limit": 320, "eval_pairs": 48, "prompts": 24, "tokens": 32, "rm_epochs": 30,
              "rm_limit": None, "max_length": 160, "max_prompt_length": 96},
@@ -106,24 +107,35 @@ def lw_steps(b: dict) -> int:
 
 
 def interference(cfg: MVAConfig, source: str) -> dict | None:
-    if source not in ("dpo", "mva", "mva-orth", "vcsoup"):
+    """Similarity of a method's value vectors (None for methods that train no per-value vectors)."""
+    if get_method(source).kind != "value-vectors":
         return None
-    run = Path(cfg.run_dir)
-    adapters = [load_lora_adapter(adapter_dir(run, source, v.name), v.name) for v in cfg.values]
+    run = RunDir.of(cfg)
+    adapters = [load_lora_adapter(run.adapter(source, v.name), v.name) for v in cfg.values]
     overall = interference_report(adapters)["pairs"][0]["overall"]
     return {k: overall[k] for k in ("cos", "mean_abs_cos", "cka")}
 
 
 def cell_record(cfg: MVAConfig, method: str, front: dict, seconds: float) -> dict:
     store = RunStore(cfg.run_dir)
-    source = vector_source(method)
+    source = get_method(method).source
     vectors = {r.value: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
                | {"steps": r.steps, "train_pairs": r.train_pairs, "seconds_per_step": r.seconds_per_step}
                for r in store.vectors(source)}
-    return {"method": method, "torch_threads": torch.get_num_threads(), "values": front["values"], "base": front["base"], "points": front["points"],
-            "hypervolume_own_reference": front["hypervolume"], "own_reference_point": front["reference_point"],
-            "training": front["training"], "settings": front["settings"], "vectors": vectors,
-            "interference": interference(cfg, source), "cell_wall_seconds": seconds}
+    return {
+        "method": method,
+        "torch_threads": torch.get_num_threads(),
+        "values": front["values"],
+        "base": front["base"],
+        "points": front["points"],
+        "hypervolume_own_reference": front["hypervolume"],
+        "own_reference_point": front["reference_point"],
+        "training": front["training"],
+        "settings": front["settings"],
+        "vectors": vectors,
+        "interference": interference(cfg, source),
+        "cell_wall_seconds": seconds,
+    }
 
 
 def migrate(results: dict) -> dict:

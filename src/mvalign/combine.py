@@ -1,6 +1,6 @@
 """Exact combination of LoRA value vectors in weight space: W(ω) = W0 + Σ_k ω_k s_k B_k A_k.
 
-Adapters are read straight from PEFT's files (adapter_config.json + adapter_model.safetensors) as factors; the
+Adapters are read as factors (`mvalign.lora`); the
 update of one module is formed by a single matmul of the stacked factors [ω_1 s_1 B_1 | ... | ω_n s_n B_n] ·
 [A_1; ...; A_n], one module at a time, so no more than one dense d_out × d_in update exists at once. Any real ω is
 allowed (negative, > 1). `CombinedModel` applies and moves between weight vectors in place on one loaded model.
@@ -10,90 +10,21 @@ reproduce them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+from .lora import AdapterError, LoraAdapter, LoraFactors, adapter_targets, load_lora_adapter, orient
 
-
-class AdapterError(ValueError):
-    """An adapter that cannot be combined (missing files, wrong type, modules the base lacks, shape mismatch)."""
-
-
-@dataclass
-class LoraFactors:
-    """One target module of one adapter: ΔW = scale · B @ A (transposed when the base stores W as (in, out))."""
-
-    A: torch.Tensor  # r x d_in
-    B: torch.Tensor  # d_out x r
-    scale: float
-    fan_in_fan_out: bool = False
-
-
-@dataclass
-class LoraAdapter:
-    name: str
-    path: str
-    modules: dict[str, LoraFactors]
-    """Keyed by the base model's module name, e.g. 'model.layers.0.self_attn.q_proj'."""
-
-
-def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
-    """Read a PEFT LoRA adapter directory into per-module factors (safetensors only; no pickles).
-
-    scale s = lora_alpha / r (or lora_alpha / sqrt(r) with use_rslora), honouring rank_pattern / alpha_pattern.
-    """
-    path = Path(path)
-    cfg_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
-    if not cfg_file.is_file() or not weights_file.is_file():
-        raise AdapterError(f"{path}: not a PEFT adapter directory (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    cfg = json.loads(cfg_file.read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterError(f"{path}: peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be combined")
-    if cfg.get("use_dora"):
-        raise AdapterError(f"{path}: DoRA adapters are not linear in their factors; exact ΔW combination does not apply")
-    tensors = load_file(str(weights_file))
-    modules: dict[str, LoraFactors] = {}
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
-            continue
-        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        b_key = key.replace(".lora_A.", ".lora_B.")
-        if b_key not in tensors:
-            raise AdapterError(f"{path}: {key} has no matching lora_B tensor")
-        short = module.rsplit(".", 1)[-1]
-        r = _pattern(cfg.get("rank_pattern") or {}, module, short, cfg["r"])
-        alpha = _pattern(cfg.get("alpha_pattern") or {}, module, short, cfg["lora_alpha"])
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        modules[module] = LoraFactors(a, tensors[b_key], float(scale), bool(cfg.get("fan_in_fan_out")))
-    if not modules:
-        raise AdapterError(f"{path}: no lora_A/lora_B tensors found")
-    return LoraAdapter(name or path.name, str(path), modules)
-
-
-def _pattern(pattern: Mapping[str, float], module: str, short: str, default: float) -> float:
-    for key, value in pattern.items():
-        if module == key or module.endswith("." + key) or short == key:
-            return value
-    return default
-
-
-def _orient(delta: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
-    return delta.T if fan_in_fan_out else delta
-
+__all__ = ["AdapterError", "CombinedModel", "LoraAdapter", "LoraFactors", "combine", "exact_delta", "factorwise_delta",
+           "load_lora_adapter"]
 
 def exact_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:
     """Σ_k ω_k s_k B_k A_k for one module as one matmul of stacked factors (in `dtype`, default float32)."""
     B = torch.cat([f.B.to(dtype) * (w * f.scale) for f, w in zip(factors, weights)], dim=1)
     A = torch.cat([f.A.to(dtype) for f in factors], dim=0)
-    return _orient(B @ A, factors[0].fan_in_fan_out)
+    return orient(B @ A, factors[0].fan_in_fan_out)
 
 
 def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:
@@ -106,7 +37,7 @@ def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], d
         raise AdapterError("factor-wise averaging needs adapters with equal rank and scale")
     B = sum(f.B.to(dtype) * w for f, w in zip(factors, weights))
     A = sum(f.A.to(dtype) * w for f, w in zip(factors, weights))
-    return _orient(factors[0].scale * (B @ A), factors[0].fan_in_fan_out)
+    return orient(factors[0].scale * (B @ A), factors[0].fan_in_fan_out)
 
 
 class CombinedModel:
@@ -125,24 +56,7 @@ class CombinedModel:
             raise AdapterError("no adapters to combine")
         self.model, self.adapters, self.mode = model, list(adapters), mode
         self.names = [a.name for a in self.adapters]
-        if len(set(self.names)) != len(self.names):
-            raise AdapterError(f"adapter names must be unique, got {self.names}")
-        named = dict(model.named_modules())
-        modules = sorted(set().union(*(a.modules for a in self.adapters)))
-        self.targets: dict[str, torch.nn.Parameter] = {}
-        for m in modules:
-            if m not in named or not hasattr(named[m], "weight"):
-                raise AdapterError(f"adapter module {m!r} does not exist in the base model: adapters from another model?")
-            weight = named[m].weight
-            for a in self.adapters:
-                if m in a.modules:
-                    f = a.modules[m]
-                    shape = (f.B.shape[0], f.A.shape[1])
-                    if tuple(_orient(torch.empty(shape, device="meta"), f.fan_in_fan_out).shape) != tuple(weight.shape):
-                        raise AdapterError(
-                            f"adapter {a.name!r} ({a.path}) module {m}: ΔW shape {shape} does not fit weight {tuple(weight.shape)}"
-                        )
-            self.targets[m] = weight
+        self.targets = adapter_targets(model, self.adapters)
         exact_reset = mode == "factorwise" or any(w.dtype not in (torch.float32, torch.float64) for w in self.targets.values())
         self._originals = {m: w.detach().clone() for m, w in self.targets.items()} if exact_reset else None
         self.current = [0.0] * len(self.adapters)

@@ -19,17 +19,17 @@ from scipy import stats
 from .config import ConfigError
 from .pareto import hypervolume, non_dominated
 from .report import dominates_base
+from .rundir import RunDir
 
 
 def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list[dict]:
     """[{run, method, front}] for every front-<method>.json in `runs` (only `methods` when given)."""
     out = []
     for run in runs:
-        files = sorted(Path(run).glob("front-*.json"))
+        files = RunDir(run).fronts()
         if not files:
             raise ConfigError(f"{run}: no front-<method>.json; evaluate a method first (`mvalign run CONFIG --method ...`)")
-        for f in files:
-            method = f.stem.removeprefix("front-")
+        for method, f in files.items():
             if not methods or method in methods:
                 out.append({"run": str(run), "method": method, "front": json.loads(f.read_text())})
     if not out:
@@ -144,3 +144,20 @@ def write_comparison(table: dict, out: Path) -> dict[str, Path]:
     paths["md"].write_text(f"# Method comparison\n\n{markdown(table)}\n![fronts](compare.png)\n")
     plot(table, paths["png"])
     return paths
+
+
+def compare_runs(runs: Sequence[str | Path], methods: Sequence[str] = (), out: str | Path | None = None,
+                 reference: str | Sequence[float] | None = None) -> tuple[dict, dict[str, Path]]:
+    """`mvalign compare`: the table over `runs` (only `methods` when given), written to `out` (default: the first
+    run). `reference`: one number per value, or comma-separated text."""
+    entries = load_fronts(runs, methods)
+    if isinstance(reference, str):
+        try:
+            reference = [float(x) for x in reference.split(",")]
+        except ValueError:
+            raise ConfigError(f"--reference {reference!r}: give one number per value, comma-separated") from None
+    values = entries[0]["front"]["values"]
+    if reference is not None and len(reference) != len(values):
+        raise ConfigError(f"--reference has {len(reference)} numbers; the fronts measure {values}")
+    table = compare(entries, reference)
+    return table, write_comparison(table, Path(out or runs[0]))

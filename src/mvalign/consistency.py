@@ -66,7 +66,7 @@ def score_consistency(
            "digest": pairs_digest(pairs), "stats": {}, "gaps": []}
     gap_cols = []
     for name, rm in rewards.items():
-        def score(responses):
+        def score(responses, rm=rm):
             return cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
         zc, zr, mean, std = z_normalise(score([p.chosen for p in pairs]), score([p.rejected for p in pairs]))
         out["stats"][name] = {"mean": mean, "std": std}
@@ -151,7 +151,28 @@ def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair],
     Pass `rewards` when scoring several values, so the judges are loaded once."""
     from .models import cache_root
     from .rewards import load_reward_models
+    from .rundir import RunDir
 
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
-    return cached_consistency(Path(cfg.run_dir) / "consistency" / f"{value}.json", pairs, rewards, cfg.consistency.text, cache)
+    return cached_consistency(RunDir.of(cfg).consistency(value), pairs, rewards, cfg.consistency.text, cache)
+
+
+def consistency_report(cfg, run) -> tuple[dict, Path]:
+    """`mvalign consistency`: score every value's training pairs with all judges (cached), summarise what the
+    `consistency` block keeps, write RUN/consistency/summary.json and consistency.png. Returns (rows, png)."""
+    from .data import load_value_splits
+    from .rewards import load_reward_models
+
+    c = cfg.consistency
+    rewards = load_reward_models(cfg)
+    results, rows = {}, {}
+    for v in cfg.values:
+        pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["train"]
+        results[v.name] = consistency_for_value(cfg, v.name, pairs, rewards)
+        keep, _ = select(results[v.name]["vc"], c.mode, c.tau, c.quantile)
+        rows[v.name] = {**summary(results[v.name]), "mode": c.mode, "tau": c.tau, "kept": int(len(keep)),
+                        "stats": results[v.name]["stats"]}
+    run.consistency_dir.mkdir(parents=True, exist_ok=True)
+    (run.consistency_dir / "summary.json").write_text(json.dumps(rows, indent=2))
+    return rows, plot_consistency(results, run.consistency_dir / "consistency.png")

@@ -9,6 +9,9 @@ evaluation prompts use its disjoint `policy` prompts. `mvalign demo --show-confi
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from .config import MVAConfig
 
 FULL = {"limit": 240, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.25, 0.5, 0.75, 1.0],
@@ -35,3 +38,16 @@ def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> MVAConfig:
                   "max_new_tokens": s["max_new_tokens"], "batch_size": 16},
         "run_dir": run_dir,
     })
+
+
+def run_demo(quick: bool = False, run_dir: str | Path = "runs/demo") -> dict:
+    """Run the demo pipeline (resumable); the quick demo's run dir gets a '-quick' suffix. Returns the summary with
+    the wall time."""
+    from .pipeline import run_pipeline
+
+    run_dir = Path(run_dir).resolve()
+    run_dir = run_dir.with_name(run_dir.name + ("-quick" if quick else ""))
+    t0 = time.perf_counter()
+    summary = run_pipeline(demo_config(quick, str(run_dir)))
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return summary

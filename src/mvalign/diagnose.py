@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .combine import LoraAdapter, LoraFactors
+from .lora import LoraAdapter, LoraFactors
 from .train.decorrelation import PenaltySpec, layer_of, module_penalty
 
 
@@ -90,7 +90,9 @@ def plot_interference(report: dict, path: str | Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     names, pairs = report["values"], report["pairs"]
-    layers = sorted({layer for p in pairs for layer in p["layers"]}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s))
+    layers = sorted(
+        {layer for p in pairs for layer in p["layers"]}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else s)
+    )
     labels = [f"{p['a']}–{p['b']}" for p in pairs]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.2 + 0.25 * len(pairs)), gridspec_kw={"width_ratios": [1, 1, 3]})
     for ax, key, label in [(axes[0], "mean_abs_cos", "mean |cos| over modules"), (axes[1], "cka", "mean CKA over modules")]:
@@ -120,18 +122,31 @@ def plot_interference(report: dict, path: str | Path, title: str = "") -> Path:
 
 def diagnose_run(run_dir: str | Path, method: str, out_dir: str | Path | None = None) -> tuple[Path, Path, dict]:
     """Write diagnostics/interference-<method>.json and .png for the value vectors of one method of a run."""
-    from .combine import load_lora_adapter
     from .config import ConfigError
+    from .lora import load_lora_adapter
+    from .rundir import RunDir
 
-    root = Path(run_dir) / "adapters" / method
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith((".tmp", ".copy"))) if root.is_dir() else []
-    if len(dirs) < 2:
-        raise ConfigError(f"{root}: diagnostics need at least two trained value vectors, found {[d.name for d in dirs]}")
-    report = interference_report([load_lora_adapter(d, d.name) for d in dirs])
+    run = RunDir(run_dir)
+    names = run.adapter_names(method)
+    if len(names) < 2:
+        raise ConfigError(f"{run.root / 'adapters' / method}: diagnostics need at least two trained value vectors, found {names}")
+    report = interference_report([load_lora_adapter(run.adapter(method, n), n) for n in names])
     report["method"] = method
-    out = Path(out_dir) if out_dir else Path(run_dir) / "diagnostics"
+    out = Path(out_dir) if out_dir else run.diagnostics_dir
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"interference-{method}.json"
     json_path.write_text(json.dumps(report, indent=1))
     png = plot_interference(report, out / f"interference-{method}.png", title=f"value-vector interference ({method})")
     return json_path, png, report
+
+
+def diagnose_methods(run_dir: str | Path, method: str | None = None,
+                     out_dir: str | Path | None = None) -> list[tuple[Path, Path, dict]]:
+    """`diagnose_run` for one method, or for every method trained in the run."""
+    from .config import ConfigError
+    from .rundir import RunDir
+
+    methods = [method] if method else RunDir(run_dir).trained_methods()
+    if not methods:
+        raise ConfigError(f"{run_dir}: no trained value vectors; run `mvalign train` first")
+    return [diagnose_run(run_dir, m, out_dir) for m in methods]

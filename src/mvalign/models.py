@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .config import EMBEDDED_MODEL, ModelConfig
 from .data.pairs import Prompt
+from .errors import MvalignError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MvalignError, RuntimeError):
     """A model that cannot be loaded; the message says what was tried and what to do."""
 
 
@@ -110,7 +111,9 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, cache_dir: str | os.PathLike[str] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    cfg: ModelConfig, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base causal LM (eval mode) and its tokenizer (pad token set)."""
     source, gguf_file = resolve_model_source(cfg.name, cache_dir)
     try:

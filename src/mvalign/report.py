@@ -10,12 +10,14 @@ minimum over the base model and every candidate (both splits) unless the config 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .pareto import default_reference_point, hypervolume, non_dominated
+from .rundir import RunDir
 from .store import PointRecord
 
 
@@ -152,10 +154,21 @@ def write_report(run_dir: str | Path, fronts: dict[str, dict], settings: dict) -
     return path
 
 
-def write_front(run_dir: str | Path, front: dict, method: str, primary: bool = False) -> Path:
-    """RUN/front-<method>.json, and RUN/front.json too for the run's primary method."""
-    path = Path(run_dir) / f"front-{method}.json"
-    path.write_text(json.dumps(front, indent=1))
-    if primary:
-        (Path(run_dir) / "front.json").write_text(json.dumps(front, indent=1))
-    return path
+def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:
+    """RUN/front-<method>.json, and RUN/front.json too for the run's primary method (each written atomically)."""
+    targets = [run.front(method)] + ([run.front()] if primary else [])
+    for path in targets:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(front, indent=1))
+        os.replace(tmp, path)
+    return targets[0]
+
+
+def report_run(run: RunDir) -> Path:
+    """Rewrite report.md and its PNGs from the run's front-<method>.json files."""
+    from .config import ConfigError
+
+    fronts = {m: json.loads(p.read_text()) for m, p in run.fronts().items()}
+    if not fronts:
+        raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
+    return write_report(run.root, fronts, {"run": str(run.root)})

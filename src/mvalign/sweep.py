@@ -1,7 +1,8 @@
 """Weight-vector strategies and the sweep engine: evaluate many ω on one loaded model, storing every point.
 
-For each ω: move the model in place to W0 + Σ ω_k ΔW_k (`CombinedModel`), generate responses to the split's
-prompts in batches, score them with every value's reward model, and store the point (mean per value, bootstrap 95%
+For each candidate (`mvalign.candidates`): move the model in place to W0 + Σ ω_k ΔW_k (`CombinedModel`), apply the
+candidate's prompt transform if it has one, generate responses to the split's prompts in batches, score them with
+every value's reward model against the original prompts, and store the point (mean per value, bootstrap 95%
 interval, timings, generation settings, responses) in the run's SQLite store. Points already stored with the same
 settings key (prompts + generation settings + reward identities) are skipped, so a killed sweep resumes where it
 stopped and gives identical results.
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .candidates import Candidate
 from .combine import CombinedModel
 from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
@@ -72,39 +74,49 @@ def settings_key(prompts: Sequence[Prompt], generation: GenerationSettings, rewa
     return h.hexdigest()[:24]
 
 
-def evaluate_points(
-    combined: CombinedModel, tokenizer, weight_points: Sequence[Mapping[str, float]], *, method: str, split: str,
-    prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings, store: RunStore,
-    cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True, progress: bool = True,
-    apply: Sequence[Mapping[str, float]] | None = None,
-) -> list[PointRecord]:
-    """Evaluate (or fetch from the store) every weight vector; returns the records in the order given.
+def point_key(settings: str, candidate: Candidate) -> str:
+    """The stored point's settings key: the sweep's, extended by the candidate's prompt transform when it has one."""
+    if candidate.prompt is None:
+        return settings
+    return hashlib.sha256(f"{settings}|{candidate.prompt.key}".encode()).hexdigest()[:24]
 
-    `apply[i]` (default: the weight vector itself) is what `combined.set_weights` gets for point i (adapters not
-    named get 0): methods whose points are separate models label the point by its preference weight and apply
-    the one-hot choice of its adapter."""
-    if apply is not None and len(apply) != len(weight_points):
-        raise ValueError(f"{len(weight_points)} points but {len(apply)} adapter weightings")
+
+def evaluate_points(
+    combined: CombinedModel, tokenizer, candidates: Sequence[Candidate | Mapping[str, float]], *, method: str,
+    split: str, prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings,
+    store: RunStore, cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True,
+    progress: bool = True,
+) -> list[PointRecord]:
+    """Evaluate (or fetch from the store) every candidate; returns the records in the order given.
+
+    A plain mapping ω stands for `Candidate.combination(ω)`. The model is moved to the candidate's adapter weights
+    (adapters not named get 0), its prompt transform (if any) is applied before generation, and every value's judge
+    scores the responses against the original prompts. Points are stored under `method` and the candidate's label.
+    """
     key = settings_key(prompts, generation, rewards)
     out: list[PointRecord] = []
-    bar = tqdm(weight_points, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True)
-    for i, w in enumerate(bar):
-        w = {k: float(v) for k, v in w.items()}
-        done = store.get_point(method, w, split, key)
+    bar = tqdm(candidates, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True)
+    for cand in bar:
+        if not isinstance(cand, Candidate):
+            cand = Candidate.combination(cand)
+        w = {k: float(v) for k, v in cand.label.items()}
+        pkey = point_key(key, cand)
+        done = store.get_point(method, w, split, pkey)
         if done is not None:
             done.weights = w  # the caller's value order (the store keeps keys sorted)
             out.append(done)
             continue
-        combined.set_weights(w if apply is None else {n: float(apply[i].get(n, 0.0)) for n in combined.names})
+        combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
+        shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
         t0 = time.perf_counter()
-        responses = generate_responses(combined.model, tokenizer, prompts, generation, use_chat_template)
+        responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template)
         t1 = time.perf_counter()
         means, ci = {}, {}
         for name, rm in rewards.items():
             scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
             means[name] = float(np.mean(scores))
             ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
-        rec = PointRecord(method, w, split, key, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
+        rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
                           generation.as_dict(), responses)
         store.put_point(rec)
         out.append(rec)

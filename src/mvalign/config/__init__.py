@@ -2,17 +2,19 @@
 
 Every field documents itself (``mvalign config --show`` prints the defaults with these descriptions as comments).
 Relative paths in a YAML file are resolved against the directory of that file, so a config can be run from anywhere.
-The sections live in ``sections.py`` (model, data, rewards, split, sweep) and ``training.py`` (LoRA, DPO,
+The sections live in ``sections.py`` (model, data, rewards, split, sweep) and ``objectives.py`` (LoRA, DPO,
 decorrelation, consistency, baselines); everything is importable from ``mvalign.config``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .objectives import BaselineSettings, ConsistencySettings, DecorrelationSettings, DPOSettings, LoraSettings
 from .sections import (
     EMBEDDED_MODEL,
     ConfigError,
@@ -23,7 +25,6 @@ from .sections import (
     SweepSettings,
     ValueConfig,
 )
-from .training import BaselineSettings, ConsistencySettings, DecorrelationSettings, DPOSettings, LoraSettings
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -65,9 +66,14 @@ class MVAConfig(BaseModel):
     baselines: BaselineSettings = Field(
         default_factory=BaselineSettings, description="The one-model-per-weight baselines (lw, modpo)."
     )
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Settings of individual methods by name, e.g. {ric: {steps: 48}}; each "
+        "method validates its own block (`mvalign methods` lists the methods and their settings)."
+    )
     run_dir: str = Field("runs/mvalign", description="Run directory: config, adapters, logs, checkpoints, store.")
     cache_dir: str = Field(
-        "~/.cache/mvalign", description="Shared cache: converted embedded model, reference log-probs (env MVALIGN_CACHE_DIR overrides)."
+        "~/.cache/mvalign",
+        description="Shared cache: converted embedded model, reference log-probs (env MVALIGN_CACHE_DIR overrides).",
     )
 
     @model_validator(mode="after")

@@ -6,10 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..errors import MvalignError
+
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(MvalignError, ValueError):
     """A configuration file or value that cannot be used; the message names the field and what to do."""
 
 
@@ -29,7 +31,9 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype the base weights are held in."
     )
-    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model repo. Off unless you trust it.")
+    trust_remote_code: bool = Field(
+        False, description="Allow custom modelling code from the model repo. Off unless you trust it."
+    )
     chat_template: Literal["auto", "none"] = Field(
         "auto", description="'auto' formats prompts with the tokenizer's chat template when it has one; 'none' forces plain text."
     )
@@ -64,7 +68,11 @@ class DataSourceConfig(Strict):
         None, description="Use only valid pairs [start, end) in source order, before splitting (end null = to the "
         "end): carves disjoint parts of one file, e.g. reward-head data vs DPO data."
     )
-    limit: int | None = Field(None, ge=1, description="Use at most this many training pairs (the first of the train split, in file order); val/test are not cut.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Use at most this many training pairs (the first of the train split, in file order); val/test are not cut.",
+    )
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="A row with empty text, chosen == rejected or an unparsable transcript: 'error' stops "
         "with the file and line, 'skip' drops it and reports the count."
@@ -148,7 +156,9 @@ class SplitConfig(Strict):
     train: float = Field(0.8, gt=0, le=1, description="Fraction of prompts for training.")
     val: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts for validation (selection).")
     test: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts for the final report.")
-    seed: int = Field(0, description="Split seed; the split is a hash of (seed, prompt), so pairs sharing a prompt share a split.")
+    seed: int = Field(
+        0, description="Split seed; the split is a hash of (seed, prompt), so pairs sharing a prompt share a split."
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

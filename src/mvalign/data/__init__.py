@@ -62,3 +62,12 @@ def load_value_splits(
     if not splits["train"]:
         raise DataError(f"value {value!r}: the training split is empty; use more data or a larger split.train")
     return splits
+
+
+def split_counts(cfg) -> dict[str, dict[str, int]]:
+    """`mvalign data`: load every value's data (validating it) and count pairs per split."""
+    out = {}
+    for v in cfg.values:
+        splits = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)
+        out[v.name] = {k: len(p) for k, p in splits.items()}
+    return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .readers import require_columns
 from .pairs import DataError, PairCollector, PreferencePair, Prompt, RowRef
+from .readers import require_columns
 
 
 def _as_prompt(ref: RowRef, cell: Any) -> Prompt:

@@ -6,20 +6,22 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
+
+from ..errors import MvalignError
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 """A chat message: {"role": "user" | "assistant" | "system", "content": str}."""
 
-Prompt = Union[str, tuple[Message, ...]]
+Prompt = str | tuple[Message, ...]
 """A single user turn as text, or a whole dialogue (ending with a user turn) as chat messages."""
 
 Split = Literal["train", "val", "test"]
 
 
-class DataError(ValueError):
+class DataError(MvalignError, ValueError):
     """Preference data that cannot be used; the message names the file, the line or field, and what to do."""
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .readers import require_columns
 from .pairs import DataError, PairCollector, PreferencePair, RowRef
+from .readers import require_columns
 
 ID_COLUMN = {"helpful": "better_response_id", "harmless": "safer_response_id"}
 

@@ -96,7 +96,8 @@ def count_conflict_questions(folder: str | Path) -> tuple[int, int]:
     uninformative and another that is informative but untruthful."""
     by_question = load_truthfulqa_answers(folder)
     conflicts = sum(
-        any(l["honest"] and not l["helpful"] for _, l, _ in a) and any(l["helpful"] and not l["honest"] for _, l, _ in a)
+        any(lab["honest"] and not lab["helpful"] for _, lab, _ in a)
+        and any(lab["helpful"] and not lab["honest"] for _, lab, _ in a)
         for a in by_question.values()
     )
     return conflicts, len(by_question)

@@ -5,16 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError, MVAConfig
+from ..rundir import RunDir
 from .base import CallableReward, RewardError, RewardModel, ScoreCache, prompt_text
 
-__all__ = ["CallableReward", "RewardError", "RewardModel", "ScoreCache", "load_reward_models", "prompt_text", "reward_dir", "train_reward"]
+__all__ = [
+    "CallableReward",
+    "RewardError",
+    "RewardModel",
+    "ScoreCache",
+    "load_reward_models",
+    "prompt_text",
+    "judge_accuracy",
+    "reward_dir",
+    "train_reward",
+    "train_rewards",
+]
 
 
 def reward_dir(cfg: MVAConfig, value: str) -> Path:
     v = cfg.value(value)
     if v.reward and v.reward.kind == "bt-head" and v.reward.path:
         return Path(v.reward.path)
-    return Path(cfg.run_dir) / "rewards" / value
+    return RunDir.of(cfg).reward(value)
 
 
 def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
@@ -60,3 +72,31 @@ def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, 
             train_reward(cfg, v.name)
         out[v.name] = BTHeadReward(folder, v.name, r.cost)
     return out
+
+
+def judge_accuracy(cfg: MVAConfig) -> list[dict]:
+    """`mvalign reward eval`: pair accuracy of every value's reward model on every value's held-out (val) DPO
+    pairs, one row per dataset. The diagonal says how well each judge agrees with its own value's labels, the rest
+    how the values relate."""
+    import numpy as np
+
+    from ..data import load_value_splits
+
+    models = load_reward_models(cfg)
+    rows = []
+    for v in cfg.values:
+        pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["val"]
+        prompts = [p.prompt for p in pairs]
+        row = {"data": v.name, "pairs": len(pairs)}
+        for name, rm in models.items():
+            row[name] = float(
+                np.mean(rm.score(prompts, [p.chosen for p in pairs]) > rm.score(prompts, [p.rejected for p in pairs]))
+            )
+        rows.append(row)
+    return rows
+
+
+def train_rewards(cfg: MVAConfig, values: list[str] | tuple[str, ...] = (), force: bool = False) -> list[dict]:
+    """`mvalign reward train`: train the BT heads of `values` (default: every value whose reward is a bt-head)."""
+    names = list(values) or [v.name for v in cfg.values if v.reward and v.reward.kind == "bt-head"]
+    return [train_reward(cfg, name, force=force) for name in names]

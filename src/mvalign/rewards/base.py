@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.pairs import Prompt
+from ..errors import MvalignError
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -20,7 +21,7 @@ def prompt_text(prompt: Prompt) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
-class RewardError(RuntimeError):
+class RewardError(MvalignError, RuntimeError):
     """A reward model that cannot be loaded or returned unusable scores; the message names it and what to do."""
 
 

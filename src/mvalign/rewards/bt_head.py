@@ -3,7 +3,8 @@
 The encoder embeds the text pair ("Q: <prompt>", "A: <response>") (mean pooling, L2-normalised, as
 sentence-transformers does for this model). Over the encoder's 256 tokens the pair is cut from the left, longest
 part first: a long dialogue loses its oldest turns, never the response being judged (heads saved before this
-format, without `"input"` in head.json, keep the old single-string "Q: ...\\nA: ..." cut from the right); the head is a small MLP r(e) = w₂ᵀ GELU(W₁ e + b₁) + b₂ trained on preference pairs with
+format, without `"input"` in head.json, keep the old single-string "Q: ...\\nA: ..." cut from the right); the head
+is a small MLP r(e) = w₂ᵀ GELU(W₁ e + b₁) + b₂ trained on preference pairs with
 L = − mean log σ(r(e_w) − r(e_l)) (+ weight decay). Held-out pair accuracy (share of val pairs with r(e_w) > r(e_l))
 is saved next to the weights. Files: head.safetensors + head.json.
 """
@@ -133,10 +134,18 @@ def train_bt_head(
             loss.backward()
             opt.step()
     head.eval()
-    meta = {"value": value, "encoder": encoder, "input": INPUT_FORMAT, "hidden": hidden, "dim": int(ew.shape[1]), "train_pairs": len(train),
-            "val_pairs": len(val), "train_accuracy": pair_accuracy(head, ew, el),
-            "val_accuracy": pair_accuracy(head, vw, vl) if val else None,
-            "settings": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed}}
+    meta = {
+        "value": value,
+        "encoder": encoder,
+        "input": INPUT_FORMAT,
+        "hidden": hidden,
+        "dim": int(ew.shape[1]),
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "train_accuracy": pair_accuracy(head, ew, el),
+        "val_accuracy": pair_accuracy(head, vw, vl) if val else None,
+        "settings": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed},
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))

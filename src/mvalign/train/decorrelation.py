@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..combine import LoraAdapter, LoraFactors
+from ..lora import LoraAdapter, LoraFactors, trainable_lora_factors
 
 EPS = 1e-12
 
@@ -151,17 +151,6 @@ def layer_of(module: str) -> str:
     """'model.layers.7.self_attn.q_proj' -> '7' (the first number in the name), else the module name itself."""
     m = _LAYER.search(module)
     return m.group(1) if m else module
-
-
-def trainable_lora_factors(model: torch.nn.Module, adapter: str = "default") -> dict[str, LoraFactors]:
-    """Live (differentiable) factors of a PEFT model's adapter, keyed by base-model module name."""
-    out = {}
-    for name, module in model.named_modules():
-        lora_A = getattr(module, "lora_A", None)
-        if isinstance(lora_A, torch.nn.ModuleDict) and adapter in lora_A:
-            base = name.removeprefix("base_model.model.")
-            out[base] = LoraFactors(lora_A[adapter].weight, module.lora_B[adapter].weight, float(module.scaling[adapter]))
-    return out
 
 
 class DecorrelationLoss:

@@ -1,4 +1,4 @@
-"""Turn preference pairs into token ids (prompt | response) and pad them into DPO batches."""
+"""Turn preference pairs (DPO) or single responses (SFT) into token ids (prompt | response) and pad them into batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..data.pairs import PreferencePair
+from ..data.pairs import PreferencePair, Prompt
 from ..models import format_prompt, has_chat_template
 
 
@@ -35,19 +35,49 @@ def tokenize_pairs(
     the response mask is exact and the model learns to stop. Plain-text prompts end in "Assistant:", so the response
     gets a leading space there.
     """
-    chat = use_chat_template and has_chat_template(tokenizer)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
     for pair in pairs:
-        prompt_ids = tokenizer(format_prompt(tokenizer, pair.prompt, chat), add_special_tokens=not chat)["input_ids"]
-        prompt_ids = prompt_ids[-max_prompt_length:]
-        room = max_length - len(prompt_ids)
-        responses = []
-        for text in (pair.chosen, pair.rejected):
-            ids = tokenizer(text if chat else " " + text, add_special_tokens=False)["input_ids"] + eos
-            responses.append(tuple(ids[:room]))
-        out.append(TokenizedPair(tuple(prompt_ids), responses[0], responses[1]))
+        prompt_ids, (chosen, rejected) = _tokenize(tokenizer, pair.prompt, (pair.chosen, pair.rejected), max_length,
+                                                   max_prompt_length, use_chat_template)
+        out.append(TokenizedPair(prompt_ids, chosen, rejected))
     return out
+
+
+@dataclass(frozen=True)
+class TokenizedSequence:
+    """Token ids of one (prompt, response) example for supervised fine-tuning."""
+
+    prompt: tuple[int, ...]
+    response: tuple[int, ...]
+
+
+def tokenize_sequences(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[Prompt, str]],
+    max_length: int,
+    max_prompt_length: int,
+    use_chat_template: bool = True,
+) -> list[TokenizedSequence]:
+    """(prompt, response) examples, formatted and truncated exactly like `tokenize_pairs`."""
+    out = []
+    for prompt, response in examples:
+        prompt_ids, (resp,) = _tokenize(tokenizer, prompt, (response,), max_length, max_prompt_length, use_chat_template)
+        out.append(TokenizedSequence(prompt_ids, resp))
+    return out
+
+
+def _tokenize(tokenizer, prompt: Prompt, responses: Sequence[str], max_length: int, max_prompt_length: int,
+              use_chat_template: bool) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    chat = use_chat_template and has_chat_template(tokenizer)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt, chat), add_special_tokens=not chat)["input_ids"]
+    prompt_ids = prompt_ids[-max_prompt_length:]
+    room = max_length - len(prompt_ids)
+    out = []
+    for text in responses:
+        ids = tokenizer(text if chat else " " + text, add_special_tokens=False)["input_ids"] + eos
+        out.append(tuple(ids[:room]))
+    return tuple(prompt_ids), out
 
 
 def tokens_digest(pairs: Sequence[TokenizedPair]) -> str:
@@ -65,12 +95,17 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torc
 
     Returns input_ids, attention_mask and response_mask (1 exactly on the response tokens).
     """
-    seqs, masks = [], []
-    for which in ("chosen", "rejected"):
-        for p in pairs:
-            resp = getattr(p, which)
-            seqs.append(p.prompt + resp)
-            masks.append((0,) * len(p.prompt) + (1,) * len(resp))
+    return _pad([(p.prompt, getattr(p, which)) for which in ("chosen", "rejected") for p in pairs], pad_id)
+
+
+def collate_sequences(examples: Sequence[TokenizedSequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch of prompt+response rows, with the same keys as `collate_pairs`."""
+    return _pad([(e.prompt, e.response) for e in examples], pad_id)
+
+
+def _pad(rows: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int) -> dict[str, torch.Tensor]:
+    seqs = [p + r for p, r in rows]
+    masks = [(0,) * len(p) + (1,) * len(r) for p, r in rows]
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -1,4 +1,5 @@
-"""The DPO training loop for one LoRA value vector: resumable, seedable, accelerate-ready, with pluggable losses.
+"""The training loop for one LoRA adapter: resumable, seedable, accelerate-ready; the loss is the sum of the
+objective's terms (`train.losses`), so the loop knows no method and no particular loss.
 
 Data order and dropout are functions of (seed, step), so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would have. Under `accelerate launch` each process takes every world_size-th micro-batch of the
@@ -13,7 +14,6 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import DPOSettings
-from .dpo import dpo_loss
-from .logprobs import pair_logprobs
-from .tokenize import TokenizedPair, collate_pairs
-
-ExtraLoss = Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]]
-"""An extra loss term added to DPO each micro-batch: (model, global micro-batch index) -> (scalar loss, numbers to
-log). The index lets a term draw its randomness reproducibly across resumes. HSIC plugs in here."""
+from .losses import Objective
 
 
 @dataclass
@@ -89,36 +83,32 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 
-def train_dpo(
+def train_adapter(
     model: torch.nn.Module,
-    pairs: Sequence[TokenizedPair],
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
+    objective: Objective,
     settings: DPOSettings,
     out_dir: str | os.PathLike[str],
     pad_id: int,
     *,
-    extra_loss: ExtraLoss | None = None,
-    pair_weights: torch.Tensor | None = None,
-    pair_margins: torch.Tensor | None = None,
-    logit_scale: float = 1.0,
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the trainable (LoRA) parameters of `model` with DPO on `pairs` against cached reference log-probs.
+    """Train the trainable (LoRA) parameters of `model` on `objective`.
 
-    Per micro-batch: loss = L_DPO(weights, margins, logit_scale) + extra_loss(model), divided by grad_accum. Writes
-    `out_dir/log.jsonl` (one line per optimizer step) and a resumable `out_dir/checkpoint/` every
+    Per micro-batch: loss = Σ_terms term(model, batch, indices, micro), divided by grad_accum; terms run under bf16
+    autocast when settings.precision is bf16, except those with `autocast = False` (penalties on the factors). The optimisation
+    settings (lr, schedule, steps or epochs, batch, grad_accum, precision, clipping, seed, save_every) come from
+    `settings`. Writes `out_dir/log.jsonl` (one line per optimizer step) and a resumable `out_dir/checkpoint/` every
     `settings.save_every` steps and at the end; an existing checkpoint is resumed from.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    n = len(pairs)
+    n = len(objective.examples)
     if n == 0:
-        raise ValueError("no training pairs")
-    if ref_chosen.shape[0] != n or ref_rejected.shape[0] != n:
-        raise ValueError(f"reference log-probs cover {ref_chosen.shape[0]} pairs, the data has {n}")
+        raise ValueError("no training examples")
+    if not objective.terms:
+        raise ValueError("the objective has no loss terms")
     steps = total_steps(settings, n, acc.num_processes)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -132,7 +122,7 @@ def train_dpo(
     model.train()
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc="DPO", disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc="train", disable=not (progress and acc.is_main_process), dynamic_ncols=True)
     with open(out / "log.jsonl", "a", encoding="utf-8") as log_file:
         for step in range(start, steps):
             sums: dict[str, float] = {}
@@ -140,28 +130,18 @@ def train_dpo(
             for a in range(settings.grad_accum):
                 micro = (step * settings.grad_accum + a) * acc.num_processes + acc.process_index
                 idx = micro_batch_indices(n, settings.batch_size, settings.seed, micro)
-                batch = {k: v.to(acc.device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+                batch = {k: v.to(acc.device) for k, v in objective.collate([objective.examples[i] for i in idx], pad_id).items()}
                 t_idx = torch.as_tensor(idx)
                 torch.manual_seed(settings.seed * 1_000_003 + micro)  # dropout: a function of (seed, micro-batch)
                 sync = a == settings.grad_accum - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(model)):
-                    with autocast:
-                        pol_c, pol_r = pair_logprobs(model, batch)
-                    out_dpo = dpo_loss(
-                        pol_c, pol_r, ref_chosen[t_idx].to(acc.device), ref_rejected[t_idx].to(acc.device), settings.beta,
-                        weights=None if pair_weights is None else pair_weights[t_idx].to(acc.device),
-                        margins=None if pair_margins is None else pair_margins[t_idx].to(acc.device),
-                        scale=logit_scale,
-                    )
-                    loss = out_dpo.loss
-                    logs = {"tokens": float(batch["attention_mask"].sum()) * settings.grad_accum,
-                            "dpo_loss": out_dpo.loss.item(), "accuracy": out_dpo.accuracy.item(),
-                            "margin": out_dpo.margin.item(), "chosen_reward": out_dpo.chosen_rewards.mean().item(),
-                            "rejected_reward": out_dpo.rejected_rewards.mean().item()}
-                    if extra_loss is not None:
-                        extra, extra_logs = extra_loss(acc.unwrap_model(model), micro)
-                        loss = loss + extra
-                        logs.update(extra_logs)
+                    logs = {"tokens": float(batch["attention_mask"].sum()) * settings.grad_accum}
+                    loss = None
+                    for term in objective.terms:
+                        with autocast if getattr(term, "autocast", True) else contextlib.nullcontext():
+                            part, part_logs = term(model, batch, t_idx, micro)
+                        loss = part if loss is None else loss + part
+                        logs.update(part_logs)
                     logs["loss"] = loss.item()
                     acc.backward(loss / settings.grad_accum)
                 for k, v in logs.items():
@@ -175,7 +155,7 @@ def train_dpo(
             if acc.is_main_process:
                 log_file.write(json.dumps(last) + "\n")
                 log_file.flush()
-                bar.set_postfix(loss=f"{sums['loss']:.4f}", acc=f"{sums['accuracy']:.2f}", margin=f"{sums['margin']:.3f}")
+                bar.set_postfix({k: f"{sums[k]:.4g}" for k in ("loss", "accuracy", "margin") if k in sums})
                 bar.update(1)
                 if (step + 1) % settings.save_every == 0 or step + 1 == steps:
                     _save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1)

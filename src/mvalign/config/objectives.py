@@ -1,4 +1,4 @@
-"""The training sections of the run configuration: LoRA shape, DPO, MVA decorrelation, VC-soup, baselines."""
+"""The sections that shape what is learned: LoRA shape, DPO optimisation, MVA decorrelation, VC-soup, baselines."""
 
 from __future__ import annotations
 

@@ -1,0 +1,99 @@
+"""Evaluate one method: its candidates on val, the non-dominated ones (and the base model) on test, its front.
+
+Selection on val, report on test: every candidate the method's source yields is generated and scored on the val
+prompts; the non-dominated ones are scored on the test prompts; front-<method>.json is written (and front.json for
+the primary method). Points are stored under the method's vectors (`Candidates.vectors`), so methods evaluating
+the same vectors share them.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .candidates import Candidate
+from .combine import CombinedModel
+from .config import ConfigError, MVAConfig
+from .data import load_value_splits
+from .data.pairs import Prompt, Split
+from .generate import GenerationSettings
+from .lora import load_lora_adapter
+from .methods import get_method, prepare_run
+from .models import cache_root, load_model
+from .pareto import non_dominated
+from .report import build_front, write_front
+from .rewards import RewardModel, ScoreCache, load_reward_models
+from .store import RunStore
+from .sweep import evaluate_points
+
+
+def eval_prompts(cfg: MVAConfig, split: Split, n: int) -> list[Prompt]:
+    """Held-out prompts: the union of every value's `split` prompts (deduplicated), shuffled by the sweep seed, first n."""
+    seen: dict[str, Prompt] = {}
+    for v in cfg.values:
+        for p in load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)[split]:
+            seen.setdefault(p.prompt_key, p.prompt)
+    keys = sorted(seen)
+    random.Random(cfg.sweep.seed).shuffle(keys)
+    if not keys:
+        raise ConfigError(f"no {split} prompts: enlarge split.{split}")
+    return [seen[k] for k in keys[:n]]
+
+
+def generation_settings(cfg: MVAConfig) -> GenerationSettings:
+    s = cfg.sweep
+    return GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p, s.seed,
+                              cfg.dpo.max_prompt_length)
+
+
+def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True,
+                    rewards: dict[str, RewardModel] | None = None) -> dict:
+    """Evaluate the method's candidates on val, select the non-dominated ones, score them (and the base) on test,
+    write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
+    loaded (default: load them from the config)."""
+    m = get_method(method)
+    run = prepare_run(cfg)
+    store = run.store()
+    values = [v.name for v in cfg.values]
+    plan = m.candidates(cfg, run)
+    missing = [str(run.adapter(plan.vectors, a)) for a in plan.adapters if not run.adapter(plan.vectors, a).is_dir()]
+    if missing:
+        raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")
+    rewards = rewards if rewards is not None else load_reward_models(cfg)
+    cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
+    model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
+    combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
+                             cfg.sweep.combination)
+    suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
+    label, key = method + suffix, plan.vectors + suffix
+    gen = generation_settings(cfg)
+    common = dict(rewards=rewards, generation=gen, store=store, cache=cache, bootstrap=cfg.sweep.bootstrap,
+                  use_chat_template=cfg.model.chat_template == "auto", progress=progress)
+    prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
+    base = {s: evaluate_points(combined, tokenizer, [Candidate({v: 0.0 for v in values}, {})], method="base", split=s,
+                               prompts=prompts[s], **common)[0] for s in ("val", "test")}
+
+    def on_val(cands, progress=False):
+        return evaluate_points(combined, tokenizer, cands, method=key, split="val", prompts=prompts["val"],
+                               **{**common, "progress": progress})
+
+    cands = plan.source.run(on_val)
+    val = on_val(cands, progress)
+    chosen = [c for c, keep in zip(cands, non_dominated([[p.rewards[v] for v in values] for p in val])) if keep]
+    test = evaluate_points(combined, tokenizer, chosen, method=key, split="test", prompts=prompts["test"], **common)
+    combined.reset()
+    for p in (*val, *test):
+        p.method = label
+    front = build_front(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point)
+    front["settings"] = {"val_prompts": len(prompts["val"]), "test_prompts": len(prompts["test"]), **gen.as_dict(),
+                         "candidates": plan.label, "combination": cfg.sweep.combination, "vectors": plan.vectors}
+    front["training"] = training_compute(store, plan.vectors, plan.adapters)
+    write_front(run, front, label, primary)
+    return front
+
+
+def training_compute(store: RunStore, vectors: str, adapters: list[str]) -> dict:
+    """Optimizer steps, tokens and wall seconds summed over the adapters a method's candidates use."""
+    recs = [r for r in (store.get_vector(name, vectors) for name in adapters) if r is not None]
+    return {"adapters": len(recs), "steps": sum(r.steps for r in recs),
+            "tokens": sum(float(r.metrics.get("train_tokens", 0.0)) for r in recs),
+            "seconds": sum(r.seconds for r in recs)}

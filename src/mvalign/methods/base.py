@@ -1,0 +1,121 @@
+"""What a method is: one declaration (`Method`) of what it trains and what candidates it puts forward.
+
+A method module defines `METHODS = [Method(...), ...]` and the registry (`registry.py`) lists the module once.
+Everything that lists methods (the CLI's choices and help, run-dir compatibility rules, benchmarks, the front's
+`settings.candidates`, the README methods table) reads the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from ..candidates import AdaptiveCandidates, Candidate, Candidates, FixedCandidates
+from ..config import ConfigError, MVAConfig
+from ..data import load_value_splits
+from ..rundir import RunDir
+from ..store import VectorRecord
+from ..sweep import simplex_points, strategy_points
+
+TrainFn = Callable[[MVAConfig, RunDir, Sequence[str], bool, bool], list[VectorRecord]]
+"""(config, run dir, values to train (empty: all), force, progress) -> records of the trained adapters."""
+CandidatesFn = Callable[[MVAConfig, RunDir], Candidates]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    """One line: what it trains and which candidates it evaluates."""
+    paper: str
+    """Where it comes from, e.g. 'arXiv:2402.10207'."""
+    candidates: CandidatesFn
+    train: TrainFn | None = None
+    """None: the method trains nothing itself and evaluates the vectors of `vectors`."""
+    vectors: str | None = None
+    """Whose adapters it evaluates (None: its own)."""
+    reads: tuple[str, ...] = ()
+    """Config sections its training reads beyond model / values / split / lora / dpo (for the run-dir rules)."""
+    kind: Literal["value-vectors", "stages", "per-weight", "single"] = "value-vectors"
+    """What its adapters are: one independent vector per value (combinable; their interference is meaningful),
+    sequential stages, one model per preference weight, or a single model."""
+    settings: type[BaseModel] | None = None
+    """The schema of its block under `methods.<name>` in the config, if it has one."""
+
+    @property
+    def source(self) -> str:
+        """The method whose adapters (and stored points) this method uses."""
+        return self.vectors or self.name
+
+    def options(self, cfg: MVAConfig) -> BaseModel | None:
+        """This method's validated settings (defaults when the config has no `methods.<name>` block)."""
+        raw = cfg.methods.get(self.name, {})
+        if self.settings is None:
+            if raw:
+                raise ConfigError(f"methods.{self.name}: the {self.name} method has no settings; remove the block")
+            return None
+        try:
+            return self.settings.model_validate(raw or {})
+        except ValidationError as e:
+            lines = [f"methods.{self.name}: invalid settings"]
+            lines += [f"  methods.{self.name}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+            raise ConfigError("\n".join(lines)) from None
+
+
+def value_names(cfg: MVAConfig) -> list[str]:
+    names = [v.name for v in cfg.values]
+    if not names:
+        raise ConfigError("the config has no values")
+    return names
+
+
+def value_splits(cfg: MVAConfig, value: str) -> dict:
+    """{"train", "val", "test"} preference pairs of one value."""
+    return load_value_splits(cfg.value(value).data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
+
+
+def each_alone(vectors: str) -> CandidatesFn:
+    """Each of `vectors`' value vectors alone: ω = e_k."""
+    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+        values = value_names(cfg)
+        points = [Candidate.combination({u: float(u == v) for u in values}) for v in values]
+        return Candidates(vectors, values, FixedCandidates(points), "each vector alone")
+    return build
+
+
+def simplex(vectors: str) -> CandidatesFn:
+    """Soups of `vectors`' value vectors: ω on the simplex in steps of sweep.simplex_step."""
+    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+        values = value_names(cfg)
+        points = [Candidate.combination(p) for p in simplex_points(values, cfg.sweep.simplex_step)]
+        return Candidates(vectors, values, FixedCandidates(points), "simplex")
+    return build
+
+
+def extrapolation(vectors: str) -> CandidatesFn:
+    """W0 + Σ ω_k ΔW_k with ω from sweep.strategy: the grid box (each ω_k independently; the MVA extrapolation),
+    the simplex, an explicit list, or the adaptive search over the grid (sweep.budget points)."""
+    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+        values = value_names(cfg)
+        s = cfg.sweep
+        if s.strategy == "adaptive":
+            return Candidates(vectors, values, AdaptiveCandidates(values, s.budget, s.grid), "adaptive")
+        points = [Candidate.combination(p) for p in strategy_points(s, values) if any(p.values())]
+        return Candidates(vectors, values, FixedCandidates(points), s.strategy)
+    return build
+
+
+def in_order(cfg: MVAConfig, values: Sequence[str], force: bool,
+             train_one: Callable[[str, list[str], bool], VectorRecord]) -> list[VectorRecord]:
+    """Train values in config order, each after the earlier ones (`train_one(value, earlier values, force)`), up to
+    the last of `values` (all when empty); `force` retrains the named values and every value after the first."""
+    order = value_names(cfg)
+    for v in values:
+        cfg.value(v)
+    wanted = list(values) or order
+    last = max(order.index(v) for v in wanted)
+    first_forced = min(order.index(v) for v in wanted) if force else len(order)
+    return [train_one(v, order[:k], k >= first_forced) for k, v in enumerate(order[: last + 1])]

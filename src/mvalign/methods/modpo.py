@@ -1,0 +1,82 @@
+"""MODPO (arXiv:2310.03708): one model per preference weight w, trained on the first value's data D_1 with the other
+values entering as a margin:
+
+    −log σ( (1/w_1) [ β Δlog(π/π_ref) − Σ_{j>1} w_j (r_j(x, y_w) − r_j(x, y_l)) ] ),
+
+r_j the implicit reward β log π_j/π_ref of value j's dpo vector (default; trained first when missing), or value j's
+reward model (`baselines.modpo_margin: reward`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..config import ConfigError, MVAConfig
+from ..data.pairs import PreferencePair
+from ..lora import attached
+from ..rundir import RunDir
+from ..store import VectorRecord
+from ..train.dpo import modpo_margins
+from ..train.logprobs import compute_logprobs, reference_logprobs
+from ..train.tokenize import TokenizedPair
+from . import dpo
+from .base import Method, value_names, value_splits
+from .perweight import per_weight_models, train_per_weight
+
+
+def margins(cfg: MVAConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pad: int, pairs: Sequence[PreferencePair],
+            others: Sequence[str], w: dict[str, float], cache) -> torch.Tensor:
+    """m_i = Σ_j w_j (r_j(x, y_w) − r_j(x, y_l)) over the other values j, computed on the plain base `model`."""
+    cols_c, cols_r = [], []
+    if cfg.baselines.modpo_margin == "reward":
+        from ..rewards import load_reward_models
+
+        rewards = load_reward_models(cfg)
+        text = [p.prompt for p in pairs]
+        for j in others:
+            cols_c.append(torch.as_tensor(rewards[j].score(text, [p.chosen for p in pairs]), dtype=torch.float32))
+            cols_r.append(torch.as_tensor(rewards[j].score(text, [p.rejected for p in pairs]), dtype=torch.float32))
+    else:
+        d = cfg.dpo
+        autocast = torch.bfloat16 if d.precision == "bf16" else None
+        ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast)
+        for j in others:
+            with attached(model, run.adapter("dpo", j)) as pj:
+                pol_c, pol_r = compute_logprobs(pj, tok, pad, d.batch_size * 2, autocast, desc=f"implicit {j} rewards")
+            cols_c.append(d.beta * (pol_c - ref_c))
+            cols_r.append(d.beta * (pol_r - ref_r))
+    return modpo_margins(torch.stack(cols_c, 1), torch.stack(cols_r, 1), [w[j] for j in others])
+
+
+def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+    names = value_names(cfg)
+    first, others = names[0], names[1:]
+    if cfg.baselines.modpo_margin == "implicit" and not values:
+        dpo.train(cfg, run, others, False, progress)
+    splits = {v: value_splits(cfg, v) for v in names}
+
+    def job_for(w, job):
+        if w[first] <= 0:
+            raise ConfigError(f"modpo trains on {first!r} data and scales by 1/w_{first}: every weight needs "
+                              f"{first} > 0, got {w}")
+        pairs = splits[first]["train"]
+
+        def build(ctx):
+            tok = ctx.tokenize(pairs)
+            m = margins(cfg, run, ctx.model, tok, ctx.pad, pairs, others, w, ctx.cache)
+            return ctx.dpo(pairs, margins=m, scale=1.0 / w[first], tokenized=tok)
+
+        job.build = build
+        job.val_sets = {first: splits[first]["val"]}
+        return job
+
+    return train_per_weight(cfg, run, "modpo", values, force, progress, job_for)
+
+
+METHODS = [
+    Method("modpo", "one model per preference weight on the first value's data, the other values as a margin "
+           "(implicit DPO rewards or reward models: baselines.modpo_margin)", "arXiv:2310.03708",
+           per_weight_models("modpo"), train=train, reads=("baselines",), kind="per-weight"),
+]

@@ -1,0 +1,180 @@
+"""`RunDir`: the one owner of a run directory's layout, and its compatibility check.
+
+RUN/
+  config.yaml                  the resolved config the run was made with
+  versions.json                package versions, platform, seeds
+  store.sqlite                 finished adapters and every evaluated point (`store.RunStore`)
+  adapters/<method>/<name>/    PEFT LoRA adapters (safetensors), loadable with PeftModel.from_pretrained
+  train/<method>/<name>/       log.jsonl per optimizer step, resumable checkpoint/
+  rewards/<value>/             BT reward heads (unless the config puts them elsewhere)
+  consistency/<value>.json     VC-soup scores of a value's training pairs; summary.json, consistency.png
+  front-<method>.json          a method's evaluated front; front.json is the first method's (the contract)
+  report.md, *.png             the report; summary.json of `mvalign run`; diagnostics/ of `mvalign diagnose`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, MVAConfig, dump_config, load_config
+from .store import RunStore
+
+PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
+EVALUATION_ONLY = ("sweep",)
+"""Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
+are keyed by their settings, so nothing stale is reused)."""
+PARTIAL = ".tmp", ".copy"
+"""Suffixes of folders being written (never read as finished adapters)."""
+
+
+class RunDir:
+    """Every path of one run directory. Cheap to build; creates nothing until asked."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, cfg: MVAConfig) -> RunDir:
+        return cls(cfg.run_dir)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    config_path = property(lambda self: self.root / "config.yaml")
+    versions_path = property(lambda self: self.root / "versions.json")
+    store_path = property(lambda self: self.root / "store.sqlite")
+    summary_path = property(lambda self: self.root / "summary.json")
+    report_path = property(lambda self: self.root / "report.md")
+    diagnostics_dir = property(lambda self: self.root / "diagnostics")
+    consistency_dir = property(lambda self: self.root / "consistency")
+
+    def store(self) -> RunStore:
+        return RunStore(self.root)
+
+    def adapter(self, method: str, name: str) -> Path:
+        return self.root / "adapters" / method / name
+
+    def train_dir(self, method: str, name: str) -> Path:
+        return self.root / "train" / method / name
+
+    def reward(self, value: str) -> Path:
+        return self.root / "rewards" / value
+
+    def consistency(self, value: str) -> Path:
+        return self.consistency_dir / f"{value}.json"
+
+    def front(self, method: str | None = None) -> Path:
+        """front-<method>.json, or the primary front.json when `method` is None."""
+        return self.root / ("front.json" if method is None else f"front-{method}.json")
+
+    def fronts(self) -> dict[str, Path]:
+        """{method: path} of every evaluated front-<method>.json."""
+        return {p.stem.removeprefix("front-"): p for p in sorted(self.root.glob("front-*.json"))}
+
+    def trained_methods(self) -> list[str]:
+        """Methods with an adapters/<method>/ folder."""
+        root = self.root / "adapters"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def adapter_names(self, method: str) -> list[str]:
+        """Finished adapters of a method (folders being written are left out)."""
+        root = self.root / "adapters" / method
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL)) if root.is_dir() else []
+
+    def load_config(self) -> MVAConfig:
+        if not self.config_path.is_file():
+            raise ConfigError(f"{self.root}: not an mvalign run directory (no config.yaml); train a value vector first")
+        return load_config(self.config_path)
+
+    def artifacts_of(self, methods: Sequence[str]) -> list[str]:
+        """Methods among `methods` with anything trained or evaluated here."""
+        store = self.store() if self.store_path.is_file() else None
+        return [m for m in methods if (self.root / "adapters" / m).exists() or (self.root / "train" / m).exists()
+                or (store is not None and (store.vectors(m) or store.points(m)))]
+
+    def prepare(self, cfg: MVAConfig, readers: Mapping[str, Sequence[str]]) -> RunDir:
+        """Create the folder, write config.yaml and versions.json; refuse a run dir whose artifacts came from a
+        different config.
+
+        `readers`: config section -> the methods whose training reads it (from the method registry), e.g.
+        {"decorrelation": ("mva", "mva-orth"), "methods.ric": ("ric",)}. Such a section may change while none of
+        its readers has an adapter, checkpoint, vector or point here; `sweep` may always change; any other change
+        (model, data, LoRA, DPO, ...) is refused.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        new = cfg.model_dump(mode="json")
+        if self.config_path.is_file():
+            # validated, so fields added (with defaults) by a newer mvalign do not count as changes
+            raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            old = MVAConfig.model_validate(raw).model_dump(mode="json")
+            blocking = []
+            for k in _changed_sections(old, new):
+                if k in EVALUATION_ONLY:
+                    continue
+                made = self.artifacts_of(readers[k]) if k in readers else None
+                if made is None:
+                    blocking.append(k)
+                elif made:
+                    blocking.append(f"{k} (read by the {', '.join(made)} artifacts already there)")
+            if blocking:
+                raise ConfigError(
+                    f"{self.root} was made with a different config (differs in: {', '.join(blocking)}). "
+                    "Use a new run_dir, or delete the old run to start over; finished work there is kept until you do."
+                )
+        dump_config(cfg, self.config_path)
+        seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed,
+                 "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
+        self.versions_path.write_text(json.dumps({**package_versions(), "seeds": seeds}, indent=2))
+        return self
+
+
+def _changed_sections(old: dict, new: dict) -> list[str]:
+    """Top-level keys that differ; the per-method `methods` block is compared per method ("methods.<name>")."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k == "methods":
+            o, n = old.get(k) or {}, new.get(k) or {}
+            out += [f"methods.{m}" for m in sorted(set(o) | set(n)) if o.get(m) != n.get(m)]
+        elif old.get(k) != new.get(k):
+            out.append(k)
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def value_seed(seed: int, value: str) -> int:
+    """Seed of one value's LoRA init, data order and dropout: sha256(f"{seed}:{value}") mod 2³¹.
+
+    Reproducible from the config seed, and different per value, so two value vectors never share their random
+    A-factor initialisation by accident (which would correlate them before any training)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{value}".encode()).digest()[:4], "big") % 2**31
+
+
+def replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
+    """Put `src` at `dst` (replacing it) atomically: copy or move into a sibling, then rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if copy:
+        staging = dst.with_name(dst.name + ".copy")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        src = staging
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(src, dst)

@@ -1,0 +1,159 @@
+"""One adapter's training, from a method's description of it: load the base, build the objective, attach a LoRA
+adapter, train, save, measure, record. Nothing here knows which method asked.
+
+A method describes the adapter as an `AdapterJob`: where it lands (adapters/<group>/<name>), its seed, its
+optimisation overrides, held-out pairs to measure, an optional adapter to start from, and `build`, which receives a
+`JobContext` (the base model loaded, no adapter attached yet) and returns the `train.losses.Objective`. Anything
+that needs the plain base model (reference log-probs, MODPO's margins) is computed inside `build`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from ..config import DPOSettings, MVAConfig
+from ..data.pairs import PreferencePair
+from ..lora import add_value_adapter
+from ..models import cache_root, load_model
+from ..rundir import RunDir, replace_dir
+from ..store import VectorRecord
+from .dpo import dpo_loss
+from .logprobs import compute_logprobs, reference_logprobs
+from .losses import LossTerm, Objective, dpo_objective
+from .tokenize import TokenizedPair, tokenize_pairs
+from .trainer import train_adapter
+
+
+@dataclasses.dataclass
+class JobContext:
+    """The loaded base model and what objectives need to tokenize and score pairs the way training does."""
+
+    cfg: MVAConfig
+    run: RunDir
+    model: torch.nn.Module
+    tokenizer: object
+    settings: DPOSettings
+    cache: Path
+
+    @property
+    def pad(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def chat(self) -> bool:
+        return self.cfg.model.chat_template == "auto"
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.settings.precision == "bf16" else None
+
+    def tokenize(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair]:
+        d = self.settings
+        return tokenize_pairs(self.tokenizer, pairs, d.max_length, d.max_prompt_length, self.chat)
+
+    def reference(self, tok: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached reference log-probs (the base model, adapters disabled)."""
+        return reference_logprobs(self.model, tok, self.pad, self.cache, self.settings.batch_size * 2, self.autocast)
+
+    def dpo(self, pairs: Sequence[PreferencePair], *, weights=None, margins=None, scale: float = 1.0,
+            extra: Sequence[LossTerm] = (), tokenized: Sequence[TokenizedPair] | None = None) -> Objective:
+        """DPO on `pairs` against the cached reference, with optional per-pair weights / margins / logit scale."""
+        tok = list(tokenized) if tokenized is not None else self.tokenize(pairs)
+        return dpo_objective(tok, *self.reference(tok), self.settings.beta, weights=weights, margins=margins,
+                             scale=scale, extra=extra)
+
+
+@dataclasses.dataclass
+class AdapterJob:
+    group: str
+    name: str
+    """The adapter lands in adapters/<group>/<name> and is recorded in the store under (name, group)."""
+    seed: int
+    build: Callable[[JobContext], Objective]
+    val_sets: dict[str, list[PreferencePair]] = dataclasses.field(default_factory=dict)
+    """Held-out pairs per value: implicit-reward accuracy and margin are measured on them after training."""
+    init_from: Path | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    """Changes to the dpo settings for this adapter (e.g. max_steps, lr)."""
+    metrics: dict = dataclasses.field(default_factory=dict)
+    """Extra numbers recorded with the adapter."""
+
+
+def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool = False,
+                    progress: bool = True) -> VectorRecord:
+    """Train (resuming from a checkpoint) and record the adapter of `job`; held-out accuracy per value."""
+    out_dir = run.adapter(job.group, job.name)
+    train_dir = run.train_dir(job.group, job.name)
+    if force:
+        shutil.rmtree(train_dir, ignore_errors=True)
+    cache = cache_root(cfg.cache_dir)
+    model, tokenizer = load_model(cfg.model, cache)
+    d = cfg.dpo.model_copy(update={"seed": job.seed, **job.overrides})
+    ctx = JobContext(cfg, run, model, tokenizer, d, cache)
+    objective = job.build(ctx)
+    val_tok = {v: ctx.tokenize(p[: d.eval_pairs]) for v, p in job.val_sets.items() if p}
+    ref_val = {v: ctx.reference(t) for v, t in val_tok.items()}
+
+    peft_model = add_value_adapter(model, cfg.lora, job.seed)
+    if job.init_from is not None:
+        set_peft_model_state_dict(peft_model, load_file(str(job.init_from / "adapter_model.safetensors")))
+    result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, progress=progress)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp, safe_serialization=True)
+    replace_dir(tmp, out_dir)
+
+    metrics = {"train_last_loss": result.last.get("loss", float("nan")), "train_tokens": logged_tokens(train_dir),
+               **job.metrics}
+    for v, tok in val_tok.items():
+        pol = compute_logprobs(peft_model, tok, ctx.pad, d.batch_size * 2, ctx.autocast, desc="held-out log-probs")
+        held = dpo_loss(*pol, *ref_val[v], d.beta)
+        correct = (held.chosen_rewards > held.rejected_rewards).float()
+        suffix = "" if len(val_tok) == 1 and v == job.name else f"_{v}"
+        metrics.update(
+            {
+                f"val_accuracy{suffix}": held.accuracy.item(),
+                f"val_margin{suffix}": held.margin.item(),
+                f"val_pairs{suffix}": len(tok),
+                f"val_accuracy_se{suffix}": (correct.std() / len(correct) ** 0.5).item() if len(correct) > 1 else float("nan"),
+            }
+        )
+    rec = VectorRecord(job.name, job.group, str(out_dir), result.steps, result.seconds, result.seconds_per_step,
+                       len(objective.examples), metrics)
+    run.store().put_vector(rec)
+    return rec
+
+
+def finished(run: RunDir, group: str, name: str) -> VectorRecord | None:
+    """The store record of a finished adapter whose folder exists, else None."""
+    rec = run.store().get_vector(name, group)
+    return rec if rec is not None and run.adapter(group, name).is_dir() else None
+
+
+def reuse(run: RunDir, src: VectorRecord, group: str) -> VectorRecord:
+    """Record a copy of another method's finished adapter as this group's (the same training, done once)."""
+    out_dir = run.adapter(group, src.value)
+    replace_dir(Path(src.adapter_dir), out_dir, copy=True)
+    rec = dataclasses.replace(src, method=group, adapter_dir=str(out_dir), metrics={**src.metrics, "reused": src.method})
+    run.store().put_vector(rec)
+    return rec
+
+
+def logged_tokens(train_dir: Path) -> float:
+    """Tokens processed over all optimizer steps of a (possibly resumed) training, from its log.jsonl (the last
+    line logged for each step counts)."""
+    per_step: dict[int, float] = {}
+    path = train_dir / "log.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            per_step[int(row["step"])] = float(row.get("tokens", 0.0))
+    return sum(per_step.values())
