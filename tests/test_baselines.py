@@ -148,6 +148,11 @@ def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     orth = RunStore(run).get_vector("harmless", "mva-orth")
     assert orth.metrics["penalty"] == "orth-normalised"
 
+    diagnosed = runner.invoke(app, ["diagnose", str(run)])  # every method whose adapters are value vectors
+    assert diagnosed.exit_code == 0, diagnosed.output
+    assert sorted(p.name for p in (run / "diagnostics").glob("*.json")) == sorted(
+        f"interference-{m}.json" for m in ("dpo", "mva", "mva-orth", "vcsoup"))
+
     out = tmp_path / "cmp"
     compared = runner.invoke(app, ["compare", str(run), "--out", str(out)])
     assert compared.exit_code == 0, compared.output

@@ -116,7 +116,7 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
     assert delta > 0
 
     bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful=0.8,honest=1", "--out", str(out)])
-    assert bad.exit_code == 1 and "no trained value vector for ['honest']" in bad.output
+    assert bad.exit_code == 1 and "'honest' is not a value of this run" in bad.output
     bad = runner.invoke(app, ["combine", str(run), "--weights", "helpful:0.8", "--out", str(out)])
     assert bad.exit_code == 1 and "is not NAME=NUMBER" in bad.output
 

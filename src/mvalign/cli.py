@@ -10,58 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import traceback
+import sys
 from pathlib import Path
 from typing import Literal
 
 import typer
-from typer.core import TyperGroup
 
-_STATE = {"verbose": False}
-
-
-def _check_methods(value):
-    """Callback of every `--method` option: each name must be registered (see `mvalign methods`)."""
-    from .methods import get_method
-
-    for name in [value] if isinstance(value, str) else value or ():
-        get_method(name)  # ConfigError naming the choices
-    return value
-
-
-class _Group(TyperGroup):
-    """Runs a command; a user error (`MvalignError`: bad config, data, adapter, model, judge, run directory, unknown
-    method) becomes one red line `error: ...` and exit status 1, with the traceback under --verbose. Command-line
-    syntax errors keep the usage message and exit status 2.
-
-    The registered methods are listed in the help of every `--method` option when that command is resolved (so
-    `mvalign --help` does not import the registry, which loads torch and peft)."""
-
-    def resolve_command(self, ctx, args):
-        name, cmd, rest = super().resolve_command(ctx, args)
-        for param in getattr(cmd, "params", ()):
-            if param.name == "method" and "One of:" not in (param.help or ""):
-                from .methods import method_names
-
-                param.help = f"{param.help} One of: {', '.join(method_names())}."
-        return name, cmd, rest
-
-    def invoke(self, ctx):
-        from .errors import MvalignError
-
-        try:
-            return super().invoke(ctx)
-        except MvalignError as e:
-            if _STATE["verbose"]:
-                traceback.print_exc()
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
-
+from .cli_group import STATE, Group, check_methods
 
 METHOD_HELP = "See `mvalign methods` for what each one trains and evaluates."
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   help="Align a causal LM with several values at once.")
-reward_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Reward models: train BT heads, evaluate them.")
+reward_app = typer.Typer(cls=Group, no_args_is_help=True, help="Reward models: train BT heads, evaluate them.")
 app.add_typer(reward_app, name="reward")
 
 
@@ -74,7 +34,7 @@ def _echo_json(rows) -> None:
 def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level; show tracebacks of errors."),
 ) -> None:
-    _STATE["verbose"] = verbose
+    STATE["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -117,7 +77,7 @@ def data(config: Path = typer.Argument(..., help="Run config (YAML).")) -> None:
 def train(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     value: list[str] | None = typer.Option(None, "--value", help="Value to train (repeat for several; default: all)."),
-    method: str = typer.Option("dpo", "--method", callback=_check_methods, help="What to train. " + METHOD_HELP),
+    method: str = typer.Option("dpo", "--method", callback=check_methods, help="What to train. " + METHOD_HELP),
     force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this adapter."),
 ) -> None:
     """Train a method's LoRA adapters (resumes from checkpoints, skips finished adapters)."""
@@ -132,27 +92,79 @@ def train(
 
 @app.command()
 def combine(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory holding adapters/<method>/<value>/."),
     weights: str = typer.Option(..., "--weights", help="Weights per value, e.g. helpful=0.8,harmless=1.2 (any real numbers)."),
-    out: Path = typer.Option(..., "--out", help="Directory for the merged Hugging Face checkpoint."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for the export."),
+    fmt: Literal["merged", "peft"] = typer.Option(
+        "merged", "--format", help="'merged': a full checkpoint; 'peft': ONE LoRA adapter of rank Σ r_k (exact)."),
     mode: Literal["exact", "factorwise"] = typer.Option(
-        "exact", "--mode", help="'exact' (W0 + Σ ω s B A) or 'factorwise' (reference soups only)."
-    ),
-    method: str | None = typer.Option(
-        None, "--method", callback=_check_methods, help="Which method's vectors (default: the only one, else mva)."
-    ),
+        "exact", "--mode", help="'exact' (W0 + Σ ω s B A) or 'factorwise' (reference soups only; merged format)."),
+    method: str | None = typer.Option(None, "--method", callback=check_methods,
+                                         help="Which method's vectors (default: the only one, else mva)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    hub: str | None = typer.Option(None, "--push-to-hub", help="Also upload the export to this Hub model repo."),
 ) -> None:
-    """Write the model W0 + Σ ω_k ΔW_k as a checkpoint that AutoModelForCausalLM.from_pretrained loads."""
+    """Export W0 + Σ ω_k ΔW_k as a merged checkpoint or one PEFT adapter, with a model card (README.md)."""
     from .export import combine_run
 
-    typer.echo(f"wrote {combine_run(run, weights, out, mode, method)}")
+    typer.echo(f"wrote {combine_run(run, weights, out, mode, method, fmt, overwrite, _command(ctx), hub)}")
+
+
+def _command(ctx: typer.Context) -> str:
+    """The command line that made an export, for its model card (rebuilt from the parsed options when mvalign was
+    not started as the `mvalign` script, e.g. from Python)."""
+    if Path(sys.argv[0]).name == "mvalign":
+        return " ".join(["mvalign", *sys.argv[1:]])
+    shown = [f"--{k}={v}" for k, v in ctx.params.items() if v not in (None, False, (), [])]
+    return " ".join([ctx.command_path, *shown])
+
+
+@app.command()
+def pick(
+    ctx: typer.Context,
+    run: Path = typer.Argument(..., help="Run directory with evaluated fronts."),
+    maximize: str | None = typer.Option(None, "--maximize", help="The value to make as high as possible."),
+    require: list[str] | None = typer.Option(
+        None, "--require", help="Constraint, repeatable: harmless>=base, helpful>=base+0.2, harmless>=0.5 (or <=)."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Instead of --maximize: maximise Σ w_k r_k, e.g. helpful=0.7,harmless=0.3."),
+    method: list[str] | None = typer.Option(None, "--method", callback=check_methods,
+                                            help="Only these methods' points (repeatable; default: every front)."),
+    refine: int = typer.Option(0, "--refine", min=0, help="Evaluate up to N new ω near the best point (weight combinations)."),
+    export: Path | None = typer.Option(None, "--export", help="Export the chosen point to this folder (when feasible)."),
+    fmt: Literal["merged", "peft"] = typer.Option("peft", "--format", help="Export format (see `mvalign combine`)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --export folder."),
+    hub: str | None = typer.Option(None, "--push-to-hub", help="Also upload the export to this Hub model repo."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as one JSON object."),
+) -> None:
+    """Choose the trade-off that meets value targets: selected on val, reported on test with intervals and the
+    probability the constraints hold. Exit status 3 when the targets are not achievable (the closest point is
+    reported with each target's miss)."""
+    from .export import combine_run, parse_weights
+    from .pick import describe, pick_run
+
+    answer = pick_run(run, maximize, require or (), parse_weights(weights) if weights else None, method or (), refine)
+    if export is not None and answer["feasible"]:
+        if not answer["exportable"]:
+            from .config import ConfigError
+
+            raise ConfigError(f"--export: {answer['method']}'s models are not weight combinations of value vectors")
+        answer["export"] = str(combine_run(run, answer["weights"], export, "exact", answer["vectors"], fmt, overwrite,
+                                           _command(ctx), hub))
+    if as_json:
+        typer.echo(json.dumps(answer))
+    else:
+        typer.echo(describe(answer))
+    if not answer["feasible"]:
+        raise typer.Exit(3)
 
 
 @app.command()
 def diagnose(
     run: Path = typer.Argument(..., help="Run directory."),
     method: str | None = typer.Option(
-        None, "--method", callback=_check_methods, help="Which method's vectors (default: every method trained)."
+        None, "--method", callback=check_methods, help="Which method's vectors (default: every method trained)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default RUN/diagnostics)."),
 ) -> None:
@@ -208,7 +220,7 @@ def consistency(config: Path = typer.Argument(..., help="Run config (YAML) with 
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
-    method: list[str] | None = typer.Option(None, "--method", callback=_check_methods,
+    method: list[str] | None = typer.Option(None, "--method", callback=check_methods,
                                                help="Methods to run, repeatable (default: mva). " + METHOD_HELP),
 ) -> None:
     """The whole pipeline: reward heads → adapters → sweep → Pareto front → report (resumable)."""
@@ -239,7 +251,7 @@ def demo(
 def compare(
     runs: list[Path] = typer.Argument(..., help="Run directories with evaluated fronts (e.g. one per seed)."),
     method: list[str] | None = typer.Option(
-        None, "--method", callback=_check_methods, help="Only these methods (repeatable; default: all)."
+        None, "--method", callback=check_methods, help="Only these methods (repeatable; default: all)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: the first run)."),
     reference: str | None = typer.Option(None, "--reference", help="Reference point, comma-separated, one per value."),

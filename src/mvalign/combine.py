@@ -18,13 +18,31 @@ import torch
 from .lora import AdapterError, LoraAdapter, LoraFactors, adapter_targets, load_lora_adapter, orient
 
 __all__ = ["AdapterError", "CombinedModel", "LoraAdapter", "LoraFactors", "combine", "exact_delta", "factorwise_delta",
-           "load_lora_adapter"]
+           "load_lora_adapter", "stacked_factors"]
 
 def exact_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:
     """Σ_k ω_k s_k B_k A_k for one module as one matmul of stacked factors (in `dtype`, default float32)."""
     B = torch.cat([f.B.to(dtype) * (w * f.scale) for f, w in zip(factors, weights)], dim=1)
     A = torch.cat([f.A.to(dtype) for f in factors], dim=0)
     return orient(B @ A, factors[0].fan_in_fan_out)
+
+
+def stacked_factors(adapters: Sequence[LoraAdapter], weights: Sequence[float]) -> dict[str, LoraFactors]:
+    """Σ_k ω_k ΔW_k as ONE LoRA per module, exactly: rank R = Σ r_k (over the adapters with ω_k ≠ 0 that target the
+    module), B = [ω_1 s_1 B_1 | ... | ω_n s_n B_n] (d_out × R), A = [A_1; ...; A_n] (R × d_in), scale 1, so
+    1 · B A = Σ_k ω_k s_k B_k A_k. Any real ω (negative, > 1). Modules no weighted adapter targets are left out."""
+    if len(weights) != len(adapters) or not all(math.isfinite(float(w)) for w in weights):
+        raise AdapterError(f"need {len(adapters)} finite weights (one per adapter), got {list(weights)}")
+    if len({f.fan_in_fan_out for a in adapters for f in a.modules.values()}) > 1:
+        raise AdapterError("the adapters disagree on fan_in_fan_out: they were not trained on one base model")
+    out: dict[str, LoraFactors] = {}
+    for m in sorted(set().union(*(a.modules for a in adapters))):
+        parts = [(a.modules[m], float(w)) for a, w in zip(adapters, weights) if m in a.modules and w != 0]
+        if parts:
+            B = torch.cat([f.B.to(torch.float32) * (w * f.scale) for f, w in parts], dim=1)
+            A = torch.cat([f.A.to(torch.float32) for f, _ in parts], dim=0)
+            out[m] = LoraFactors(A.contiguous(), B.contiguous(), 1.0, parts[0][0].fan_in_fan_out)
+    return out
 
 
 def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], dtype=torch.float32) -> torch.Tensor:

@@ -142,11 +142,14 @@ def diagnose_run(run_dir: str | Path, method: str, out_dir: str | Path | None = 
 
 def diagnose_methods(run_dir: str | Path, method: str | None = None,
                      out_dir: str | Path | None = None) -> list[tuple[Path, Path, dict]]:
-    """`diagnose_run` for one method, or for every method trained in the run."""
+    """`diagnose_run` for one method, or for every method trained in the run whose adapters are value vectors (the
+    registry's `kind`: not seqt's stages, lw / modpo's per-weight models or ric's single model)."""
     from .config import ConfigError
+    from .methods import REGISTRY
     from .rundir import RunDir
 
-    methods = [method] if method else RunDir(run_dir).trained_methods()
+    trained = RunDir(run_dir).trained_methods()
+    methods = [method] if method else [m for m in trained if m in REGISTRY and REGISTRY[m].kind == "value-vectors"]
     if not methods:
         raise ConfigError(f"{run_dir}: no trained value vectors; run `mvalign train` first")
     return [diagnose_run(run_dir, m, out_dir) for m in methods]

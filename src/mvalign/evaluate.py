@@ -9,8 +9,12 @@ the same vectors share them.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .candidates import Candidate
+import numpy as np
+
+from .candidates import Candidate, Candidates
 from .combine import CombinedModel
 from .config import ConfigError, MVAConfig
 from .data import load_value_splits
@@ -22,8 +26,10 @@ from .models import cache_root, load_model
 from .pareto import non_dominated
 from .report import build_front, write_front
 from .rewards import RewardModel, ScoreCache, load_reward_models
-from .store import RunStore
+from .rundir import RunDir
+from .store import PointRecord, RunStore
 from .sweep import evaluate_points
+from .track import log_front
 
 
 def eval_prompts(cfg: MVAConfig, split: Split, n: int) -> list[Prompt]:
@@ -45,15 +51,40 @@ def generation_settings(cfg: MVAConfig) -> GenerationSettings:
                               cfg.dpo.max_prompt_length)
 
 
-def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True,
-                    rewards: dict[str, RewardModel] | None = None) -> dict:
-    """Evaluate the method's candidates on val, select the non-dominated ones, score them (and the base) on test,
-    write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
-    loaded (default: load them from the config)."""
+@dataclass
+class Evaluator:
+    """One method's plan on one loaded model: evaluates its candidates (or the base) on a split's prompts, through
+    the store (a point asked for twice is generated once)."""
+
+    cfg: MVAConfig
+    plan: Candidates
+    combined: CombinedModel
+    tokenizer: object
+    common: dict
+    prompts: dict[str, list[Prompt]]
+    key: str
+    """The store key of the points: the vectors' method (+ '-factorwise')."""
+
+    def points(self, cands: Sequence[Candidate], split: Split, progress: bool = False) -> list[PointRecord]:
+        return evaluate_points(self.combined, self.tokenizer, cands, method=self.key, split=split,
+                               prompts=self.prompts[split], **{**self.common, "progress": progress})
+
+    def base(self, split: Split) -> PointRecord:
+        values = [v.name for v in self.cfg.values]
+        return evaluate_points(self.combined, self.tokenizer, [Candidate({v: 0.0 for v in values}, {})], method="base",
+                               split=split, prompts=self.prompts[split], **self.common)[0]
+
+    def scores(self, rec: PointRecord, split: Split) -> dict[str, np.ndarray]:
+        """Per-prompt scores of a point's responses, per value (from the score cache), in prompt order."""
+        rewards, cache = self.common["rewards"], self.common["cache"]
+        return {name: np.asarray(cache.score(rm, self.prompts[split], rec.responses)) for name, rm in rewards.items()}
+
+
+def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
+              rewards: dict[str, RewardModel] | None = None) -> Evaluator:
+    """Load the base model with the adapters `method` evaluates, its judges and the val / test prompts."""
     m = get_method(method)
     run = prepare_run(cfg)
-    store = run.store()
-    values = [v.name for v in cfg.values]
     plan = m.candidates(cfg, run)
     missing = [str(run.adapter(plan.vectors, a)) for a in plan.adapters if not run.adapter(plan.vectors, a).is_dir()]
     if missing:
@@ -64,30 +95,36 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
                              cfg.sweep.combination)
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
-    label, key = method + suffix, plan.vectors + suffix
-    gen = generation_settings(cfg)
-    common = dict(rewards=rewards, generation=gen, store=store, cache=cache, bootstrap=cfg.sweep.bootstrap,
-                  use_chat_template=cfg.model.chat_template == "auto", progress=progress)
+    common = dict(rewards=rewards, generation=generation_settings(cfg), store=run.store(), cache=cache,
+                  bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress)
     prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
-    base = {s: evaluate_points(combined, tokenizer, [Candidate({v: 0.0 for v in values}, {})], method="base", split=s,
-                               prompts=prompts[s], **common)[0] for s in ("val", "test")}
+    return Evaluator(cfg, plan, combined, tokenizer, common, prompts, plan.vectors + suffix)
 
-    def on_val(cands, progress=False):
-        return evaluate_points(combined, tokenizer, cands, method=key, split="val", prompts=prompts["val"],
-                               **{**common, "progress": progress})
 
-    cands = plan.source.run(on_val)
-    val = on_val(cands, progress)
+def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary: bool = True,
+                    rewards: dict[str, RewardModel] | None = None) -> dict:
+    """Evaluate the method's candidates on val, select the non-dominated ones, score them (and the base) on test,
+    write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
+    loaded (default: load them from the config)."""
+    ev = evaluator(cfg, method, progress, rewards)
+    values = [v.name for v in cfg.values]
+    base = {s: ev.base(s) for s in ("val", "test")}
+    cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
+    val = ev.points(cands, "val", progress)
     chosen = [c for c, keep in zip(cands, non_dominated([[p.rewards[v] for v in values] for p in val])) if keep]
-    test = evaluate_points(combined, tokenizer, chosen, method=key, split="test", prompts=prompts["test"], **common)
-    combined.reset()
+    test = ev.points(chosen, "test", progress)
+    ev.combined.reset()
+    suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
+    label = method + suffix
     for p in (*val, *test):
         p.method = label
     front = build_front(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point)
-    front["settings"] = {"val_prompts": len(prompts["val"]), "test_prompts": len(prompts["test"]), **gen.as_dict(),
-                         "candidates": plan.label, "combination": cfg.sweep.combination, "vectors": plan.vectors}
-    front["training"] = training_compute(store, plan.vectors, plan.adapters)
-    write_front(run, front, label, primary)
+    front["settings"] = {"val_prompts": len(ev.prompts["val"]), "test_prompts": len(ev.prompts["test"]),
+                         **ev.common["generation"].as_dict(), "candidates": ev.plan.label,
+                         "combination": cfg.sweep.combination, "vectors": ev.plan.vectors}
+    front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
+    write_front(RunDir.of(cfg), front, label, primary)
+    log_front(cfg, RunDir.of(cfg), label, front)
     return front
 
 

@@ -62,7 +62,17 @@ def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
         raise AdapterError(f"{path}: peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be combined")
     if cfg.get("use_dora"):
         raise AdapterError(f"{path}: DoRA adapters are not linear in their factors; exact ΔW combination does not apply")
+    if cfg.get("bias", "none") != "none":
+        raise AdapterError(f"{path}: bias={cfg['bias']!r} trains bias terms too, which ΔW = s·B·A does not cover; "
+                           "retrain with bias='none'")
+    if cfg.get("modules_to_save"):
+        raise AdapterError(f"{path}: modules_to_save {cfg['modules_to_save']} are fully trained copies, not LoRA "
+                           "factors; they cannot be combined or exported exactly")
     tensors = load_file(str(weights_file))
+    other = sorted(k for k in tensors if ".lora_A." not in k and ".lora_B." not in k)
+    if other:
+        raise AdapterError(f"{path}: tensors that are not lora_A/lora_B factors (e.g. {other[0]}: embedding LoRA, "
+                           "DoRA magnitudes or trained modules); only linear LoRA can be combined exactly")
     modules: dict[str, LoraFactors] = {}
     for key, a in tensors.items():
         if ".lora_A." not in key:

@@ -38,7 +38,7 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
     settings = {"model": cfg.model.name, "steps": cfg.dpo.max_steps, "strategy": cfg.sweep.strategy,
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,
                 "test_prompts": cfg.sweep.test_prompts, "max_new_tokens": cfg.sweep.max_new_tokens}
-    report = write_report(run.root, fronts, settings)
+    report = write_report(run, fronts, settings)
     summary = {
         "run_dir": str(run.root),
         "report": str(report),

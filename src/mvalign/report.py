@@ -120,10 +120,10 @@ def plot_heatmaps(front: dict, path: Path) -> Path | None:
     return path
 
 
-def write_report(run_dir: str | Path, fronts: dict[str, dict], settings: dict) -> Path:
+def write_report(run: RunDir, fronts: dict[str, dict], settings: dict) -> Path:
     """report.md with one section per method, and the PNGs beside it."""
-    run = Path(run_dir)
-    lines = ["# mvalign report", "", f"Run: `{run}`", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, ""]
     summary = ["| method | HV val | HV test | reference point | non-dominated (val) | test points dominating base |",
                "|---|---|---|---|---|---|"]
     for method, front in fronts.items():
@@ -132,8 +132,8 @@ def write_report(run_dir: str | Path, fronts: dict[str, dict], settings: dict) -
                        f"{np.round(front['reference_point'], 3).tolist()} | {nd} | {len(dominates_base(front))} |")
     lines += summary + [""]
     for method, front in fronts.items():
-        png = plot_front(front, run / f"front-{method}.png")
-        heat = plot_heatmaps(front, run / f"heatmap-{method}.png")
+        png = plot_front(front, run.plot("front", method))
+        heat = plot_heatmaps(front, run.plot("heatmap", method))
         values = front["values"]
         base = front["base"]
         lines += [f"## {method}", "", f"![front]({png.name})", ""]
@@ -149,9 +149,10 @@ def write_report(run_dir: str | Path, fronts: dict[str, dict], settings: dict) -
                 f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
                 + f" | {'yes' if beats else ''} |")
         lines.append("")
-    path = run / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    tmp = run.report_path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, run.report_path)
+    return run.report_path
 
 
 def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:
@@ -171,4 +172,4 @@ def report_run(run: RunDir) -> Path:
     fronts = {m: json.loads(p.read_text()) for m, p in run.fronts().items()}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
-    return write_report(run.root, fronts, {"run": str(run.root)})
+    return write_report(run, fronts, {"run": str(run.root)})

@@ -30,7 +30,7 @@ from .config import ConfigError, MVAConfig, dump_config, load_config
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
-EVALUATION_ONLY = ("sweep",)
+EVALUATION_ONLY = ("sweep", "report_to")
 """Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
 are keyed by their settings, so nothing stale is reused)."""
 PARTIAL = ".tmp", ".copy"
@@ -56,6 +56,7 @@ class RunDir:
     summary_path = property(lambda self: self.root / "summary.json")
     report_path = property(lambda self: self.root / "report.md")
     diagnostics_dir = property(lambda self: self.root / "diagnostics")
+    trackers_dir = property(lambda self: self.root / "trackers")
     consistency_dir = property(lambda self: self.root / "consistency")
 
     def store(self) -> RunStore:
@@ -76,6 +77,10 @@ class RunDir:
     def front(self, method: str | None = None) -> Path:
         """front-<method>.json, or the primary front.json when `method` is None."""
         return self.root / ("front.json" if method is None else f"front-{method}.json")
+
+    def plot(self, kind: str, method: str) -> Path:
+        """<kind>-<method>.png beside the report, e.g. front-mva.png, heatmap-mva.png."""
+        return self.root / f"{kind}-{method}.png"
 
     def fronts(self) -> dict[str, Path]:
         """{method: path} of every evaluated front-<method>.json."""

@@ -9,7 +9,7 @@ decorrelation, consistency, baselines); everything is importable from ``mvalign.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,6 +70,10 @@ class MVAConfig(BaseModel):
         default_factory=dict, description="Settings of individual methods by name, e.g. {ric: {steps: 48}}; each "
         "method validates its own block (`mvalign methods` lists the methods and their settings)."
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Experiment trackers (through accelerate) that receive training metrics, "
+        "every evaluated point and the fronts' hypervolume; files under RUN/trackers/. wandb / mlflow need their "
+        "packages installed.")
     run_dir: str = Field("runs/mvalign", description="Run directory: config, adapters, logs, checkpoints, store.")
     cache_dir: str = Field(
         "~/.cache/mvalign",

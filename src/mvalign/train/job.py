@@ -25,6 +25,7 @@ from ..lora import add_value_adapter
 from ..models import cache_root, load_model
 from ..rundir import RunDir, replace_dir
 from ..store import VectorRecord
+from ..track import make_accelerator
 from .dpo import dpo_loss
 from .logprobs import compute_logprobs, reference_logprobs
 from .losses import LossTerm, Objective, dpo_objective
@@ -105,7 +106,9 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
     peft_model = add_value_adapter(model, cfg.lora, job.seed)
     if job.init_from is not None:
         set_peft_model_state_dict(peft_model, load_file(str(job.init_from / "adapter_model.safetensors")))
-    result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, progress=progress)
+    acc = make_accelerator(cfg, run, f"train-{job.group}-{job.name}")
+    result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, accelerator=acc, progress=progress)
+    acc.end_training()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp, safe_serialization=True)

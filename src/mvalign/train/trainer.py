@@ -152,6 +152,7 @@ def train_adapter(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_step, **sums}
+            acc.log(last, step=step + 1)  # the trackers of `report_to`, if the accelerator has any
             if acc.is_main_process:
                 log_file.write(json.dumps(last) + "\n")
                 log_file.flush()

