@@ -85,6 +85,9 @@ def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
         r = _pattern(cfg.get("rank_pattern") or {}, module, short, cfg["r"])
         alpha = _pattern(cfg.get("alpha_pattern") or {}, module, short, cfg["lora_alpha"])
         scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        for k in (key, b_key):
+            if not torch.isfinite(tensors[k]).all():
+                raise AdapterError(f"{path}: {k} holds NaN or infinite values; retrain this adapter")
         modules[module] = LoraFactors(a, tensors[b_key], float(scale), bool(cfg.get("fan_in_fan_out")))
     if not modules:
         raise AdapterError(f"{path}: no lora_A/lora_B tensors found")

@@ -86,6 +86,9 @@ class MVAConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"value names must be unique; repeated: {dupes}")
+        ref = self.sweep.reference_point
+        if ref is not None and names and len(ref) != len(names):
+            raise ValueError(f"sweep.reference_point has {len(ref)} numbers; give one per value {names}")
         return self
 
     def value(self, name: str) -> ValueConfig:

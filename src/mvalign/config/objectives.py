@@ -14,7 +14,7 @@ class LoraSettings(Strict):
     alpha: float = Field(32.0, gt=0, description="lora_alpha; the update is scaled by s = alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout on the adapter input.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
         description="Names (suffixes) of the linear modules that get an adapter.",
     )
 
@@ -39,7 +39,7 @@ class DPOSettings(Strict):
         "and the value's name, so value vectors never share their initialisation."
     )
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
-    max_grad_norm: float | None = Field(1.0, description="Clip the gradient norm; null disables clipping.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm (> 0); null disables clipping.")
     eval_pairs: int | None = Field(
         64, ge=1, description="Validation pairs scored after training (implicit-reward accuracy); null uses all."
     )

@@ -16,9 +16,9 @@ class ConfigError(MvalignError, ValueError):
 
 
 class Strict(BaseModel):
-    """A config section that rejects unknown fields and validates assignments."""
+    """A config section that rejects unknown fields, NaN and infinite numbers, and validates assignments."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 
@@ -116,7 +116,7 @@ class SweepSettings(Strict):
     )
     budget: int = Field(25, ge=2, description="adaptive: weight vectors evaluated on val (the seed grid included).")
     grid: list[float] = Field(
-        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)],
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)], min_length=1,
         description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",
     )
     simplex_step: float = Field(0.1, gt=0, le=1, description="simplex: step of the weights (soup methods always use it).")

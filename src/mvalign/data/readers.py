@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ def read_text(path: Path) -> str:
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except OSError as e:
-            raise DataError(f"{path}: not a valid gzip file ({e})") from e
+        except (OSError, EOFError, zlib.error) as e:  # EOFError: truncated download / copy
+            raise DataError(f"{path}: not a valid gzip file ({e}); download or copy it again") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -1,0 +1,60 @@
+"""Bad input gets one clear error naming the file or field (issue 13's first defects): numeric config domains,
+a truncated gzip file, NaN inside an adapter."""
+
+import gzip
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from common import save_random_adapter, write_builtin_config
+from mvalign.cli import app
+from mvalign.config import ConfigError, load_config
+from mvalign.data.pairs import DataError
+from mvalign.data.readers import read_text
+from mvalign.lora import AdapterError, load_lora_adapter
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("section, field, value, msg", [
+    ("dpo", "max_grad_norm", -1.0, "dpo.max_grad_norm: Input should be greater than 0"),
+    ("sweep", "grid", [], "sweep.grid: List should have at least 1 item"),
+    ("sweep", "grid", [0.5, float("inf")], "sweep.grid.1: Input should be a finite number"),
+    ("lora", "target_modules", [], "lora.target_modules: List should have at least 1 item"),
+    ("sweep", "reference_point", [0.0], "sweep.reference_point has 1 numbers; give one per value"),
+    ("dpo", "lr", float("nan"), "dpo.lr: Input should be a finite number"),
+])
+def test_numeric_config_domains_are_checked_at_load(tmp_path, tiny_model_dir, section, field, value, msg):
+    path = write_builtin_config(tmp_path, tiny_model_dir, 4)
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault(section, {})[field] = value
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path)
+    result = runner.invoke(app, ["data", str(path)])
+    assert result.exit_code == 1 and msg in result.output and "Traceback" not in result.output
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    good = tmp_path / "pairs.jsonl.gz"
+    rows = "".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(200))
+    good.write_bytes(gzip.compress(rows.encode()))
+    assert read_text(good) == rows
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(DataError, match=f"{cut}: not a valid gzip file .*download or copy it again"):
+        read_text(cut)
+
+
+def test_nan_inside_an_adapter_is_refused(tmp_path, tiny_llama):
+    path = save_random_adapter(tiny_llama, tmp_path / "helpful", 1)
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    key = sorted(k for k in tensors if "lora_B" in k)[0]
+    tensors[key][0, 0] = torch.nan
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match=f"{path}: {key} holds NaN or infinite values"):
+        load_lora_adapter(path)
