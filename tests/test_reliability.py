@@ -58,3 +58,25 @@ def test_nan_inside_an_adapter_is_refused(tmp_path, tiny_llama):
     save_file(tensors, str(path / "adapter_model.safetensors"))
     with pytest.raises(AdapterError, match=f"{path}: {key} holds NaN or infinite values"):
         load_lora_adapter(path)
+
+
+def test_a_lost_store_row_does_not_block_resume(tmp_path, tiny_model_dir):
+    """Killed between the final checkpoint and the store write (or store.sqlite lost): the re-run records the
+    finished adapter without retraining, with the training seconds of every segment."""
+    from mvalign.store import RunStore
+
+    path = write_builtin_config(tmp_path, tiny_model_dir, 8, dpo={"max_steps": 2, "batch_size": 4, "max_length": 96,
+                                                                  "max_prompt_length": 64, "eval_pairs": 4})
+    assert runner.invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0
+    run = tmp_path / "run"
+    first = RunStore(run).get_vector("helpful", "dpo")
+    adapter = (run / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").read_bytes()
+    (run / "store.sqlite").unlink()
+    again = runner.invoke(app, ["train", str(path), "--value", "helpful"])
+    assert again.exit_code == 0, again.output
+    rec = RunStore(run).get_vector("helpful", "dpo")
+    assert rec.steps == 2 and rec.seconds == pytest.approx(first.seconds, rel=0.05)
+    assert rec.seconds_per_step == pytest.approx(rec.seconds / 2) and rec.metrics["train_tokens"] > 0
+    assert rec.metrics["train_last_loss"] == pytest.approx(first.metrics["train_last_loss"])
+    assert (run / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").read_bytes() == adapter
+    assert not list(run.rglob("*.tmp*"))

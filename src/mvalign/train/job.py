@@ -114,7 +114,8 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
     peft_model.save_pretrained(tmp, safe_serialization=True)
     replace_dir(tmp, out_dir)
 
-    metrics = {"train_last_loss": result.last.get("loss", float("nan")), "train_tokens": logged_tokens(train_dir),
+    last = result.last or logged_rows(train_dir).get(result.steps, {})
+    metrics = {"train_last_loss": last.get("loss", float("nan")), "train_tokens": logged_tokens(train_dir),
                **job.metrics}
     for v, tok in val_tok.items():
         pol = compute_logprobs(peft_model, tok, ctx.pad, d.batch_size * 2, ctx.autocast, desc="held-out log-probs")
@@ -129,8 +130,10 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
                 f"val_accuracy_se{suffix}": (correct.std() / len(correct) ** 0.5).item() if len(correct) > 1 else float("nan"),
             }
         )
-    rec = VectorRecord(job.name, job.group, str(out_dir), result.steps, result.seconds, result.seconds_per_step,
-                       len(objective.examples), metrics)
+    # every segment of a resumed training counts (a re-run after a lost store row trains 0 steps but is not 0 s)
+    seconds = logged_sum(train_dir, "seconds") or result.seconds
+    rec = VectorRecord(job.name, job.group, str(out_dir), result.steps, seconds,
+                       seconds / result.steps if result.steps else 0.0, len(objective.examples), metrics)
     run.store().put_vector(rec)
     return rec
 
@@ -150,13 +153,25 @@ def reuse(run: RunDir, src: VectorRecord, group: str) -> VectorRecord:
     return rec
 
 
-def logged_tokens(train_dir: Path) -> float:
-    """Tokens processed over all optimizer steps of a (possibly resumed) training, from its log.jsonl (the last
-    line logged for each step counts)."""
-    per_step: dict[int, float] = {}
+def logged_rows(train_dir: Path) -> dict[int, dict]:
+    """{step: row} of a (possibly resumed, possibly interrupted) training's log.jsonl: the last line logged for each
+    step counts, so a step redone after a crash counts once."""
+    rows: dict[int, dict] = {}
     path = train_dir / "log.jsonl"
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            per_step[int(row["step"])] = float(row.get("tokens", 0.0))
-    return sum(per_step.values())
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: its step is redone and logged again
+                continue
+            rows[int(row["step"])] = row
+    return rows
+
+
+def logged_sum(train_dir: Path, key: str) -> float:
+    """Σ over the optimizer steps of one logged number (`logged_rows`)."""
+    return sum(float(row.get(key, 0.0)) for row in logged_rows(train_dir).values())
+
+
+def logged_tokens(train_dir: Path) -> float:
+    return logged_sum(train_dir, "tokens")
