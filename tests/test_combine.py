@@ -113,3 +113,27 @@ def test_mismatched_and_bad_inputs(tmp_path, tokenizer, tiny_llama, two_adapters
         combined.set_weights((1.0,))
     with pytest.raises(AdapterError, match="not a PEFT adapter directory"):
         load_lora_adapter(tmp_path)
+
+
+def test_huge_weights_do_not_damage_the_model(tiny_llama, two_adapters):
+    """After ω = ±1e6 (or 1e30), later points and ω = 0 are exact: moves beyond SAFE_OMEGA rebuild from W0."""
+    from mvalign.combine import CombinedModel
+
+    original = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    combined = CombinedModel(tiny_llama, [load_lora_adapter(p) for p in two_adapters])
+    combined.set_weights((0.5, 1.0))
+    for huge in [(1e6, -1e6), (1e30, 2.0), (3.0, -40.0)]:
+        combined.set_weights(huge)
+    combined.set_weights((0.7, 1.2))
+    assert_weights(tiny_llama, expected_weights(_base_from(original, tiny_llama), two_adapters, (0.7, 1.2)))
+    combined.reset()
+    for n, p in tiny_llama.named_parameters():
+        torch.testing.assert_close(p, original[n], atol=1e-6, rtol=0, msg=n)
+
+
+def _base_from(state, model):
+    base = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, p in base.named_parameters():
+            p.copy_(state[n])
+    return base

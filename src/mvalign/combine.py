@@ -58,12 +58,18 @@ def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], d
     return orient(factors[0].scale * (B @ A), factors[0].fan_in_fan_out)
 
 
+SAFE_OMEGA = 16.0
+"""Largest |ω_k| moved to by difference updates; beyond it moves are rebuilt from the original weights."""
+
+
 class CombinedModel:
     """A base model whose target weights are set in place to W0 + Σ ω_k ΔW_k, for one ω after another.
 
     `set_weights(ω)` adds the difference update Σ (ω_k − ω_k^current) s_k B_k A_k, so moving between points costs
-    one low-rank matmul per module and no model copy. Float32/64 weights drift by at most a few ulps per move;
-    lower-precision weights keep a copy of their original values (targeted modules only) and are rebuilt exactly.
+    one low-rank matmul per module and no model copy. Float32/64 weights drift by at most a few ulps per move while
+    every |ω_k| ≤ SAFE_OMEGA; the first move beyond it (e.g. ω = 1e6, where W + ΔW − ΔW no longer returns W) keeps
+    a copy of the targeted modules' original weights, and from then on every move is rebuilt from W0 exactly.
+    Lower-precision weights keep that copy from the start.
     `reset()` returns to W0. `mode='factorwise'` uses `factorwise_delta` (reference soups) and always rebuilds.
     """
 
@@ -98,6 +104,14 @@ class CombinedModel:
     def set_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Put the model at W0 + Σ ω_k ΔW_k (exact mode) or the factor-wise soup (factorwise mode)."""
         target = self.weights_vector(weights)
+        if self._originals is None and max(abs(x) for x in (*target, *self.current)) > SAFE_OMEGA:
+            self._originals = {}
+            for m, w in self.targets.items():  # W0 = W − ΔW(current): current is within SAFE_OMEGA, so a few ulps
+                factors, cur = self._factors(m, self.current)
+                w0 = w.detach().to(torch.float32).clone()
+                if factors and any(cur):
+                    w0 -= exact_delta(factors, cur).to(w0.device)
+                self._originals[m] = w0
         for m, w in self.targets.items():
             if self._originals is None:
                 factors, diff = self._factors(m, [t - c for t, c in zip(target, self.current)])
