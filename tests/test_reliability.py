@@ -80,3 +80,18 @@ def test_a_lost_store_row_does_not_block_resume(tmp_path, tiny_model_dir):
     assert rec.metrics["train_last_loss"] == pytest.approx(first.metrics["train_last_loss"])
     assert (run / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").read_bytes() == adapter
     assert not list(run.rglob("*.tmp*"))
+
+
+def test_a_store_from_before_point_flags_opens_and_migrates(tmp_path):
+    import sqlite3
+
+    from mvalign.store import SCHEMA, RunStore
+
+    old = SCHEMA.replace("    flag TEXT NOT NULL DEFAULT '',\n", "")
+    assert "flag" not in old
+    with sqlite3.connect(tmp_path / "store.sqlite") as con:
+        con.executescript(old)
+        con.execute("INSERT INTO points VALUES ('mva', '{\"a\": 1.0}', 'val', 'k', '{\"a\": 0.5}', '{\"a\": [0, 1]}', 3, "
+                    "1.0, 1.0, '{}', '[\"x\"]', 0.0)")
+    (point,) = RunStore(tmp_path).points("mva", "val")
+    assert point.flag == "" and point.rewards == {"a": 0.5}

@@ -85,3 +85,28 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path, tokenizer, tiny_llam
     again = Counting(length_score)
     _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [again, Counting(vowel_score)])()
     assert again.calls == 0
+
+
+def test_degenerate_models_are_flagged_and_never_selected(tmp_path, tokenizer, tiny_llama):
+    """A ω whose weights overflow is stored with a flag (no generation on non-finite weights) and left out of the
+    front's Pareto set, hypervolume and reference point; later points are unaffected."""
+    from mvalign.report import build_front
+
+    dirs = [save_random_adapter(tiny_llama, tmp_path / n, i) for i, n in enumerate(["x", "y"])]
+    combined = CombinedModel(copy.deepcopy(tiny_llama), [load_lora_adapter(d) for d in dirs])
+    store = RunStore(tmp_path / "run")
+    rewards = {"x": CallableReward(length_score, "x"), "y": CallableReward(vowel_score, "y")}
+    common = dict(method="mva", prompts=PROMPTS, rewards=rewards, store=store, bootstrap=200, progress=False,
+                  generation=GenerationSettings(max_new_tokens=5, batch_size=2))
+    points = [{"x": 1.0, "y": 0.5}, {"x": 3e38, "y": 3e38}, {"x": 0.5, "y": 1.0}]
+    val = evaluate_points(combined, tokenizer, points, split="val", **common)
+    assert [p.flag for p in val] == ["", "non-finite weights", ""] and val[1].responses == [""] * 4
+    assert [p.flag for p in store.points("mva", "val")] == ["", "non-finite weights", ""]  # stored with the flag
+    again = evaluate_points(combined, tokenizer, points[2:], split="val", **common)
+    assert again[0].responses == val[2].responses  # from the store
+    base = evaluate_points(combined, tokenizer, [{"x": 0.0, "y": 0.0}], method="base", split="val",
+                           **{k: v for k, v in common.items() if k != "method"})[0]
+    front = build_front(["x", "y"], "mva", val, [val[0]], base, base)
+    bad = [p for p in front["points"] if p.get("flag")]
+    assert len(bad) == 1 and not bad[0]["pareto"] and bad[0]["weights"]["x"] == 3e38
+    assert all(abs(r) < 1e6 for r in front["reference_point"])

@@ -124,6 +124,11 @@ class CombinedModel:
                 w.copy_(base + delta_fn(factors, ws).to(base.device) if factors else base)
         self.current = target
 
+    @torch.no_grad()
+    def weights_finite(self) -> bool:
+        """Whether every targeted weight is finite at the current ω (a huge ω can overflow)."""
+        return all(bool(torch.isfinite(w).all()) for w in self.targets.values())
+
     def reset(self) -> None:
         self.set_weights([0.0] * len(self.adapters))
 

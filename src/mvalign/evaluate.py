@@ -111,7 +111,9 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     base = {s: ev.base(s) for s in ("val", "test")}
     cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
     val = ev.points(cands, "val", progress)
-    chosen = [c for c, keep in zip(cands, non_dominated([[p.rewards[v] for v in values] for p in val])) if keep]
+    usable = [(c, p) for c, p in zip(cands, val) if not p.flag]  # degenerate models are never selected
+    mask = non_dominated([[p.rewards[v] for v in values] for _, p in usable]) if usable else []
+    chosen = [c for (c, _), keep in zip(usable, mask) if keep]
     test = ev.points(chosen, "test", progress)
     ev.combined.reset()
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"

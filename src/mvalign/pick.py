@@ -163,7 +163,7 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
         raise ConfigError(f"{run.root}: no evaluated fronts{' for ' + str(list(methods)) if methods else ''}; "
                           "run `mvalign run CONFIG --method ...` first")
     base_val = next(iter(fronts.values()))["base"]["rewards_val"]
-    cands = [(m, p) for m, f in fronts.items() for p in f["points"] if p["split"] == "val"]
+    cands = [(m, p) for m, f in fronts.items() for p in f["points"] if p["split"] == "val" and not p.get("flag")]
     sp = spreads([p["rewards"] for _, p in cands], values)
     method, point = max(cands, key=lambda mp: target.rank(mp[1]["rewards"], base_val, sp))
     m = get_method(method)

@@ -24,8 +24,10 @@ from .store import PointRecord
 def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], test: Sequence[PointRecord],
                 base_val: PointRecord, base_test: PointRecord, reference: Sequence[float] | None = None) -> dict:
     def mat(points):
-        return np.array([[p.rewards[v] for v in values] for p in points])
+        return np.array([[p.rewards[v] for v in values] for p in points], dtype=float).reshape(-1, len(values))
 
+    flagged = [p for p in (*val, *test) if p.flag]
+    val, test = [p for p in val if not p.flag], [p for p in test if not p.flag]  # never selected nor measured
     val_m, test_m = mat(val), mat(test)
     ref = np.asarray(reference, float) if reference is not None else default_reference_point(
         val_m, test_m, mat([base_val, base_test]))
@@ -34,6 +36,8 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
         {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m)}
         for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask)) for p, m in zip(pts, mask)
     ]
+    points += [{"method": method, "weights": p.weights, "split": p.split, "rewards": p.rewards, "ci95": p.ci95,
+                "pareto": False, "flag": p.flag} for p in flagged]
     return {
         "values": list(values),
         "reference_point": ref.tolist(),

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS points (
     generation TEXT NOT NULL,
     responses TEXT NOT NULL,
     created REAL NOT NULL,
+    flag TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (method, weights, split, settings_key)
 );
 """
@@ -75,6 +76,9 @@ class PointRecord:
     generation: dict[str, Any]
     responses: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    flag: str = ""
+    """Why the point is not a usable model ('' when it is): 'non-finite weights' or 'all responses empty'. Flagged
+    points are kept for the record but never selected (Pareto, hypervolume, pick)."""
 
 
 def weights_key(weights: dict[str, float]) -> str:
@@ -87,6 +91,8 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as con, con:
             con.executescript(SCHEMA)
+            if "flag" not in {r["name"] for r in con.execute("PRAGMA table_info(points)")}:  # stores before flags
+                con.execute("ALTER TABLE points ADD COLUMN flag TEXT NOT NULL DEFAULT ''")
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)

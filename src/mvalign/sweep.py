@@ -109,7 +109,11 @@ def evaluate_points(
         combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
         shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
         t0 = time.perf_counter()
-        responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template)
+        finite = combined.weights_finite()
+        responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
+            else [""] * len(prompts)
+        flag = "" if finite and any(r.strip() for r in responses) else (
+            "non-finite weights" if not finite else "all responses empty")
         t1 = time.perf_counter()
         means, ci = {}, {}
         for name, rm in rewards.items():
@@ -117,7 +121,7 @@ def evaluate_points(
             means[name] = float(np.mean(scores))
             ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
         rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
-                          generation.as_dict(), responses)
+                          generation.as_dict(), responses, flag=flag)
         store.put_point(rec)
         out.append(rec)
         bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
