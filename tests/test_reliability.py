@@ -95,3 +95,65 @@ def test_a_store_from_before_point_flags_opens_and_migrates(tmp_path):
                     "1.0, 1.0, '{}', '[\"x\"]', 0.0)")
     (point,) = RunStore(tmp_path).points("mva", "val")
     assert point.flag == "" and point.rewards == {"a": 0.5}
+
+
+def _trained(tmp_path, tiny_model_dir):
+    dpo = {"max_steps": 2, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4, "save_every": 1}
+    path = write_builtin_config(tmp_path, tiny_model_dir, 8, dpo=dpo)
+    assert runner.invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0
+    return path, tmp_path / "run"
+
+
+def _one_line_error(result, *needles):
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]  # progress bars aside
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert all(n in errors[0] for n in needles), result.output
+
+
+def test_corrupt_artifacts_give_one_line_naming_the_file(tmp_path, tiny_model_dir):
+    path, run = _trained(tmp_path, tiny_model_dir)
+    adapter = run / "adapters" / "dpo" / "helpful"
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+    (adapter / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(AdapterError, match="adapter_model.safetensors: unreadable"):
+        load_lora_adapter(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(weights)
+    config = (adapter / "adapter_config.json").read_text()
+    (adapter / "adapter_config.json").write_text(config[:20])
+    with pytest.raises(AdapterError, match="adapter_config.json: not valid JSON"):
+        load_lora_adapter(adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps({**json.loads(config), "r": 0}))
+    with pytest.raises(AdapterError, match="needs an integer r >= 1"):
+        load_lora_adapter(adapter)
+    (adapter / "adapter_config.json").write_text(config)
+
+    store = run / "store.sqlite"
+    good = store.read_bytes()
+    store.write_bytes(b"this is not a database" * 100)
+    _one_line_error(runner.invoke(app, ["train", str(path), "--value", "helpful"]), str(store), "move the file aside")
+    store.write_bytes(good)
+
+    # the final checkpoint lost its tensor file and the store its row: a clear message, not a traceback
+    (run / "train" / "dpo" / "helpful" / "checkpoint" / "trainable.safetensors").unlink()
+    store.unlink()
+    _one_line_error(runner.invoke(app, ["train", str(path), "--value", "helpful"]), "incomplete checkpoint",
+                    "trainable.safetensors")
+
+
+def test_foreign_run_dirs_are_refused_and_finished_runs_not_rewritten(tmp_path, tiny_model_dir):
+    path, run = _trained(tmp_path, tiny_model_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "config.yaml", run / "versions.json")}
+    assert runner.invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0  # nothing left to do
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # unchanged files are not rewritten
+
+    other = tmp_path / "other"
+    other.mkdir()
+    raw = yaml.safe_load(path.read_text())
+    (other / "config.yaml").write_text("model: {name: x}\nlearning_rate: 3\n")
+    foreign = tmp_path / "foreign.yaml"
+    foreign.write_text(yaml.safe_dump({**raw, "run_dir": str(other)}))
+    _one_line_error(runner.invoke(app, ["train", str(foreign)]), "config.yaml is not an mvalign run config")
+    (other / "config.yaml").unlink()
+    (other / "versions.json").write_text("mine")
+    _one_line_error(runner.invoke(app, ["train", str(foreign)]), "not an mvalign run")
+    assert (other / "versions.json").read_text() == "mine"

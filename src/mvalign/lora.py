@@ -57,7 +57,13 @@ def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     cfg_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
     if not cfg_file.is_file() or not weights_file.is_file():
         raise AdapterError(f"{path}: not a PEFT adapter directory (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    cfg = json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{cfg_file}: not valid JSON ({e}); restore or retrain this adapter") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("r"), int) or cfg["r"] < 1 \
+            or not isinstance(cfg.get("lora_alpha"), (int, float)):
+        raise AdapterError(f"{cfg_file}: needs an integer r >= 1 and a number lora_alpha; restore or retrain it")
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(f"{path}: peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be combined")
     if cfg.get("use_dora"):
@@ -68,7 +74,10 @@ def load_lora_adapter(path: str | Path, name: str | None = None) -> LoraAdapter:
     if cfg.get("modules_to_save"):
         raise AdapterError(f"{path}: modules_to_save {cfg['modules_to_save']} are fully trained copies, not LoRA "
                            "factors; they cannot be combined or exported exactly")
-    tensors = load_file(str(weights_file))
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as e:  # safetensors raises its own error type for truncated / corrupt files
+        raise AdapterError(f"{weights_file}: unreadable ({type(e).__name__}: {e}); restore or retrain this adapter") from None
     other = sorted(k for k in tensors if ".lora_A." not in k and ".lora_B." not in k)
     if other:
         raise AdapterError(f"{path}: tensors that are not lora_A/lora_B factors (e.g. {other[0]}: embedding LoRA, "

@@ -25,8 +25,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from .config import ConfigError, MVAConfig, dump_config, load_config
+from .config import ConfigError, MVAConfig, load_config
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
@@ -118,10 +119,19 @@ class RunDir:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         new = cfg.model_dump(mode="json")
+        markers = ("config.yaml", "store.sqlite", "adapters", "train", "rewards", "consistency")
+        if any(self.root.iterdir()) and not any((self.root / m).exists() for m in markers):
+            raise ConfigError(f"run_dir {self.root} is a non-empty folder that is not an mvalign run; choose a new "
+                              "or empty run_dir")
         if self.config_path.is_file():
             # validated, so fields added (with defaults) by a newer mvalign do not count as changes
-            raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-            old = MVAConfig.model_validate(raw).model_dump(mode="json")
+            try:
+                raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+                old = MVAConfig.model_validate(raw).model_dump(mode="json")
+            except (yaml.YAMLError, ValidationError, TypeError) as e:
+                first = str(e).strip().splitlines()[0]
+                raise ConfigError(f"{self.config_path} is not an mvalign run config ({first}); choose another run_dir "
+                                  "or move that file away") from None
             blocking = []
             for k in _changed_sections(old, new):
                 if k in EVALUATION_ONLY:
@@ -136,10 +146,16 @@ class RunDir:
                     f"{self.root} was made with a different config (differs in: {', '.join(blocking)}). "
                     "Use a new run_dir, or delete the old run to start over; finished work there is kept until you do."
                 )
-        dump_config(cfg, self.config_path)
         seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed,
                  "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
-        self.versions_path.write_text(json.dumps({**package_versions(), "seeds": seeds}, indent=2))
+        versions = json.dumps({**package_versions(), "seeds": seeds}, indent=2)
+        text = yaml.safe_dump(new, sort_keys=False)
+        # unchanged files are not rewritten, so a finished run stays usable from a read-only folder
+        for path, content in ((self.config_path, text), (self.versions_path, versions)):
+            if not path.is_file() or path.read_text(encoding="utf-8") != content:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(content, encoding="utf-8")
+                os.replace(tmp, path)
         return self
 
 

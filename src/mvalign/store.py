@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import MvalignError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
     value TEXT NOT NULL,
@@ -43,6 +45,10 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (method, weights, split, settings_key)
 );
 """
+
+
+class StoreError(MvalignError, RuntimeError):
+    """The run's SQLite store cannot be read (corrupt, not a database)."""
 
 
 @dataclass
@@ -89,10 +95,14 @@ class RunStore:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "store.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.executescript(SCHEMA)
-            if "flag" not in {r["name"] for r in con.execute("PRAGMA table_info(points)")}:  # stores before flags
-                con.execute("ALTER TABLE points ADD COLUMN flag TEXT NOT NULL DEFAULT ''")
+        try:
+            with closing(self._connect()) as con, con:
+                con.executescript(SCHEMA)
+                if "flag" not in {r["name"] for r in con.execute("PRAGMA table_info(points)")}:  # stores before flags
+                    con.execute("ALTER TABLE points ADD COLUMN flag TEXT NOT NULL DEFAULT ''")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: {e}; move the file aside (e.g. to store.sqlite.bad) and re-run: finished "
+                             "adapters are kept and recorded again, points are re-evaluated") from None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)

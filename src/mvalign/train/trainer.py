@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import DPOSettings
+from ..errors import MvalignError
 from .losses import Objective
 
 
@@ -71,11 +72,24 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> No
     os.replace(tmp, folder)
 
 
+class CheckpointError(MvalignError, RuntimeError):
+    """A training checkpoint that cannot be resumed from."""
+
+
 def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+    missing = [f for f in ("trainable.safetensors", "optimizer.pt", "state.json") if not (folder / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); delete that folder to "
+                              "restart this adapter's training from step 0")
     params = dict(model.named_parameters())
-    for name, value in load_file(str(folder / "trainable.safetensors")).items():
+    try:
+        saved = load_file(str(folder / "trainable.safetensors"))
+    except Exception as e:  # truncated / corrupt file
+        raise CheckpointError(f"{folder}/trainable.safetensors: unreadable ({e}); delete {folder} to restart") from None
+    for name, value in saved.items():
         if name not in params:
-            raise RuntimeError(f"checkpoint {folder} holds {name}, which this model lacks: LoRA settings changed?")
+            raise CheckpointError(f"checkpoint {folder} holds {name}, which this model lacks: LoRA settings changed? "
+                                  f"Delete {folder} to restart")
         params[name].data.copy_(value)
     states = torch.load(folder / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(states["optimizer"])
