@@ -157,3 +157,27 @@ def test_foreign_run_dirs_are_refused_and_finished_runs_not_rewritten(tmp_path, 
     (other / "versions.json").write_text("mine")
     _one_line_error(runner.invoke(app, ["train", str(foreign)]), "not an mvalign run")
     assert (other / "versions.json").read_text() == "mine"
+
+
+def test_csv_records_are_named_by_their_first_line_and_runaway_quotes_are_caught(tmp_path):
+    from mvalign.data.readers import iter_records
+
+    header = "prompt,chosen,rejected\n"
+    rows = [f"q{i},yes {i},no {i}\n" for i in range(1, 11)]
+    ok = tmp_path / "ok.csv"
+    ok.write_text(header + "".join(rows[:3]) + '"multi\nline q",a,b\n\n' + "".join(rows[3:]))
+    refs = [str(ref) for ref, _ in iter_records(ok)]
+    assert refs[:5] == [f"{ok}:2", f"{ok}:3", f"{ok}:4", f"{ok}:5-6", f"{ok}:8"]  # blank line 7 skipped
+    runaway = tmp_path / "runaway.csv"  # line 6 opens a quote that never closes
+    runaway.write_text(header + "".join(rows[:4]) + 'q5,"yes 5,no 5\n' + "".join(rows[5:]))
+    with pytest.raises(DataError, match=r"runaway.csv:6: malformed CSV .* running to line 11 \(the end\); an unte"):
+        list(iter_records(runaway))
+    stray = tmp_path / "stray.csv"  # ... or closes at a later quote that is not followed by a comma
+    stray.write_text(header + "".join(rows[:4]) + 'q5,"yes 5,no 5\n' + "".join(rows[5:7]) + 'q8,"yes",no\n')
+    with pytest.raises(DataError, match=r"stray.csv:6: malformed CSV \(',' expected after '\"'\)"):
+        list(iter_records(stray))
+    swallowed = tmp_path / "swallowed.csv"  # ... or closes at the start of line 9, merging lines 6-9 into one record
+    swallowed.write_text(header + "".join(rows[:4]) + 'q5,"yes 5,no 5\n' + "".join(rows[5:7]) + '",q8,no\n'
+                         + "".join(rows[8:]))
+    with pytest.raises(DataError, match=r"swallowed.csv:6-9: 4 fields where the header has 3; an unterminated quote"):
+        list(iter_records(swallowed))

@@ -60,9 +60,17 @@ class RowRef:
     line: int
     unit: str = ""
     """Empty for a line number; else what `line` counts (e.g. "record" in a JSON list)."""
+    end: int = 0
+    """Last physical line of a record spanning several (a CSV record with quoted newlines), else 0."""
+
+    @property
+    def lines(self) -> int:
+        return self.end - self.line + 1 if self.end > self.line else 1
 
     def __str__(self) -> str:
-        return f"{self.source} ({self.unit} {self.line})" if self.unit else f"{self.source}:{self.line}"
+        if self.unit:
+            return f"{self.source} ({self.unit} {self.line})"
+        return f"{self.source}:{self.line}" + (f"-{self.end}" if self.end > self.line else "")
 
 
 def problem_of(prompt: Prompt, chosen: Any, rejected: Any) -> str | None:
@@ -113,7 +121,10 @@ class PairCollector:
                 "Fix the rows, or set `on_invalid: skip` in the value's data config to drop them."
             )
         if self.problems:
-            log.warning("%s: skipped %d invalid row(s) (first: %s: %s)", self.source, len(self.problems), *self.problems[0])
+            lines = sum(ref.lines for ref, _ in self.problems)
+            spanned = f", {lines} lines of the file" if lines > len(self.problems) else ""
+            log.warning("%s: skipped %d invalid row(s)%s (first: %s: %s)", self.source, len(self.problems), spanned,
+                        *self.problems[0])
         if not self.pairs:
             raise DataError(f"{self.source}: no usable preference pairs (empty dataset). Check the path and column mapping.")
         return self.pairs

@@ -92,10 +92,35 @@ def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
                 raise DataError(f"{path}: record {i} is {type(rec).__name__}, expected an object")
             yield RowRef(src, i, "record"), rec
     else:  # csv
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        for rec in reader:
-            # line_num counts physical lines read so far, so a multi-line quoted cell still names the record's end.
-            yield RowRef(src, reader.line_num), rec
+        yield from _csv_records(path, text)
+
+
+def _csv_records(path: Path, text: str) -> Iterator[tuple[RowRef, dict[str, Any]]]:
+    """CSV records, each named by its first and last physical line (quoted cells may hold newlines). A record with
+    more or fewer fields than the header, or a quote that never closes, is reported from the line it starts on, with
+    the lines it swallowed: that is what an unterminated quote looks like."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    physical = text.splitlines()
+    end = 1
+    while True:
+        start = end + 1
+        while start <= len(physical) and not physical[start - 1].strip():  # the reader skips blank lines
+            start += 1
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            runs = f" and running to line {len(physical)} (the end)" if "end of data" in str(e) else ""
+            raise DataError(f"{path}:{start}: malformed CSV ({e}) in the record starting there{runs}; an unterminated "
+                            "quote?") from None
+        end = reader.line_num
+        ref = RowRef(str(path), start, end=end)
+        if None in rec or None in rec.values():
+            have = len(rec) - (None in rec) + len(rec.get(None) or [])
+            raise DataError(f"{ref}: {have} fields where the header has {len(reader.fieldnames or [])}"
+                            + ("; an unterminated quote?" if end > start else ""))
+        yield ref, rec
 
 
 def iter_hub_records(name: str, split: str) -> Iterator[tuple[RowRef, dict[str, Any]]]:
