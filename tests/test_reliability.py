@@ -181,3 +181,26 @@ def test_csv_records_are_named_by_their_first_line_and_runaway_quotes_are_caught
                          + "".join(rows[8:]))
     with pytest.raises(DataError, match=r"swallowed.csv:6-9: 4 fields where the header has 3; an unterminated quote"):
         list(iter_records(swallowed))
+
+
+def test_on_invalid_skip_covers_every_per_row_problem_and_counts_them_by_reason(tmp_path, caplog):
+    from mvalign.config import DataSourceConfig
+    from mvalign.data import load_pairs
+
+    good = [json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) for i in range(6)]
+    bad = ['{"prompt": "broken", "chosen": ', json.dumps([1, 2]), json.dumps({"prompt": "q", "chosen": "yes"}),
+           json.dumps({"prompt": 7, "chosen": "yes", "rejected": "no"}),
+           json.dumps({"prompt": "same", "chosen": "x", "rejected": "x"})]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(good[:3] + bad + good[3:]) + "\n")
+    skip = DataSourceConfig(format="generic", path=[str(path)], on_invalid="skip")
+    with caplog.at_level("WARNING"):
+        pairs = load_pairs(skip, "helpful")
+    assert [p.prompt for p in pairs] == [f"q{i}" for i in range(6)]
+    warning = caplog.records[-1].getMessage()
+    for part in ("skipped 5 invalid row(s)", "1 malformed JSON", "1 not an object", "1 missing column",
+                 "1 prompt not text", "1 unusable pair", f"first: {path}:4: malformed JSON"):
+        assert part in warning, warning
+    strict = DataSourceConfig(format="generic", path=[str(path)])
+    with pytest.raises(DataError, match=rf"5 invalid row\(s\):\n  {path}:4: malformed JSON"):
+        load_pairs(strict, "helpful")

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from .pairs import Message, PairCollector, PreferencePair, RowRef
-from .readers import require_columns
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
@@ -41,8 +40,9 @@ def split_transcript(text: str) -> tuple[str, str]:
 def collect_hh(
     records: Iterator[tuple[RowRef, dict[str, Any]]], collector: PairCollector, single_turn_only: bool = False
 ) -> list[PreferencePair]:
-    for ref, rec in records:
-        require_columns(ref, rec, {"chosen": "chosen", "rejected": "rejected"}, what="field")
+    for ref, rec in collector.rows(records):
+        if not collector.has_columns(ref, rec, {"chosen": "chosen", "rejected": "rejected"}, what="field"):
+            continue
         try:
             prefix, chosen = split_transcript(rec["chosen"])
             prefix_r, rejected = split_transcript(rec["rejected"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -73,6 +73,15 @@ class RowRef:
         return f"{self.source}:{self.line}" + (f"-{self.end}" if self.end > self.line else "")
 
 
+@dataclass(frozen=True)
+class BadRow:
+    """A record the reader could not turn into a dict (malformed JSON line, not an object): handled by
+    `PairCollector.rows` like any invalid row (error or skip, per on_invalid)."""
+
+    why: str
+    kind: str
+
+
 def problem_of(prompt: Prompt, chosen: Any, rejected: Any) -> str | None:
     """Why a candidate pair is unusable, or None when it is fine."""
     for name, text in (("chosen", chosen), ("rejected", rejected)):
@@ -99,21 +108,45 @@ class PairCollector:
         self.source = source
         self.on_invalid = on_invalid
         self.pairs: list[PreferencePair] = []
-        self.problems: list[tuple[RowRef, str]] = []
+        self.problems: list[tuple[RowRef, str, str]] = []
+
+    def rows(self, records: Iterable[tuple[RowRef, Any]]) -> Iterator[tuple[RowRef, dict[str, Any]]]:
+        """The readable records; unreadable ones (`BadRow`) are recorded as problems."""
+        for ref, rec in records:
+            if isinstance(rec, BadRow):
+                self.reject(ref, rec.why, rec.kind)
+            else:
+                yield ref, rec
+
+    def has_columns(self, ref: RowRef, rec: dict[str, Any], columns: dict[str, str], what: str = "column") -> bool:
+        """Whether the record has the source columns; if not, the row is recorded as a problem naming them."""
+        missing = [f"'{src}' (for {dst})" for dst, src in columns.items() if src not in rec]
+        if missing:
+            have = ", ".join(repr(k) for k in rec)
+            self.reject(ref, f"missing {what}(s) {', '.join(missing)}; the record has {have}. Map your columns with "
+                        "`columns: {prompt: ..., chosen: ..., rejected: ...}` in the data config", f"missing {what}")
+        return not missing
 
     def add(self, ref: RowRef, prompt: Prompt, chosen: Any, rejected: Any, **meta: Any) -> None:
         why = problem_of(prompt, chosen, rejected)
         if why is not None:
-            self.reject(ref, why)
+            self.reject(ref, why, "unusable pair (empty, not text, or chosen == rejected)")
             return
         self.pairs.append(PreferencePair(prompt, chosen, rejected, {"source": ref.source, "line": ref.line, **meta}))
 
-    def reject(self, ref: RowRef, why: str) -> None:
-        self.problems.append((ref, why))
+    def reject(self, ref: RowRef, why: str, kind: str = "invalid row") -> None:
+        self.problems.append((ref, why, kind))
+
+    def counts(self) -> dict[str, int]:
+        """Problems by kind, e.g. {"malformed JSON": 3, "missing column": 1}."""
+        out: dict[str, int] = {}
+        for _, _, kind in self.problems:
+            out[kind] = out.get(kind, 0) + 1
+        return out
 
     def finish(self) -> list[PreferencePair]:
         if self.problems and self.on_invalid == "error":
-            listed = "\n".join(f"  {ref}: {why}" for ref, why in self.problems[: self.MAX_LISTED])
+            listed = "\n".join(f"  {ref}: {why}" for ref, why, _ in self.problems[: self.MAX_LISTED])
             more = len(self.problems) - self.MAX_LISTED
             tail = f"\n  ... and {more} more" if more > 0 else ""
             raise DataError(
@@ -121,10 +154,11 @@ class PairCollector:
                 "Fix the rows, or set `on_invalid: skip` in the value's data config to drop them."
             )
         if self.problems:
-            lines = sum(ref.lines for ref, _ in self.problems)
+            lines = sum(ref.lines for ref, _, _ in self.problems)
             spanned = f", {lines} lines of the file" if lines > len(self.problems) else ""
-            log.warning("%s: skipped %d invalid row(s)%s (first: %s: %s)", self.source, len(self.problems), spanned,
-                        *self.problems[0])
+            by_kind = ", ".join(f"{n} {k}" for k, n in self.counts().items())
+            log.warning("%s: skipped %d invalid row(s)%s: %s (first: %s: %s)", self.source, len(self.problems), spanned,
+                        by_kind, *self.problems[0][:2])
         if not self.pairs:
             raise DataError(f"{self.source}: no usable preference pairs (empty dataset). Check the path and column mapping.")
         return self.pairs

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from .pairs import DataError, PairCollector, PreferencePair, RowRef
-from .readers import require_columns
 
 ID_COLUMN = {"helpful": "better_response_id", "harmless": "safer_response_id"}
 
@@ -22,8 +21,9 @@ def collect_pku(
         raise DataError(f"pku-saferlhf: value {value!r} has no label column; set data.value to one of {sorted(ID_COLUMN)}")
     id_col = ID_COLUMN[value]
     needed = {c: c for c in ("prompt", "response_0", "response_1", id_col)}
-    for ref, rec in records:
-        require_columns(ref, rec, needed)
+    for ref, rec in collector.rows(records):
+        if not collector.has_columns(ref, rec, needed):
+            continue
         try:
             best = int(rec[id_col])
         except (TypeError, ValueError):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .pairs import DataError, RowRef
+from .pairs import BadRow, DataError, RowRef
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -74,9 +74,11 @@ def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+                yield RowRef(src, i), BadRow(f"malformed JSON ({e.msg} at column {e.colno})", "malformed JSON")
+                continue
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
+                yield RowRef(src, i), BadRow(f"expected a JSON object per line, got {type(rec).__name__}", "not an object")
+                continue
             yield RowRef(src, i), rec
     elif kind == "json":
         try:
@@ -89,7 +91,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[RowRef, dict[str, Any]]]:
             raise DataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
         for i, rec in enumerate(data, start=1):
             if not isinstance(rec, dict):
-                raise DataError(f"{path}: record {i} is {type(rec).__name__}, expected an object")
+                yield RowRef(src, i, "record"), BadRow(f"is {type(rec).__name__}, expected an object", "not an object")
+                continue
             yield RowRef(src, i, "record"), rec
     else:  # csv
         yield from _csv_records(path, text)
@@ -136,14 +139,3 @@ def iter_hub_records(name: str, split: str) -> Iterator[tuple[RowRef, dict[str, 
         ) from e
     for i, rec in enumerate(ds, start=1):
         yield RowRef(f"{name}[{split}]", i, "row"), rec
-
-
-def require_columns(ref: RowRef, rec: dict[str, Any], columns: dict[str, str], *, what: str = "column") -> None:
-    """Raise naming the missing source columns (and the mapping that asked for them)."""
-    missing = [f"'{src}' (for {dst})" for dst, src in columns.items() if src not in rec]
-    if missing:
-        have = ", ".join(repr(k) for k in rec)
-        raise DataError(
-            f"{ref}: missing {what}(s) {', '.join(missing)}; the record has {have}. "
-            "Map your columns with `columns: {prompt: ..., chosen: ..., rejected: ...}` in the data config."
-        )
