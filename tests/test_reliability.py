@@ -204,3 +204,11 @@ def test_on_invalid_skip_covers_every_per_row_problem_and_counts_them_by_reason(
     strict = DataSourceConfig(format="generic", path=[str(path)])
     with pytest.raises(DataError, match=rf"5 invalid row\(s\):\n  {path}:4: malformed JSON"):
         load_pairs(strict, "helpful")
+
+
+def test_a_corrupt_front_file_is_named(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "front-mva.json").write_text('{"values": ["a", "b"], "points": [')
+    for args in (["report", str(run)], ["compare", str(run)]):
+        _one_line_error(runner.invoke(app, args), "front-mva.json: unreadable", "mvalign run CONFIG --method mva")

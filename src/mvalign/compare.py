@@ -29,9 +29,9 @@ def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list
         files = RunDir(run).fronts()
         if not files:
             raise ConfigError(f"{run}: no front-<method>.json; evaluate a method first (`mvalign run CONFIG --method ...`)")
-        for method, f in files.items():
+        for method in files:
             if not methods or method in methods:
-                out.append({"run": str(run), "method": method, "front": json.loads(f.read_text())})
+                out.append({"run": str(run), "method": method, "front": RunDir(run).read_front(method)})
     if not out:
         raise ConfigError(f"none of the runs has a front for the methods {list(methods)}")
     values = {tuple(e["front"]["values"]) for e in out}

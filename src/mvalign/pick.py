@@ -149,7 +149,6 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
              methods: Sequence[str] = (), refine_budget: int = 0, progress: bool = False) -> dict:
     """Choose a point for the targets (see the module docstring); returns the answer as a dict (`feasible`,
     `method`, `weights`, val / test rewards with intervals, base test rewards, P(constraints hold), misses)."""
-    import json
 
     from .evaluate import evaluator
     from .methods import get_method
@@ -158,7 +157,7 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     cfg = run.load_config()
     values = [v.name for v in cfg.values]
     target = make_target(values, maximize, require, weights)
-    fronts = {m: json.loads(p.read_text()) for m, p in run.fronts().items() if not methods or m in methods}
+    fronts = {m: run.read_front(m) for m in run.fronts() if not methods or m in methods}
     if not fronts:
         raise ConfigError(f"{run.root}: no evaluated fronts{' for ' + str(list(methods)) if methods else ''}; "
                           "run `mvalign run CONFIG --method ...` first")

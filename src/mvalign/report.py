@@ -173,7 +173,7 @@ def report_run(run: RunDir) -> Path:
     """Rewrite report.md and its PNGs from the run's front-<method>.json files."""
     from .config import ConfigError
 
-    fronts = {m: json.loads(p.read_text()) for m, p in run.fronts().items()}
+    fronts = {m: run.read_front(m) for m in run.fronts()}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
     return write_report(run, fronts, {"run": str(run.root)})

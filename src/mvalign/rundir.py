@@ -87,6 +87,18 @@ class RunDir:
         """{method: path} of every evaluated front-<method>.json."""
         return {p.stem.removeprefix("front-"): p for p in sorted(self.root.glob("front-*.json"))}
 
+    def read_front(self, method: str) -> dict:
+        """A front-<method>.json, or one clear error naming the file when it is unreadable."""
+        path = self.front(method)
+        try:
+            front = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(front, dict) or "points" not in front or "values" not in front:
+                raise ValueError("not a front (no points / values)")
+            return front
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ConfigError(f"{path}: unreadable ({e}); rewrite it with `mvalign run CONFIG --method {method}` or "
+                              "move it away") from None
+
     def trained_methods(self) -> list[str]:
         """Methods with an adapters/<method>/ folder."""
         root = self.root / "adapters"
