@@ -22,16 +22,15 @@ runner = CliRunner()
 
 
 def paper_mapping(rewards_list, preference):
-    """Transcribed from the RiC authors' `map_rewards_from_preference(..., method='linf')` (numpy, rounding to 1)."""
-    n = len(rewards_list)
-    target = np.zeros(n)
-    top = np.argmax(preference)
-    target[top] = np.round(np.quantile(rewards_list[top], 1), 1)
-    for i in range(n):
-        if i != top:
-            low, high = np.quantile(rewards_list[i], 0), np.quantile(rewards_list[i], 1)
-            target[i] = np.round(min(n * preference[i], 1) * (high - low) + low, 1)
-    return target
+    """Independent vectorised reference of the paper's preference-to-reward mapping (the rule its code calls
+    'linf'): low/high = per-value min/max, targets low + min(n·w, 1)·(high − low), the argmax value at its high,
+    rounded to one decimal."""
+    z = np.asarray(rewards_list, dtype=float)
+    w = np.asarray(preference, dtype=float)
+    low, high = z.min(axis=1), z.max(axis=1)
+    target = low + np.minimum(len(w) * w, 1.0) * (high - low)
+    target[np.argmax(w)] = high[np.argmax(w)]
+    return np.round(target, 1)
 
 
 @pytest.mark.parametrize("w", [(0.0, 1.0), (0.2, 0.8), (0.5, 0.5), (0.7, 0.3), (1.0, 0.0), (0.4, 0.6)])
