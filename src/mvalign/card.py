@@ -5,13 +5,12 @@ the command that made it, and the mvalign version."""
 
 from __future__ import annotations
 
-import json
 import math
 from importlib.metadata import PackageNotFoundError, version
 
 import yaml
 
-from .config import EMBEDDED_MODEL, MVAConfig
+from .config import EMBEDDED_MODEL, ConfigError, MVAConfig
 from .rundir import RunDir
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -28,10 +27,10 @@ def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str
     """(front label, the evaluated point with these weights (test if evaluated there, else val), the front) among
     the run's fronts that use `method`'s vectors."""
     best: tuple[str | None, dict | None, dict | None] = (None, None, None)
-    for label, path in run.fronts().items():
+    for label in run.fronts():
         try:
-            front = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            front = run.read_front(label)
+        except ConfigError:  # an unreadable front says nothing about this point; `report` names it
             continue
         if front.get("settings", {}).get("vectors", label) != method:
             continue

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .config import ConfigError, MVAConfig, load_config
+from .config import ConfigError, MVAConfig, config_yaml, load_config
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
@@ -161,9 +161,8 @@ class RunDir:
         seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed,
                  "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
         versions = json.dumps({**package_versions(), "seeds": seeds}, indent=2)
-        text = yaml.safe_dump(new, sort_keys=False)
         # unchanged files are not rewritten, so a finished run stays usable from a read-only folder
-        for path, content in ((self.config_path, text), (self.versions_path, versions)):
+        for path, content in ((self.config_path, config_yaml(cfg)), (self.versions_path, versions)):
             if not path.is_file() or path.read_text(encoding="utf-8") != content:
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text(content, encoding="utf-8")

@@ -42,6 +42,7 @@ __all__ = [
     "SweepSettings",
     "ValueConfig",
     "describe_defaults",
+    "config_yaml",
     "dump_config",
     "load_config",
 ]
@@ -138,8 +139,13 @@ def load_config(path: str | Path) -> MVAConfig:
     return _resolve_paths(cfg, path.parent.resolve())
 
 
+def config_yaml(cfg: MVAConfig) -> str:
+    """The config as the YAML text a run directory stores (and `load_config` reads back)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def dump_config(cfg: MVAConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(config_yaml(cfg), encoding="utf-8")
 
 
 def describe_defaults() -> str:
