@@ -181,6 +181,10 @@ def test_csv_records_are_named_by_their_first_line_and_runaway_quotes_are_caught
                          + "".join(rows[8:]))
     with pytest.raises(DataError, match=r"swallowed.csv:6-9: 4 fields where the header has 3; an unterminated quote"):
         list(iter_records(swallowed))
+    short = tmp_path / "short.csv"
+    short.write_text(header + "".join(rows[:2]) + "q3,yes 3\n")
+    with pytest.raises(DataError, match=r"short.csv:4: 2 fields where the header has 3$"):
+        list(iter_records(short))
 
 
 def test_on_invalid_skip_covers_every_per_row_problem_and_counts_them_by_reason(tmp_path, caplog):

@@ -120,7 +120,7 @@ def _csv_records(path: Path, text: str) -> Iterator[tuple[RowRef, dict[str, Any]
         end = reader.line_num
         ref = RowRef(str(path), start, end=end)
         if None in rec or None in rec.values():
-            have = len(rec) - (None in rec) + len(rec.get(None) or [])
+            have = sum(v is not None for k, v in rec.items() if k is not None) + len(rec.get(None) or [])
             raise DataError(f"{ref}: {have} fields where the header has {len(reader.fieldnames or [])}"
                             + ("; an unterminated quote?" if end > start else ""))
         yield ref, rec
