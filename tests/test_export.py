@@ -72,12 +72,15 @@ def test_adapters_that_are_not_plain_lora_are_refused(tmp_path, tiny_llama, kind
         load_lora_adapter(tmp_path / kind)
 
 
-def test_weights_text_rejects_duplicates_and_unknown_values():
+def test_weights_text_rejects_duplicates_unknown_values_and_non_finite_numbers():
     assert parse_weights("helpful=1,harmless=-0.5", ["helpful", "harmless"]) == {"helpful": 1.0, "harmless": -0.5}
     with pytest.raises(ConfigError, match="'helpful' is given twice"):
         parse_weights("helpful=1,helpful=2", ["helpful", "harmless"])
     with pytest.raises(ConfigError, match="'../dpo/helpful' is not a value of this run"):
         parse_weights("../dpo/helpful=1", ["helpful", "harmless"])
+    for bad in ("nan", "inf", "-inf", "1e999"):
+        with pytest.raises(ConfigError, match=f"'helpful={bad}': the weight of 'helpful' must be a finite number"):
+            parse_weights(f"helpful={bad}", ["helpful", "harmless"])
 
 
 def test_combine_peft_export_with_card_and_destination_checks(tmp_path, tiny_model_dir):

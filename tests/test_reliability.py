@@ -216,3 +216,47 @@ def test_a_corrupt_front_file_is_named(tmp_path):
     (run / "front-mva.json").write_text('{"values": ["a", "b"], "points": [')
     for args in (["report", str(run)], ["compare", str(run)]):
         _one_line_error(runner.invoke(app, args), "front-mva.json: unreadable", "mvalign run CONFIG --method mva")
+
+
+def test_a_moved_run_dir_carries_on(tmp_path, tiny_model_dir):
+    """config.yaml records the absolute run_dir; a run moved or copied elsewhere is the same run, not a conflict."""
+    import shutil
+
+    path, run = _trained(tmp_path, tiny_model_dir)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copytree(run, moved / "run")
+    shutil.copy(path, moved / "config.yaml")
+    again = runner.invoke(app, ["train", str(moved / "config.yaml"), "--value", "helpful"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.splitlines()[-1])["steps"] == 2  # the finished adapter, not retrained
+
+
+def test_a_moved_run_is_read_from_where_it_is(tmp_path, tiny_model_dir):
+    """Commands that take a run directory (pick, combine, report) use that folder, not the run_dir written in its
+    config.yaml when the run was made elsewhere."""
+    import shutil
+
+    from mvalign.rundir import RunDir
+
+    _, run = _trained(tmp_path, tiny_model_dir)
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    cfg = RunDir(moved).load_config()
+    assert cfg.run_dir == str(moved.resolve()) and RunDir.of(cfg).adapter_names("dpo") == ["helpful"]
+
+
+def test_a_corrupt_reward_head_is_named_and_retrained_on_force(tmp_path, tiny_model_dir):
+    path = write_builtin_config(tmp_path, tiny_model_dir, 8)
+    assert runner.invoke(app, ["reward", "train", str(path), "--value", "helpful"]).exit_code == 0
+    head = tmp_path / "run" / "rewards" / "helpful"
+    assert sorted(p.name for p in head.iterdir()) == ["head.json", "head.safetensors"]  # no temporaries
+    weights = (head / "head.safetensors").read_bytes()
+    (head / "head.safetensors").write_bytes(weights[: len(weights) // 3])
+    _one_line_error(runner.invoke(app, ["reward", "eval", str(path)]), str(head), "unreadable reward head",
+                    "--force")
+    (head / "head.json").write_text('{"value": "helpful", "dim"')
+    _one_line_error(runner.invoke(app, ["reward", "train", str(path), "--value", "helpful"]), "head.json: unreadable",
+                    "--force")
+    assert runner.invoke(app, ["reward", "train", str(path), "--value", "helpful", "--force"]).exit_code == 0
+    assert runner.invoke(app, ["reward", "eval", str(path)]).exit_code == 0

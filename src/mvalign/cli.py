@@ -266,12 +266,15 @@ def compare(
 
 
 @app.command()
-def report(run: Path = typer.Argument(..., help="Run directory with evaluated fronts.")) -> None:
+def report(
+    run: Path = typer.Argument(..., help="Run directory with evaluated fronts."),
+    out: Path | None = typer.Option(None, "--out", help="Write the report here instead (e.g. the run is read-only)."),
+) -> None:
     """Rewrite report.md and its PNGs from the run's front-<method>.json files."""
     from .report import report_run
     from .rundir import RunDir
 
-    typer.echo(f"wrote {report_run(RunDir(run))}")
+    typer.echo(f"wrote {report_run(RunDir(run), out)}")
 
 
 def main() -> None:

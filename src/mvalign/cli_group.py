@@ -22,7 +22,8 @@ def check_methods(value):
 
 class Group(TyperGroup):
     """Runs a command; a user error (`MvalignError`: bad config, data, adapter, model, judge, run directory, unknown
-    method) becomes one red line `error: ...` and exit status 1, with the traceback under --verbose. Command-line
+    method; a disk that is full, read-only or not writable) becomes one red line `error: ...` and exit status 1,
+    with the traceback under --verbose. Command-line
     syntax errors keep the usage message and exit status 2.
 
     The registered methods are listed in the help of every `--method` option when that command is resolved (so
@@ -38,12 +39,22 @@ class Group(TyperGroup):
         return name, cmd, rest
 
     def invoke(self, ctx):
-        from .errors import MvalignError
+        from .errors import MvalignError, disk_failure
 
         try:
             return super().invoke(ctx)
         except MvalignError as e:
-            if STATE["verbose"]:
-                traceback.print_exc()
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+            self._fail(str(e))
+        except Exception as e:  # a disk failure at a write not wrapped in `errors.writing`
+            why = disk_failure(e)
+            if why is None:
+                raise
+            where = getattr(e, "filename", None) or "a file"
+            self._fail(f"{where}: cannot write ({why}); free space or fix permissions and re-run (finished work is kept)")
+
+    @staticmethod
+    def _fail(message: str):
+        if STATE["verbose"]:
+            traceback.print_exc()
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None

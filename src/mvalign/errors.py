@@ -7,6 +7,49 @@ exits with status 1 (`--verbose` adds the traceback). Subclasses also derive fro
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+
 
 class MvalignError(Exception):
     """A problem the user can fix (bad config, data, adapters, model, reward model, run directory)."""
+
+
+class WriteError(MvalignError, OSError):
+    """A file could not be written because of the disk (full, over quota, read-only, no permission)."""
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_TEXTS = (  # how the libraries below us report the same (their errors carry no errno)
+    ("No space left", "no space left on device"),
+    ("StorageFull", "no space left on device"),  # safetensors (Rust io::ErrorKind)
+    ("database or disk is full", "no space left on device"),  # sqlite3
+    ("file write failed", "the write failed: disk full?"),  # torch.save's stream writer
+    ("basic_ios::clear", "the write failed: disk full?"),
+    ("Read-only file system", "read-only file system"),
+    ("readonly database", "read-only file system"),  # sqlite3
+)
+
+
+def disk_failure(e: BaseException) -> str | None:
+    """Why a write failed when the disk is to blame (full, quota, read-only, permissions); None for other errors."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return os.strerror(e.errno).lower()
+    text = str(e)
+    return next((why for needle, why in _DISK_TEXTS if needle in text), None)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], what: str, kept: str = "finished work is kept") -> Iterator[None]:
+    """Turn a disk failure while writing `path` into one `WriteError` naming it (other errors pass through)."""
+    try:
+        yield
+    except MvalignError:
+        raise
+    except Exception as e:
+        why = disk_failure(e)
+        if why is None:
+            raise
+        raise WriteError(f"{path}: cannot write {what} ({why}); free space or fix permissions and re-run ({kept})") from None

@@ -19,6 +19,7 @@ from .combine import CombinedModel
 from .config import ConfigError, MVAConfig
 from .data import load_value_splits
 from .data.pairs import Prompt, Split
+from .faults import reached
 from .generate import GenerationSettings
 from .lora import load_lora_adapter
 from .methods import get_method, prepare_run
@@ -92,6 +93,7 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
+    run.check_base(model, cfg.model.name)
     combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
                              cfg.sweep.combination)
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
@@ -106,6 +108,12 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
     """Evaluate the method's candidates on val, select the non-dominated ones, score them (and the base) on test,
     write front-<method>.json (and front.json when `primary`) and return the front. `rewards`: judges already
     loaded (default: load them from the config)."""
+    run = RunDir.of(cfg)
+    with run.lock(f"evaluate-{method}", f"evaluating {method}"):
+        return _evaluate(cfg, method, progress, primary, rewards)
+
+
+def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, rewards) -> dict:
     ev = evaluator(cfg, method, progress, rewards)
     values = [v.name for v in cfg.values]
     base = {s: ev.base(s) for s in ("val", "test")}
@@ -126,6 +134,7 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
                          "combination": cfg.sweep.combination, "vectors": ev.plan.vectors}
     front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
     write_front(RunDir.of(cfg), front, label, primary)
+    reached("front")
     log_front(cfg, RunDir.of(cfg), label, front)
     return front
 

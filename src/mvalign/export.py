@@ -14,6 +14,7 @@ new or empty folder unless `overwrite`; the run directory and the base model's o
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ def parse_weights(text: str, values: list[str] | None = None) -> dict[str, float
             w = float(num)
         except ValueError:
             raise ConfigError(f"--weights: {item!r} is not NAME=NUMBER (e.g. helpful=0.8,harmless=1.2)") from None
+        if not math.isfinite(w):
+            raise ConfigError(f"--weights: {item!r}: the weight of {name!r} must be a finite number")
         if name in out:
             raise ConfigError(f"--weights: {name!r} is given twice")
         if values is not None and name not in values:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import writing
 from .pareto import default_reference_point, hypervolume, non_dominated
 from .rundir import RunDir
 from .store import PointRecord
@@ -124,8 +125,10 @@ def plot_heatmaps(front: dict, path: Path) -> Path | None:
     return path
 
 
-def write_report(run: RunDir, fronts: dict[str, dict], settings: dict) -> Path:
-    """report.md with one section per method, and the PNGs beside it."""
+def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path | None = None) -> Path:
+    """report.md with one section per method, and the PNGs beside it: in the run dir, or in `out`."""
+    dest = RunDir(out) if out is not None else run
+    dest.root.mkdir(parents=True, exist_ok=True)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, ""]
     summary = ["| method | HV val | HV test | reference point | non-dominated (val) | test points dominating base |",
@@ -136,8 +139,8 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict) -> Path:
                        f"{np.round(front['reference_point'], 3).tolist()} | {nd} | {len(dominates_base(front))} |")
     lines += summary + [""]
     for method, front in fronts.items():
-        png = plot_front(front, run.plot("front", method))
-        heat = plot_heatmaps(front, run.plot("heatmap", method))
+        png = plot_front(front, dest.plot("front", method))
+        heat = plot_heatmaps(front, dest.plot("heatmap", method))
         values = front["values"]
         base = front["base"]
         lines += [f"## {method}", "", f"![front]({png.name})", ""]
@@ -153,27 +156,33 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict) -> Path:
                 f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
                 + f" | {'yes' if beats else ''} |")
         lines.append("")
-    tmp = run.report_path.with_suffix(".md.tmp")
+    tmp = dest.report_path.with_suffix(f".md.{os.getpid()}.tmp")
     tmp.write_text("\n".join(lines))
-    os.replace(tmp, run.report_path)
-    return run.report_path
+    os.replace(tmp, dest.report_path)
+    return dest.report_path
 
 
 def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:
     """RUN/front-<method>.json, and RUN/front.json too for the run's primary method (each written atomically)."""
     targets = [run.front(method)] + ([run.front()] if primary else [])
     for path in targets:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(front, indent=1))
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+        try:
+            with writing(path, f"the {method} front", "its points are in the store: re-running rewrites it in seconds"):
+                tmp.write_text(json.dumps(front, indent=1))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
     return targets[0]
 
 
-def report_run(run: RunDir) -> Path:
-    """Rewrite report.md and its PNGs from the run's front-<method>.json files."""
+def report_run(run: RunDir, out: Path | None = None) -> Path:
+    """Rewrite report.md and its PNGs from the run's front-<method>.json files (into `out` when given, e.g. for a
+    read-only run)."""
     from .config import ConfigError
 
     fronts = {m: run.read_front(m) for m in run.fronts()}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
-    return write_report(run, fronts, {"run": str(run.root)})
+    return write_report(run, fronts, {"run": str(run.root)}, out)

@@ -2,6 +2,7 @@
 
 RUN/
   config.yaml                  the resolved config the run was made with
+  base.json                    fingerprint of the base model's weights every adapter and point here was made on
   versions.json                package versions, platform, seeds
   store.sqlite                 finished adapters and every evaluated point (`store.RunStore`)
   adapters/<method>/<name>/    PEFT LoRA adapters (safetensors), loadable with PeftModel.from_pretrained
@@ -10,32 +11,46 @@ RUN/
   consistency/<value>.json     VC-soup scores of a value's training pairs; summary.json, consistency.png
   front-<method>.json          a method's evaluated front; front.json is the first method's (the contract)
   report.md, *.png             the report; summary.json of `mvalign run`; diagnostics/ of `mvalign diagnose`
+  .locks/                      lock files: one process at a time trains an adapter or evaluates a method
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from .config import ConfigError, MVAConfig, config_yaml, load_config
+from .errors import MvalignError, writing
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
 EVALUATION_ONLY = ("sweep", "report_to")
 """Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
 are keyed by their settings, so nothing stale is reused)."""
+LOCATIONS = ("run_dir", "cache_dir")
+"""Where the run and the cache live, not what they hold: a run dir moved or copied elsewhere carries on."""
 PARTIAL = ".tmp", ".copy"
 """Suffixes of folders being written (never read as finished adapters)."""
+
+
+class RunLockedError(MvalignError, RuntimeError):
+    """Another process holds the lock of what this one was about to do."""
+
+
+class BaseChangedError(ConfigError):
+    """The base model's weights are not those the run directory's adapters and points were made on."""
 
 
 class RunDir:
@@ -54,6 +69,7 @@ class RunDir:
     config_path = property(lambda self: self.root / "config.yaml")
     versions_path = property(lambda self: self.root / "versions.json")
     store_path = property(lambda self: self.root / "store.sqlite")
+    base_path = property(lambda self: self.root / "base.json")
     summary_path = property(lambda self: self.root / "summary.json")
     report_path = property(lambda self: self.root / "report.md")
     diagnostics_dir = property(lambda self: self.root / "diagnostics")
@@ -99,6 +115,43 @@ class RunDir:
             raise ConfigError(f"{path}: unreadable ({e}); rewrite it with `mvalign run CONFIG --method {method}` or "
                               "move it away") from None
 
+    @contextlib.contextmanager
+    def lock(self, name: str, doing: str) -> Iterator[None]:
+        """Hold .locks/<name>.lock while `doing` (e.g. "training dpo/helpful"); another process holding it is an
+        error at once, never a wait or a race. The OS drops the lock of a killed process."""
+        path = self.root / ".locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(path, timeout=0):
+                yield
+        except Timeout:
+            raise RunLockedError(f"another process is {doing} in {self.root} (it holds {path}); wait for it to finish, "
+                                 "then re-run: finished work is picked up, not redone") from None
+
+    def check_base(self, model, name: str) -> str:
+        """Record the base weights' fingerprint in base.json on first use; afterwards refuse different weights
+        (a checkpoint replaced in place, e.g. by `combine --out` into the model folder). Returns the fingerprint."""
+        from .train.logprobs import model_fingerprint
+
+        now = model_fingerprint(model)
+        path = self.base_path
+        if not path.is_file():
+            with writing(path, "the base model's fingerprint"):
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"model": name, "fingerprint": now}, indent=2), encoding="utf-8")
+                os.replace(tmp, path)
+            return now
+        try:
+            was = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: unreadable ({e!r}); if the base model did not change, delete it and re-run") from None
+        if was != now:
+            raise BaseChangedError(
+                f"{name}: the base model's weights changed since this run was made (fingerprint {now[:12]}…, {path} "
+                f"records {was[:12]}…); its adapters and points belong to the old weights. Restore the original model "
+                "or use a new run_dir")
+        return now
+
     def trained_methods(self) -> list[str]:
         """Methods with an adapters/<method>/ folder."""
         root = self.root / "adapters"
@@ -110,9 +163,13 @@ class RunDir:
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL)) if root.is_dir() else []
 
     def load_config(self) -> MVAConfig:
+        if self.root.is_file():
+            raise ConfigError(f"{self.root} is a file; give the run directory (the config's run_dir) instead")
         if not self.config_path.is_file():
             raise ConfigError(f"{self.root}: not an mvalign run directory (no config.yaml); train a value vector first")
-        return load_config(self.config_path)
+        cfg = load_config(self.config_path)
+        cfg.run_dir = str(self.root.resolve())  # the run may have been moved since config.yaml was written
+        return cfg
 
     def artifacts_of(self, methods: Sequence[str]) -> list[str]:
         """Methods among `methods` with anything trained or evaluated here."""
@@ -131,10 +188,11 @@ class RunDir:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         new = cfg.model_dump(mode="json")
-        markers = ("config.yaml", "store.sqlite", "adapters", "train", "rewards", "consistency")
+        markers = ("config.yaml", "store.sqlite", "adapters", "train", "rewards", "consistency", ".locks", "base.json")
         if any(self.root.iterdir()) and not any((self.root / m).exists() for m in markers):
             raise ConfigError(f"run_dir {self.root} is a non-empty folder that is not an mvalign run; choose a new "
                               "or empty run_dir")
+        moved_only = False
         if self.config_path.is_file():
             # validated, so fields added (with defaults) by a newer mvalign do not count as changes
             try:
@@ -145,8 +203,10 @@ class RunDir:
                 raise ConfigError(f"{self.config_path} is not an mvalign run config ({first}); choose another run_dir "
                                   "or move that file away") from None
             blocking = []
-            for k in _changed_sections(old, new):
-                if k in EVALUATION_ONLY:
+            changed = _changed_sections(old, new)
+            moved_only = bool(changed) and all(k in LOCATIONS for k in changed)
+            for k in changed:
+                if k in EVALUATION_ONLY or k in LOCATIONS:
                     continue
                 made = self.artifacts_of(readers[k]) if k in readers else None
                 if made is None:
@@ -161,12 +221,16 @@ class RunDir:
         seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed,
                  "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
         versions = json.dumps({**package_versions(), "seeds": seeds}, indent=2)
-        # unchanged files are not rewritten, so a finished run stays usable from a read-only folder
+        # unchanged files are not rewritten, so a finished run stays usable from a read-only folder (also when it
+        # was moved: load_config reads run_dir from where config.yaml is, not from its text)
         for path, content in ((self.config_path, config_yaml(cfg)), (self.versions_path, versions)):
+            if path == self.config_path and moved_only:
+                continue
             if not path.is_file() or path.read_text(encoding="utf-8") != content:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(content, encoding="utf-8")
-                os.replace(tmp, path)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two may start at once
+                with writing(path, "the run's record of its config"):
+                    tmp.write_text(content, encoding="utf-8")
+                    os.replace(tmp, path)
         return self
 
 

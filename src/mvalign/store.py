@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MvalignError
+from .errors import MvalignError, writing
+
+KEPT = "the store keeps every record written before; the adapter folder is kept and recorded on re-run"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -114,7 +116,7 @@ class RunStore:
         row["metrics"] = json.dumps(rec.metrics)
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
-        with closing(self._connect()) as con, con:
+        with writing(self.path, f"the record of adapter {rec.method}/{rec.value}", KEPT), closing(self._connect()) as con, con:
             con.execute(f"INSERT OR REPLACE INTO vectors ({cols}) VALUES ({marks})", row)
 
     def get_vector(self, value: str, method: str) -> VectorRecord | None:
@@ -132,7 +134,7 @@ class RunStore:
         for k in ("rewards", "ci95", "generation", "responses"):
             row[k] = json.dumps(row[k])
         cols = ", ".join(row)
-        with closing(self._connect()) as con, con:
+        with writing(self.path, "an evaluated point", KEPT), closing(self._connect()) as con, con:
             con.execute(f"INSERT OR REPLACE INTO points ({cols}) VALUES ({', '.join(':' + k for k in row)})", row)
 
     def get_point(self, method: str, weights: dict[str, float], split: str, settings_key: str) -> PointRecord | None:

@@ -23,6 +23,7 @@ from .candidates import Candidate
 from .combine import CombinedModel
 from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
+from .faults import reached
 from .generate import GenerationSettings, generate_responses
 from .pareto import bootstrap_ci
 from .rewards.base import RewardModel, ScoreCache, prompt_text
@@ -95,34 +96,35 @@ def evaluate_points(
     """
     key = settings_key(prompts, generation, rewards)
     out: list[PointRecord] = []
-    bar = tqdm(candidates, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True)
-    for cand in bar:
-        if not isinstance(cand, Candidate):
-            cand = Candidate.combination(cand)
-        w = {k: float(v) for k, v in cand.label.items()}
-        pkey = point_key(key, cand)
-        done = store.get_point(method, w, split, pkey)
-        if done is not None:
-            done.weights = w  # the caller's value order (the store keeps keys sorted)
-            out.append(done)
-            continue
-        combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
-        shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
-        t0 = time.perf_counter()
-        finite = combined.weights_finite()
-        responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
-            else [""] * len(prompts)
-        flag = "" if finite and any(r.strip() for r in responses) else (
-            "non-finite weights" if not finite else "all responses empty")
-        t1 = time.perf_counter()
-        means, ci = {}, {}
-        for name, rm in rewards.items():
-            scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
-            means[name] = float(np.mean(scores))
-            ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
-        rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
-                          generation.as_dict(), responses, flag=flag)
-        store.put_point(rec)
-        out.append(rec)
-        bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
+    with tqdm(candidates, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True) as bar:
+        for cand in bar:
+            if not isinstance(cand, Candidate):
+                cand = Candidate.combination(cand)
+            w = {k: float(v) for k, v in cand.label.items()}
+            pkey = point_key(key, cand)
+            done = store.get_point(method, w, split, pkey)
+            if done is not None:
+                done.weights = w  # the caller's value order (the store keeps keys sorted)
+                out.append(done)
+                continue
+            combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
+            shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
+            t0 = time.perf_counter()
+            finite = combined.weights_finite()
+            responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
+                else [""] * len(prompts)
+            flag = "" if finite and any(r.strip() for r in responses) else (
+                "non-finite weights" if not finite else "all responses empty")
+            t1 = time.perf_counter()
+            means, ci = {}, {}
+            for name, rm in rewards.items():
+                scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
+                means[name] = float(np.mean(scores))
+                ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
+            rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
+                              generation.as_dict(), responses, flag=flag)
+            store.put_point(rec)
+            reached("point")
+            out.append(rec)
+            bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
     return out

@@ -44,7 +44,11 @@ def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
                           "(disjoint from the DPO data)")
     out = reward_dir(cfg, value)
     if (out / "head.json").is_file() and not force:
-        return json.loads((out / "head.json").read_text())
+        try:
+            return json.loads((out / "head.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RewardError(f"{out / 'head.json'}: unreadable ({e}); retrain with `mvalign reward train CONFIG "
+                              f"--value {value} --force`") from None
     splits = load_value_splits(v.reward.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
     return train_bt_head(splits["train"], splits["val"], out, value=value, encoder=v.reward.encoder,
                          epochs=v.reward.epochs, seed=cfg.dpo.seed)

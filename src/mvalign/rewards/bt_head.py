@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.pairs import PreferencePair, Prompt
+from ..errors import writing
 from .base import RewardError, RewardModel, prompt_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -148,8 +149,14 @@ def train_bt_head(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))
-    (out / "head.json").write_text(json.dumps(meta, indent=2))
+    # each file via a temporary and a rename; head.json last, so it only exists beside complete weights
+    tmp = out / f"head.safetensors.{os.getpid()}.tmp"
+    with writing(out / "head.safetensors", "a reward head", "the head is retrained on re-run"):
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
+        os.replace(tmp, out / "head.safetensors")
+        tmp = out / f"head.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, out / "head.json")
     return meta
 
 
@@ -161,10 +168,14 @@ class BTHeadReward(RewardModel):
         if not (folder / "head.json").is_file() or not (folder / "head.safetensors").is_file():
             raise RewardError(f"{folder}: not a trained reward head (needs head.json and head.safetensors); "
                                     "train one with `mvalign reward train`")
-        self.meta = json.loads((folder / "head.json").read_text())
-        self.name, self.cost = name or self.meta["value"], cost
-        self.head = BTHead(self.meta["dim"], self.meta["hidden"])
-        self.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        try:
+            self.meta = json.loads((folder / "head.json").read_text())
+            self.name, self.cost = name or self.meta["value"], cost
+            self.head = BTHead(self.meta["dim"], self.meta["hidden"])
+            self.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        except Exception as e:  # truncated / edited / foreign files: JSON, safetensors, missing keys, wrong shapes
+            raise RewardError(f"{folder}: unreadable reward head ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "retrain it with `mvalign reward train CONFIG --force`") from None
         self.head.eval()
         digest = hashlib.sha256((folder / "head.safetensors").read_bytes()).hexdigest()[:16]
         self.input_format = self.meta.get("input", "legacy")

@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 
 from ..config import DPOSettings, MVAConfig
 from ..data.pairs import PreferencePair
+from ..errors import writing
+from ..faults import reached
 from ..lora import add_value_adapter
 from ..models import cache_root, load_model
 from ..rundir import RunDir, replace_dir
@@ -90,13 +92,24 @@ class AdapterJob:
 
 def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool = False,
                     progress: bool = True) -> VectorRecord:
-    """Train (resuming from a checkpoint) and record the adapter of `job`; held-out accuracy per value."""
+    """Train (resuming from a checkpoint) and record the adapter of `job`; held-out accuracy per value.
+
+    One process at a time per adapter (a lock in the run dir); one that finds the adapter finished by another
+    process while it waited to start returns that record."""
+    with run.lock(f"{job.group}-{job.name}", f"training {job.group}/{job.name}"):
+        if not force and (done := finished(run, job.group, job.name)) is not None:
+            return done
+        return _train_job(cfg, run, job, force, progress)
+
+
+def _train_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool) -> VectorRecord:
     out_dir = run.adapter(job.group, job.name)
     train_dir = run.train_dir(job.group, job.name)
     if force:
         shutil.rmtree(train_dir, ignore_errors=True)
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
+    base = run.check_base(model, cfg.model.name)
     d = cfg.dpo.model_copy(update={"seed": job.seed, **job.overrides})
     ctx = JobContext(cfg, run, model, tokenizer, d, cache)
     objective = job.build(ctx)
@@ -107,16 +120,24 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
     if job.init_from is not None:
         set_peft_model_state_dict(peft_model, load_file(str(job.init_from / "adapter_model.safetensors")))
     acc = make_accelerator(cfg, run, f"train-{job.group}-{job.name}")
+    reached("reference")
     result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, accelerator=acc, progress=progress)
     acc.end_training()
+    reached("trained")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        with writing(tmp, "the trained adapter", f"its training checkpoint is kept in {train_dir}"):
+            peft_model.save_pretrained(tmp, safe_serialization=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     replace_dir(tmp, out_dir)
+    reached("adapter")
 
     last = result.last or logged_rows(train_dir).get(result.steps, {})
     metrics = {"train_last_loss": last.get("loss", float("nan")), "train_tokens": logged_tokens(train_dir),
-               **job.metrics}
+               "base_fingerprint": base[:16], **job.metrics}
     for v, tok in val_tok.items():
         pol = compute_logprobs(peft_model, tok, ctx.pad, d.batch_size * 2, ctx.autocast, desc="held-out log-probs")
         held = dpo_loss(*pol, *ref_val[v], d.beta)
@@ -135,6 +156,7 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
     rec = VectorRecord(job.name, job.group, str(out_dir), result.steps, seconds,
                        seconds / result.steps if result.steps else 0.0, len(objective.examples), metrics)
     run.store().put_vector(rec)
+    reached("vector")
     return rec
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..errors import writing
 from .tokenize import TokenizedPair, collate_pairs, tokens_digest
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,23 @@ def reference_logprobs(
     key = hashlib.sha256(f"{fingerprint}|{autocast_dtype}|{tokens_digest(pairs)}".encode()).hexdigest()[:32]
     path = Path(cache_dir) / "ref_logps" / f"{key}.safetensors"
     if path.is_file():
-        cached = load_file(path)
-        if cached["chosen"].shape[0] == len(pairs):
-            return cached["chosen"], cached["rejected"]
-        log.warning("reference cache %s has the wrong length; recomputing", path)
+        try:
+            cached = load_file(path)
+            if cached["chosen"].shape[0] == len(pairs):
+                return cached["chosen"], cached["rejected"]
+            log.warning("reference cache %s has the wrong length; recomputing", path)
+        except Exception as e:  # a truncated or foreign file: the cache is only a cache
+            log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
     with disabled_adapters(model):
         chosen, rejected = compute_logprobs(model, pairs, pad_id, batch_size, autocast_dtype, desc="reference log-probs")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp),
-              metadata={"pairs": str(len(pairs)), "precision": json.dumps(str(autocast_dtype))})
+    try:
+        with writing(path, "reference log-probs (a cache)", "nothing is lost: it is recomputed"):
+            save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp),
+                      metadata={"pairs": str(len(pairs)), "precision": json.dumps(str(autocast_dtype))})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return chosen, rejected

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import DPOSettings
-from ..errors import MvalignError
+from ..errors import MvalignError, writing
+from ..faults import reached
 from .losses import Objective
 
 
@@ -62,12 +63,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
+    """Write checkpoint.tmp, then swap it in; a failed write (full disk) leaves the previous checkpoint whole."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    try:
+        with writing(tmp, f"the step-{step} checkpoint", f"the last complete checkpoint, {folder}, is kept"):
+            tmp.mkdir(parents=True)
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step}))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -137,7 +144,8 @@ def train_adapter(
     last: dict[str, float] = {}
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc="train", disable=not (progress and acc.is_main_process), dynamic_ncols=True)
-    with open(out / "log.jsonl", "a", encoding="utf-8") as log_file:
+    log_path = out / "log.jsonl"
+    with bar, open(log_path, "a", encoding="utf-8") as log_file:  # the bar ends its line even when a step fails
         for step in range(start, steps):
             sums: dict[str, float] = {}
             t_step = time.perf_counter()
@@ -168,14 +176,15 @@ def train_adapter(
             last = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_step, **sums}
             acc.log(last, step=step + 1)  # the trackers of `report_to`, if the accelerator has any
             if acc.is_main_process:
-                log_file.write(json.dumps(last) + "\n")
-                log_file.flush()
+                with writing(log_path, "the training log", "the last checkpoint is kept"):
+                    log_file.write(json.dumps(last) + "\n")
+                    log_file.flush()
                 bar.set_postfix({k: f"{sums[k]:.4g}" for k in ("loss", "accuracy", "margin") if k in sums})
                 bar.update(1)
                 if (step + 1) % settings.save_every == 0 or step + 1 == steps:
                     _save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1)
             acc.wait_for_everyone()
-    bar.close()
+            reached("step")
     seconds = time.perf_counter() - t0
     ran = steps - start
     return TrainResult(steps, seconds, seconds / ran if ran else float("nan"), last)
