@@ -110,3 +110,48 @@ def test_degenerate_models_are_flagged_and_never_selected(tmp_path, tokenizer, t
     bad = [p for p in front["points"] if p.get("flag")]
     assert len(bad) == 1 and not bad[0]["pareto"] and bad[0]["weights"]["x"] == 3e38
     assert all(abs(r) < 1e6 for r in front["reference_point"])
+
+
+def test_mixed_passes_give_the_records_of_the_one_point_path(tmp_path, tokenizer, tiny_llama):
+    """Points generated several per pass (mixed-ω batching) are stored exactly as one at a time would store them;
+    a huge ω and a prompt-transformed candidate are handled too, and a half-stored pass resumes."""
+    from mvalign.candidates import Candidate
+    from mvalign.mixed import MixedLoRA
+    from mvalign.sweep import Passes
+
+    class Shout:  # a prompt transform, as RiC's candidates carry
+        key = "shout"
+
+        @staticmethod
+        def apply(prompt):
+            return prompt.upper()
+
+    dirs = [save_random_adapter(tiny_llama, tmp_path / n, i) for i, n in enumerate(["x", "y"])]
+    adapters = [load_lora_adapter(d) for d in dirs]
+    rewards = {"x": CallableReward(length_score, "x"), "y": CallableReward(vowel_score, "y")}
+    cands = [*grid_points(["x", "y"], [-0.5, 1.0, 2.5]), {"x": 1e20, "y": 0.0},
+             Candidate({"x": 1.0, "y": 1.0}, {"x": 1.0, "y": 1.0}, Shout())]
+    results, passes_made = {}, {}
+
+    class Counted(MixedLoRA):
+        def rows(self, weights):
+            passes_made[self.tag] = passes_made.get(self.tag, 0) + 1
+            return super().rows(weights)
+
+    for name, passes in (("alone", None), ("mixed", "on"), ("resumed", "on")):
+        combined = CombinedModel(copy.deepcopy(tiny_llama), adapters)
+        store = RunStore(tmp_path / name)
+        p = Passes(Counted(combined.model, adapters), rows=5, points=4) if passes else None
+        if p:
+            p.mixed.tag = name
+        run = lambda cs, store=store, combined=combined, p=p: evaluate_points(  # noqa: E731
+            combined, tokenizer, cs, method="mva", split="val", prompts=PROMPTS, rewards=rewards, store=store,
+            generation=GenerationSettings(max_new_tokens=5, batch_size=2), bootstrap=200, progress=False, passes=p)
+        if name == "resumed":
+            run(cands[2:5])  # a pass of three points stored, the rest not
+        results[name] = [(r.weights, r.rewards, r.responses, r.flag) for r in run(cands)]
+    assert results["mixed"] == results["alone"] == results["resumed"]
+    assert len({tuple(r[2]) for r in results["alone"]}) > 3  # the points really differ
+    # generate calls: 10 batched points (the huge ω goes alone) in passes of 4, 4, 2 points × 4 prompts, 5 rows per
+    # call: 4 + 4 + 2 calls; resumed: 3 points first (3 calls), then 4 + 3 points (4 + 3 calls)
+    assert passes_made == {"mixed": 10, "resumed": 10}

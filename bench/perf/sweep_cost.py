@@ -12,7 +12,9 @@ heads (BT heads on MiniLM, trained once on the built-in `reward` prompts):
   (a) base:      plain batched generation by the base model alone (the physical limit of a point), plus scoring;
   (b) mvalign:   CombinedModel.set_weights(ω) in place, batched generation, scoring (what `mvalign run` does);
   (c) reference: the authors' loop re-implemented: reload the base from disk, load each adapter with PEFT with its
-                 lora_alpha scaled by ω, merge, generate one prompt at a time, score.
+                 lora_alpha scaled by ω, merge, generate one prompt at a time, score;
+  (d) mixed:     all P points in shared generate calls, every row at its own ω (`mvalign.mixed`), `rows` rows per
+                 call, then scoring; also the row overhead (the same rows with and without the per-row update).
 Each variant runs in its own fresh process (so peak RSS, VmHWM, is its own) and evaluates the same P weight
 vectors; the time per point is the median over those points. The value vectors are random LoRA adapters (r=16 on
 q/k/v/o, B ~ N(0, 0.02²)): their cost does not depend on training.
@@ -60,8 +62,8 @@ def model_config():
         LlamaForCausalLM(cfg).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return ModelConfig(name=str(folder))
-SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16},
-            "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4}}
+SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16, "rows": 64},
+            "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4, "rows": 8}}
 WEIGHTS = [(0.3, 0.7), (0.7, 0.3), (1.0, 1.0), (0.5, 0.5)]
 
 
@@ -116,10 +118,12 @@ def run_variant(variant: str, s: dict) -> dict:
     weights = WEIGHTS[: s["points"]]
     times: list[float] = []
     t_setup = time.perf_counter()
-    if variant in ("base", "mvalign"):
+    if variant in ("base", "mvalign", "mixed"):
         model, tokenizer = load_model(model_config())
         combined = CombinedModel(model, [load_lora_adapter(work() / "adapters" / n, n) for n in ("helpful", "harmless")])
     setup = time.perf_counter() - t_setup
+    if variant == "mixed":
+        return run_mixed(combined, tokenizer, prompts, rewards, gen, weights, s, setup)
     for w in weights:
         t0 = time.perf_counter()
         if variant == "base":
@@ -150,11 +154,43 @@ def run_variant(variant: str, s: dict) -> dict:
             "setup_seconds": setup, "peak_rss_mb": peak_rss_mb(), "points": len(weights)}
 
 
+def run_mixed(combined, tokenizer, prompts, rewards, gen, weights, s, setup) -> dict:
+    """(d) mixed-ω batching: all P points' rows through `generate_mixed` (rows_per_pass rows per call), then scoring;
+    plus the row overhead: one batch of rows_per_pass rows generated with every row at its own ω vs the same rows on
+    the plain base model (hooks off), timed alternately in this process."""
+    from mvalign.generate import format_texts, generate_texts
+    from mvalign.mixed import MixedLoRA, generate_mixed
+
+    mixed = MixedLoRA(combined.model, combined.adapters)
+    texts = format_texts(tokenizer, prompts)
+    rows = s["rows"]
+    t0 = time.perf_counter()
+    responses = generate_mixed(mixed, tokenizer, weights, [texts] * len(weights), gen, rows, chat=True)
+    for resp in responses:
+        for rm in rewards:
+            rm.score(prompts, resp)
+    per_point = (time.perf_counter() - t0) / len(weights)
+    sample = (texts * (rows // len(texts) + 1))[:rows]
+    row_w = [weights[i % len(weights)] for i in range(rows)]
+    plain, hooked = [], []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        generate_texts(combined.model, tokenizer, sample, gen, True, batch_size=rows)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with mixed.rows(row_w):
+            generate_texts(combined.model, tokenizer, sample, gen, True, batch_size=rows)
+        hooked.append(time.perf_counter() - t0)
+    return {"variant": "mixed", "seconds_per_point": per_point, "setup_seconds": setup, "peak_rss_mb": peak_rss_mb(),
+            "points": len(weights), "rows_per_pass": rows, "row_overhead": min(hooked) / min(plain),
+            "raw_row_seconds": {"plain": plain, "mixed": hooked}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    ap.add_argument("--variant", choices=["base", "mvalign", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=["base", "mvalign", "mixed", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     global MODEL
     MODEL = args.model
@@ -165,18 +201,22 @@ def main() -> None:
         return
     prepare(s)
     results = {}
-    for variant in ("base", "mvalign", "reference"):
+    for variant in ("base", "mvalign", "mixed", "reference"):
         cmd = [sys.executable, __file__, "--variant", variant, "--model", MODEL] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
             sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
         results[variant] = json.loads(line[0][7:])
-    a, b, c = (results[k] for k in ("base", "mvalign", "reference"))
+    a, b, c, d = (results[k] for k in ("base", "mvalign", "reference", "mixed"))
     sweep = {
         "ratio_vs_base_generation": b["seconds_per_point"] / a["seconds_per_point"],
         "speedup_vs_reference_loop": c["seconds_per_point"] / b["seconds_per_point"],
         "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
+        "mixed": {"ratio_vs_base_generation": d["seconds_per_point"] / a["seconds_per_point"],
+                  "row_overhead": d["row_overhead"], "points_per_pass": d["points"], "rows_per_pass": d["rows_per_pass"],
+                  "peak_rss_ratio": d["peak_rss_mb"] / a["peak_rss_mb"],
+                  "speedup_vs_reference_loop": c["seconds_per_point"] / d["seconds_per_point"]},
         "raw": results,
         "setting": {
             **s,

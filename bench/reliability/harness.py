@@ -29,7 +29,7 @@ from common import make_llama, make_tokenizer, write_builtin_config  # noqa: E40
 DPO = {"max_steps": 2, "save_every": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4}
 SWEEP = {"strategy": "grid", "grid": [0.5, 2.0], "val_prompts": 3, "test_prompts": 3, "max_new_tokens": 6,
          "bootstrap": 100}
-CODE = "import sys; from mvalign.cli import main; sys.argv[0] = 'mvalign'; main()"
+CODE = "from mvalign.cli import app; app(prog_name='mvalign')"  # both trees have `app`
 
 
 @dataclass
@@ -135,14 +135,21 @@ def fresh(tree: Tree, tmpl: Path, model: Path, dest: Path) -> Workspace:
     return Workspace(dest, model, tree)
 
 
+LAST_OUTPUT: list[str] = [""]
+"""The end of the output of the last judged command (kept in the results file, to read what happened)."""
+
+
 def judge(res: Result, *, needle: str | None = None, ok: Callable[[], bool] | None = None,
           lost: Callable[[], bool] | None = None) -> str:
     """`needle`: what a clear refusal must name (the probe expects a refusal); `ok`: the probe expects success and
     this checks the result; `lost`: True when finished work or a user's file was damaged."""
+    LAST_OUTPUT[:] = [res.out[-600:]]
     if lost is not None and lost():
         return "data lost"
     if "Traceback" in res.out or res.code < 0 or res.code > 2:
         return "traceback"
+    if res.code == 2 and ("No such option" in res.out or "No such command" in res.out or "Got unexpected" in res.out):
+        return "n/a (this tree's CLI has no such command or option)"
     if res.code == 0:
         return "ok" if ok is not None and ok() else "silent wrong"
     if needle is None:  # refused what should have worked

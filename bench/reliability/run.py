@@ -2,10 +2,11 @@
 a huge ω, exports that could overwrite, a changed base model, two processes at once, a full disk, a read-only run)
 run as real `mvalign` processes against two source trees, outcomes side by side.
 
-    .venv/bin/python bench/reliability/run.py                 # before = 4301c07 (the tree the issue was filed on)
+    .venv/bin/python bench/reliability/run.py                 # before: 4301c07 and a30d993; after: this tree
     .venv/bin/python bench/reliability/run.py --before 36aad50 --only kill
 
-"before" is checked out in a temporary `git worktree`; "after" is this working tree. Both run with this venv's
+Each "before" commit is checked out in a temporary `git worktree`; "after" is this working tree. A probe that a
+tree's CLI cannot express (no such command or option: exit 2) reads n/a for that tree. Both run with this venv's
 interpreter and packages, each with its own trained workspace (tiny 2-layer Llama, built-in data, BT heads).
 Writes bench/results/reliability.json (resumable: finished probes of a tree are kept unless --redo) and
 bench/results/reliability.md. Needs root for the full-disk and read-only probes (tmpfs mounts), else they read n/a.
@@ -25,10 +26,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import probes_work  # noqa: E402, F401  (registers its probes)
-from harness import ROOT, Tree, build_model, fresh, safe, template  # noqa: E402
+from harness import LAST_OUTPUT, ROOT, Tree, build_model, fresh, safe, template  # noqa: E402
 from probes import PROBES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+DEFAULT_BEFORE = {"4301c07": "the tree issue 13 was filed on", "a30d993": "the last commit before its fixes"}
 OUTCOMES = ("ok", "clear error", "unclear error", "traceback", "silent wrong", "data lost")
 
 
@@ -41,11 +43,14 @@ def run_tree(tree: Tree, work: Path, model: Path, done: dict, only: str | None) 
     todo = [p for p in PROBES if p[0] not in done and (only is None or only in p[0])]
     if not todo:
         return done
-    tmpl = template(tree, work / f"template-{tree.name}", model)
+    slug = tree.name.replace(" ", "-")
+    tmpl = template(tree, work / f"template-{slug}", model)
     for i, (name, _item, _expect, fn) in enumerate(todo):
-        ws = fresh(tree, tmpl, model, work / f"{tree.name}-{i}")
+        ws = fresh(tree, tmpl, model, work / f"{slug}-{i}")
         t0 = time.time()
-        done[name] = {"outcome": safe(lambda fn=fn, ws=ws: fn(ws)), "seconds": round(time.time() - t0, 1)}
+        LAST_OUTPUT[:] = [""]
+        done[name] = {"outcome": safe(lambda fn=fn, ws=ws: fn(ws)), "seconds": round(time.time() - t0, 1),
+                      "output_tail": LAST_OUTPUT[0]}
         print(f"[{tree.name}] {name}: {done[name]['outcome']} ({done[name]['seconds']} s)", flush=True)
     return done
 
@@ -82,7 +87,8 @@ def table(data: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="4301c07", help="Commit for the 'before' column ('' to skip it).")
+    ap.add_argument("--before", action="append", help="Commit for a 'before' column (repeatable; default: 4301c07, "
+                    "the tree issue 13 was filed on, and a30d993, the last commit before its fixes; '' for none).")
     ap.add_argument("--only", help="Run only probes whose name contains this text.")
     ap.add_argument("--redo", action="store_true", help="Re-run probes already in the results file.")
     args = ap.parse_args()
@@ -91,11 +97,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mvalign-reliability-") as tmp:
         work = Path(tmp)
         model = build_model(work)
-        trees = [("after", ROOT, "this working tree")]
-        if args.before:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(work / "before"), args.before],
+        befores = [b for b in (args.before or DEFAULT_BEFORE) if b]
+        trees = []
+        for commit in befores:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(work / commit), commit],
                            check=True, capture_output=True)
-            trees.insert(0, ("before", work / "before", "the tree issue 13 was filed on"))
+            trees.append((f"before {commit}", work / commit, DEFAULT_BEFORE.get(commit, "an earlier commit")))
+        trees.append(("after", ROOT, "this working tree"))
         try:
             for name, path, what in trees:
                 commit = head(path) + ("+changes" if name == "after" and _dirty() else "")
@@ -106,8 +114,8 @@ def main() -> None:
                 data["date"] = time.strftime("%Y-%m-%d")
                 _write(out, data)
         finally:
-            if args.before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "before")],
+            for commit in befores:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / commit)],
                                capture_output=True)
     print(table(data))
 

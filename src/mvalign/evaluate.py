@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .candidates import Candidate, Candidates
+from .candidates import Candidate, Candidates, FixedCandidates
 from .combine import CombinedModel
 from .config import ConfigError, MVAConfig
 from .data import load_value_splits
@@ -23,13 +23,15 @@ from .faults import reached
 from .generate import GenerationSettings
 from .lora import load_lora_adapter
 from .methods import get_method, prepare_run
+from .mixed import MixedLoRA
 from .models import cache_root, load_model
 from .pareto import non_dominated
+from .race import RaceResult, joined, race
 from .report import build_front, write_front
 from .rewards import RewardModel, ScoreCache, load_reward_models
 from .rundir import RunDir
 from .store import PointRecord, RunStore
-from .sweep import evaluate_points
+from .sweep import Passes, evaluate_points, point_key, settings_key
 from .track import log_front
 
 
@@ -75,6 +77,33 @@ class Evaluator:
         return evaluate_points(self.combined, self.tokenizer, [Candidate({v: 0.0 for v in values}, {})], method="base",
                                split=split, prompts=self.prompts[split], **self.common)[0]
 
+    def race(self, cands: Sequence[Candidate]) -> RaceResult:
+        """Race `cands` on the val prompts (`mvalign.race`); the survivors' chunks are joined into their ordinary
+        val records, so `points(survivors, "val")` reads them from the store."""
+        s, prompts = self.cfg.sweep, self.prompts["val"]
+        rewards, cache, store = self.common["rewards"], self.common["cache"], self.common["store"]
+
+        def chunk(cs, a, b):
+            return evaluate_points(self.combined, self.tokenizer, cs, method=self.key, split=f"val[{a}:{b}]",
+                                   prompts=prompts[a:b], **{**self.common, "progress": False})
+
+        def scores(rec, a, b):
+            return np.stack([np.asarray(cache.score(rm, prompts[a:b], rec.responses)) for rm in rewards.values()])
+
+        result = race(cands, prompts, chunk, scores, s.racing_first, s.racing_z)
+        key = settings_key(prompts, self.common["generation"], rewards)
+        for cand in result.survivors:
+            if store.get_point(self.key, dict(cand.label), "val", point_key(key, cand)) is None:
+                parts = [chunk([cand], *r["prompts"])[0] for r in result.rounds]
+                responses = [x for p in parts for x in p.responses]
+                full = {n: np.asarray(cache.score(rm, prompts, responses)) for n, rm in rewards.items()}
+                store.put_point(joined(parts, prompts, key, cand, "val", full, s.bootstrap, s.seed))
+        return result
+
+    def racing(self, cands: Sequence[Candidate]) -> bool:
+        mode = self.cfg.sweep.racing
+        return mode == "on" or (mode == "auto" and isinstance(self.plan.source, FixedCandidates) and len(cands) >= 16)
+
     def scores(self, rec: PointRecord, split: Split) -> dict[str, np.ndarray]:
         """Per-prompt scores of a point's responses, per value (from the score cache), in prompt order."""
         rewards, cache = self.common["rewards"], self.common["cache"]
@@ -97,8 +126,12 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
                              cfg.sweep.combination)
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
+    s = cfg.sweep
+    passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) \
+        if s.mixed_batching and s.combination == "exact" and not s.do_sample else None
     common = dict(rewards=rewards, generation=generation_settings(cfg), store=run.store(), cache=cache,
-                  bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress)
+                  bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress,
+                  passes=passes)
     prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
     return Evaluator(cfg, plan, combined, tokenizer, common, prompts, plan.vectors + suffix)
 
@@ -118,6 +151,9 @@ def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, reward
     values = [v.name for v in cfg.values]
     base = {s: ev.base(s) for s in ("val", "test")}
     cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
+    raced = ev.race(cands) if ev.racing(cands) else None
+    if raced is not None:
+        cands = raced.survivors
     val = ev.points(cands, "val", progress)
     usable = [(c, p) for c, p in zip(cands, val) if not p.flag]  # degenerate models are never selected
     mask = non_dominated([[p.rewards[v] for v in values] for _, p in usable]) if usable else []
@@ -131,7 +167,13 @@ def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, reward
     front = build_front(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point)
     front["settings"] = {"val_prompts": len(ev.prompts["val"]), "test_prompts": len(ev.prompts["test"]),
                          **ev.common["generation"].as_dict(), "candidates": ev.plan.label,
-                         "combination": cfg.sweep.combination, "vectors": ev.plan.vectors}
+                         "combination": cfg.sweep.combination, "vectors": ev.plan.vectors,
+                         "mixed_batching": None if ev.common["passes"] is None else
+                         {"rows_per_pass": ev.common["passes"].rows, "points_per_pass": ev.common["passes"].points}}
+    if raced is not None:
+        front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
+                           "rounds": raced.rounds, "token_fraction": raced.token_fraction,
+                           "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z}
     front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
     write_front(RunDir.of(cfg), front, label, primary)
     reached("front")

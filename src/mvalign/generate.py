@@ -26,16 +26,31 @@ class GenerationSettings:
         return asdict(self)
 
 
-@torch.no_grad()
 def generate_responses(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], settings: GenerationSettings,
     use_chat_template: bool = True,
 ) -> list[str]:
-    """One response per prompt: prompts formatted like in training, left-padded into batches, `model.generate`
-    with its KV cache (greedy unless do_sample), new tokens decoded without special tokens. Sampling is seeded per
-    batch, so a point's responses do not depend on what ran before it."""
+    """One response per prompt: prompts formatted like in training (`format_texts`), then `generate_texts`."""
     chat = use_chat_template and has_chat_template(tokenizer)
-    texts = [format_prompt(tokenizer, p, chat) for p in prompts]
+    return generate_texts(model, tokenizer, format_texts(tokenizer, prompts, chat), settings, chat)
+
+
+def format_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], use_chat_template: bool = True) -> list[str]:
+    """Prompts as the model reads them (the chat template when there is one and it is wanted)."""
+    chat = use_chat_template and has_chat_template(tokenizer)
+    return [format_prompt(tokenizer, p, chat) for p in prompts]
+
+
+@torch.no_grad()
+def generate_texts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: GenerationSettings,
+    chat: bool, batch_size: int | None = None,
+) -> list[str]:
+    """One response per formatted prompt (`chat`: formatted by the chat template, which brings its own special
+    tokens): left-padded into batches (`batch_size`, default settings.batch_size), `model.generate` with its KV
+    cache (greedy unless do_sample), new tokens decoded without special tokens. Sampling is seeded per batch, so a
+    point's responses do not depend on what ran before it."""
+    size = batch_size or settings.batch_size
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -43,8 +58,8 @@ def generate_responses(
     model.eval()
     out: list[str] = []
     try:
-        for start in range(0, len(texts), settings.batch_size):
-            batch = tokenizer(texts[start : start + settings.batch_size], return_tensors="pt", padding=True,
+        for start in range(0, len(texts), size):
+            batch = tokenizer(list(texts[start : start + size]), return_tensors="pt", padding=True,
                               truncation=True, max_length=settings.max_prompt_length, add_special_tokens=not chat)
             batch = {k: v.to(device) for k, v in batch.items()}
             kwargs = {"do_sample": settings.do_sample}

@@ -1,7 +1,8 @@
 """Weight-vector strategies and the sweep engine: evaluate many ω on one loaded model, storing every point.
 
-For each candidate (`mvalign.candidates`): move the model in place to W0 + Σ ω_k ΔW_k (`CombinedModel`), apply the
-candidate's prompt transform if it has one, generate responses to the split's prompts in batches, score them with
+For each candidate (`mvalign.candidates`): generate responses to the split's prompts at W0 + Σ ω_k ΔW_k — several
+points per generate call with mixed-ω batching (`mvalign.mixed`, greedy decoding), else one point at a time on the
+model moved in place (`CombinedModel`) — after the candidate's prompt transform if it has one, score them with
 every value's reward model against the original prompts, and store the point (mean per value, bootstrap 95%
 interval, timings, generation settings, responses) in the run's SQLite store. Points already stored with the same
 settings key (prompts + generation settings + reward identities) are skipped, so a killed sweep resumes where it
@@ -15,16 +16,19 @@ import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .candidates import Candidate
-from .combine import CombinedModel
+from .combine import SAFE_OMEGA, CombinedModel
 from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
 from .faults import reached
-from .generate import GenerationSettings, generate_responses
+from .generate import GenerationSettings, format_texts, generate_responses
+from .mixed import MixedLoRA, generate_mixed
+from .models import has_chat_template
 from .pareto import bootstrap_ci
 from .rewards.base import RewardModel, ScoreCache, prompt_text
 from .store import PointRecord, RunStore
@@ -82,49 +86,85 @@ def point_key(settings: str, candidate: Candidate) -> str:
     return hashlib.sha256(f"{settings}|{candidate.prompt.key}".encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class Passes:
+    """Mixed-ω batching (`mvalign.mixed`): `rows` (point, prompt) rows per generate call (the KV-cache rows held
+    at once), `points` points generated together before they are scored and stored (what a kill can lose)."""
+
+    mixed: MixedLoRA
+    rows: int = 64
+    points: int = 16
+
+
 def evaluate_points(
     combined: CombinedModel, tokenizer, candidates: Sequence[Candidate | Mapping[str, float]], *, method: str,
     split: str, prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings,
     store: RunStore, cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True,
-    progress: bool = True,
+    progress: bool = True, passes: Passes | None = None,
 ) -> list[PointRecord]:
     """Evaluate (or fetch from the store) every candidate; returns the records in the order given.
 
-    A plain mapping ω stands for `Candidate.combination(ω)`. The model is moved to the candidate's adapter weights
-    (adapters not named get 0), its prompt transform (if any) is applied before generation, and every value's judge
-    scores the responses against the original prompts. Points are stored under `method` and the candidate's label.
+    A plain mapping ω stands for `Candidate.combination(ω)`. With `passes` (greedy decoding only), the points not yet
+    stored are generated several per `generate` call, each row at its own ω (`mixed.generate_mixed`); a point with
+    some |ω_k| > SAFE_OMEGA, and every point without `passes`, is generated alone on the model moved in place to its
+    weights. Either way its prompt transform (if any) is applied before generation, every value's judge scores the
+    responses against the original prompts, and the point is stored under `method` and the candidate's label.
     """
     key = settings_key(prompts, generation, rewards)
-    out: list[PointRecord] = []
-    with tqdm(candidates, desc=f"sweep {method}/{split}", disable=not progress, dynamic_ncols=True) as bar:
-        for cand in bar:
-            if not isinstance(cand, Candidate):
-                cand = Candidate.combination(cand)
-            w = {k: float(v) for k, v in cand.label.items()}
-            pkey = point_key(key, cand)
-            done = store.get_point(method, w, split, pkey)
-            if done is not None:
-                done.weights = w  # the caller's value order (the store keeps keys sorted)
-                out.append(done)
-                continue
+    chat = use_chat_template and has_chat_template(tokenizer)
+    found: dict[int, PointRecord] = {}
+    todo: list[tuple[int, Candidate, dict[str, float], str]] = []
+    for i, cand in enumerate(candidates):
+        cand = cand if isinstance(cand, Candidate) else Candidate.combination(cand)
+        w = {k: float(v) for k, v in cand.label.items()}
+        pkey = point_key(key, cand)
+        done = store.get_point(method, w, split, pkey)
+        if done is not None:
+            done.weights = w  # the caller's value order (the store keeps keys sorted)
+            found[i] = done
+        else:
+            todo.append((i, cand, w, pkey))
+    fast = passes is not None and not generation.do_sample
+    batched = [t for t in todo if fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
+    alone = [t for t in todo if t not in batched]
+
+    def record(i, cand, w, pkey, responses, finite, seconds_generate):
+        flag = "" if finite and any(r.strip() for r in responses) else (
+            "non-finite weights" if not finite else "all responses empty")
+        t1 = time.perf_counter()
+        means, ci = {}, {}
+        for name, rm in rewards.items():
+            scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
+            means[name] = float(np.mean(scores))
+            ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
+        rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), seconds_generate, time.perf_counter() - t1,
+                          generation.as_dict(), responses, flag=flag)
+        store.put_point(rec)
+        reached("point")
+        found[i] = rec
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
+
+    with tqdm(total=len(candidates), initial=len(found), desc=f"sweep {method}/{split}", disable=not progress,
+              dynamic_ncols=True) as bar:
+        if batched and any(combined.current):
+            combined.reset()  # the hooks add each row's update to W0
+        for start in range(0, len(batched), passes.points if passes else 1):
+            group = batched[start : start + passes.points]
+            t0 = time.perf_counter()
+            texts = [format_texts(tokenizer, prompts if c.prompt is None else [c.prompt.apply(p) for p in prompts], chat)
+                     for _, c, _, _ in group]
+            rows = [[float(c.adapters.get(n, 0.0)) for n in combined.names] for _, c, _, _ in group]
+            responses = generate_mixed(passes.mixed, tokenizer, rows, texts, generation, passes.rows, chat)
+            seconds = (time.perf_counter() - t0) / len(group)
+            for (i, cand, w, pkey), resp in zip(group, responses):
+                record(i, cand, w, pkey, resp, True, seconds)
+        for i, cand, w, pkey in alone:
             combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
             shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
             t0 = time.perf_counter()
             finite = combined.weights_finite()
             responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
                 else [""] * len(prompts)
-            flag = "" if finite and any(r.strip() for r in responses) else (
-                "non-finite weights" if not finite else "all responses empty")
-            t1 = time.perf_counter()
-            means, ci = {}, {}
-            for name, rm in rewards.items():
-                scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
-                means[name] = float(np.mean(scores))
-                ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
-            rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), t1 - t0, time.perf_counter() - t1,
-                              generation.as_dict(), responses, flag=flag)
-            store.put_point(rec)
-            reached("point")
-            out.append(rec)
-            bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
-    return out
+            record(i, cand, w, pkey, responses, finite, time.perf_counter() - t0)
+    return [found[i] for i in range(len(candidates))]

@@ -128,7 +128,21 @@ class SweepSettings(Strict):
     val_prompts: int = Field(48, ge=1, description="Held-out validation prompts per point (selection).")
     test_prompts: int = Field(48, ge=1, description="Held-out test prompts for the selected (Pareto) points.")
     max_new_tokens: int = Field(48, ge=1, description="Generated tokens per response.")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch (one point at a time).")
+    mixed_batching: bool = Field(
+        True, description="Generate many points per generate call, each batch row at its own ω (exact combination and "
+        "greedy decoding only; mvalign.mixed). Off: one point at a time on the model merged in place (the reference).")
+    rows_per_pass: int = Field(64, ge=1, description="Mixed batching: (point, prompt) rows per generate call, i.e. the "
+                               "KV-cache rows held at once; lower it when memory is short.")
+    points_per_pass: int = Field(16, ge=1, description="Mixed batching: points generated together before they are "
+                                 "scored and stored (at most this many are redone after a kill).")
+    racing: Literal["auto", "on", "off"] = Field(
+        "auto", description="Drop candidates dominated with paired confidence after a share of the val prompts and "
+        "finish only the rest (mvalign.race). auto: on for 16 or more fixed candidates (grid / simplex / list); off "
+        "reproduces the full evaluation of every candidate.")
+    racing_first: int = Field(8, ge=2, description="Racing: val prompts in the first share (shares then double).")
+    racing_z: float = Field(2.0, gt=0, description="Racing: a candidate is dropped when another beats it on every "
+                            "value with paired lower bound mean − z·se > 0 (higher z keeps more).")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
