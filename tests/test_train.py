@@ -174,3 +174,26 @@ def test_pair_logprobs_splits_chosen_and_rejected(tokenizer, tiny_llama):
     c, r = pair_logprobs(tiny_llama, collate_pairs(toks, tokenizer.pad_token_id))
     assert c[1].item() == pytest.approx(naive_response_logprob(tiny_llama, toks[1].prompt, toks[1].chosen), abs=1e-4)
     assert r[0].item() == pytest.approx(naive_response_logprob(tiny_llama, toks[0].prompt, toks[0].rejected), abs=1e-4)
+
+
+def test_reference_only_for_the_pairs_training_visits(tmp_path, tokenizer, tiny_llama):
+    """A step-limited training reads max_steps × batch pairs of the first epoch's permutation: only those get
+    reference log-probs (the rest NaN), equal to computing every pair; an epoch or more reads every pair."""
+    import numpy as np
+
+    from mvalign.train.trainer import visited_pairs
+
+    toks = tokenize_pairs(tokenizer, TOY * 5, 64, 40)  # 45 pairs
+    s = DPOSettings(max_steps=3, batch_size=4, grad_accum=2, seed=7)
+    used = visited_pairs(s, len(toks))
+    assert used == sorted(np.random.default_rng([7, 0]).permutation(45)[: 3 * 2 * 4].tolist())
+    assert visited_pairs(s, len(toks), world_size=2) == list(range(45))  # 12 micro-batches of 4: a whole epoch
+    assert visited_pairs(DPOSettings(epochs=1, batch_size=4), len(toks)) == list(range(45))
+    full_c, full_r = compute_logprobs(tiny_llama, toks, tokenizer.pad_token_id)
+    c, r = reference_logprobs(tiny_llama, toks, tokenizer.pad_token_id, tmp_path, only=used)
+    rest = sorted(set(range(45)) - set(used))
+    assert torch.isnan(c[rest]).all() and torch.isnan(r[rest]).all()
+    torch.testing.assert_close(c[used], full_c[used], atol=1e-5, rtol=1e-6)  # other batches: fp32 reassociation
+    torch.testing.assert_close(r[used], full_r[used], atol=1e-5, rtol=1e-6)
+    all_c, _ = reference_logprobs(tiny_llama, toks, tokenizer.pad_token_id, tmp_path)  # another cache entry
+    assert not torch.isnan(all_c).any() and len(list((tmp_path / "ref_logps").glob("*.safetensors"))) == 2

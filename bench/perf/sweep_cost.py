@@ -104,8 +104,6 @@ def prepare(s: dict) -> dict:
 
 
 def run_variant(variant: str, s: dict) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from mvalign.combine import CombinedModel, load_lora_adapter
     from mvalign.generate import GenerationSettings, generate_responses
@@ -132,26 +130,36 @@ def run_variant(variant: str, s: dict) -> dict:
             combined.set_weights(w)
             responses = generate_responses(model, tokenizer, prompts, gen)
         else:
-            from peft import PeftModel
-
-            from mvalign.models import load_tokenizer
-
             folder = embedded_model_dir() if MODEL == "smollm2" else Path(model_config().name)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-            tokenizer = load_tokenizer(str(folder))
-            for name, omega in zip(("helpful", "harmless"), w):
-                model = PeftModel.from_pretrained(model, work() / "adapters" / name, adapter_name=name)
-                for module in model.modules():  # scale alpha by ω: scaling = ω · alpha / r
-                    if isinstance(getattr(module, "scaling", None), dict) and name in module.scaling:
-                        module.scaling[name] *= omega
-                model = model.merge_and_unload()
-            one = GenerationSettings(max_new_tokens=s["tokens"], batch_size=1)
-            responses = [generate_responses(model, tokenizer, [p], one)[0] for p in prompts]
+            adapters = {name: work() / "adapters" / name for name in ("helpful", "harmless")}
+            responses = reference_responses(folder, adapters, w, prompts, s["tokens"])
         for rm in rewards:
             rm.score(prompts, responses)
         times.append(time.perf_counter() - t0)
     return {"variant": variant, "seconds_per_point": statistics.median(times), "raw_seconds": times,
             "setup_seconds": setup, "peak_rss_mb": peak_rss_mb(), "points": len(weights)}
+
+
+def reference_responses(folder: Path, adapters: dict[str, Path], weights, prompts, tokens: int) -> list[str]:
+    """The authors' loop for one point: reload the base from disk, load each adapter with PEFT with its lora_alpha
+    scaled by ω, merge, generate one prompt at a time (greedy)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mvalign.generate import GenerationSettings, generate_responses
+    from mvalign.models import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = load_tokenizer(str(folder))
+    for (name, path), omega in zip(adapters.items(), weights):
+        model = PeftModel.from_pretrained(model, path, adapter_name=name)
+        for module in model.modules():  # scale alpha by ω: scaling = ω · alpha / r
+            if isinstance(getattr(module, "scaling", None), dict) and name in module.scaling:
+                module.scaling[name] *= omega
+        model = model.merge_and_unload()
+    one = GenerationSettings(max_new_tokens=tokens, batch_size=1)
+    return [generate_responses(model, tokenizer, [p], one)[0] for p in prompts]
 
 
 def run_mixed(combined, tokenizer, prompts, rewards, gen, weights, s, setup) -> dict:

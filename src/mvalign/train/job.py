@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
@@ -32,7 +33,7 @@ from .dpo import dpo_loss
 from .logprobs import compute_logprobs, reference_logprobs
 from .losses import LossTerm, Objective, dpo_objective
 from .tokenize import TokenizedPair, tokenize_pairs
-from .trainer import train_adapter
+from .trainer import train_adapter, visited_pairs
 
 
 @dataclasses.dataclass
@@ -62,16 +63,19 @@ class JobContext:
         d = self.settings
         return tokenize_pairs(self.tokenizer, pairs, d.max_length, d.max_prompt_length, self.chat)
 
-    def reference(self, tok: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached reference log-probs (the base model, adapters disabled)."""
-        return reference_logprobs(self.model, tok, self.pad, self.cache, self.settings.batch_size * 2, self.autocast)
+    def reference(self, tok: Sequence[TokenizedPair], only: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached reference log-probs (the base model, adapters disabled); `only`: of these pairs (others NaN)."""
+        return reference_logprobs(self.model, tok, self.pad, self.cache, self.settings.batch_size * 2, self.autocast,
+                                  only)
 
     def dpo(self, pairs: Sequence[PreferencePair], *, weights=None, margins=None, scale: float = 1.0,
             extra: Sequence[LossTerm] = (), tokenized: Sequence[TokenizedPair] | None = None) -> Objective:
-        """DPO on `pairs` against the cached reference, with optional per-pair weights / margins / logit scale."""
+        """DPO on `pairs` against the cached reference (computed only for the pairs the training will visit), with
+        optional per-pair weights / margins / logit scale."""
         tok = list(tokenized) if tokenized is not None else self.tokenize(pairs)
-        return dpo_objective(tok, *self.reference(tok), self.settings.beta, weights=weights, margins=margins,
-                             scale=scale, extra=extra)
+        used = visited_pairs(self.settings, len(tok), PartialState().num_processes)
+        return dpo_objective(tok, *self.reference(tok, None if len(used) == len(tok) else used), self.settings.beta,
+                             weights=weights, margins=margins, scale=scale, extra=extra)
 
 
 @dataclasses.dataclass

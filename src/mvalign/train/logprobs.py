@@ -83,6 +83,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def pair_length(p: TokenizedPair) -> int:
+    """Tokens of the longer of a pair's two sequences (what its batch is padded to)."""
+    return len(p.prompt) + max(len(p.chosen), len(p.rejected))
+
+
 @torch.no_grad()
 def compute_logprobs(
     model: torch.nn.Module,
@@ -116,15 +121,19 @@ def reference_logprobs(
     cache_dir: str | os.PathLike[str],
     batch_size: int = 8,
     autocast_dtype: torch.dtype | None = None,
+    only: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference (adapters disabled) log-probs, cached under `cache_dir/ref_logps/<key>.safetensors`.
 
-    key = sha256(model fingerprint, precision, token ids of every pair): a cache entry is reused for the same base
-    model, data and tokenisation across epochs, values and methods, and never for anything else.
+    `only`: the indices of the pairs that will be read (e.g. those a step-limited training visits); the others are
+    not computed and hold NaN. Pairs are computed longest first in batches of similar length (little padding).
+    key = sha256(model fingerprint, precision, token ids of every pair, `only`): a cache entry is reused for the same
+    base model, data, tokenisation and pair subset across epochs, values and methods, and never for anything else.
     """
     with disabled_adapters(model):
         fingerprint = model_fingerprint(model)
-    key = hashlib.sha256(f"{fingerprint}|{autocast_dtype}|{tokens_digest(pairs)}".encode()).hexdigest()[:32]
+    subset = "all" if only is None else hashlib.sha256(str(sorted(set(only))).encode()).hexdigest()
+    key = hashlib.sha256(f"v2|{fingerprint}|{autocast_dtype}|{tokens_digest(pairs)}|{subset}".encode()).hexdigest()[:32]
     path = Path(cache_dir) / "ref_logps" / f"{key}.safetensors"
     if path.is_file():
         try:
@@ -134,8 +143,13 @@ def reference_logprobs(
             log.warning("reference cache %s has the wrong length; recomputing", path)
         except Exception as e:  # a truncated or foreign file: the cache is only a cache
             log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
+    wanted = sorted(set(range(len(pairs)) if only is None else only), key=lambda i: -pair_length(pairs[i]))
     with disabled_adapters(model):
-        chosen, rejected = compute_logprobs(model, pairs, pad_id, batch_size, autocast_dtype, desc="reference log-probs")
+        c, r = compute_logprobs(model, [pairs[i] for i in wanted], pad_id, batch_size, autocast_dtype,
+                                desc="reference log-probs")
+    chosen = torch.full((len(pairs),), float("nan"))
+    rejected = torch.full((len(pairs),), float("nan"))
+    chosen[wanted], rejected[wanted] = c, r
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:

@@ -58,6 +58,14 @@ def micro_batch_indices(n_pairs: int, batch_size: int, seed: int, micro: int) ->
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
+def visited_pairs(settings: DPOSettings, n_pairs: int, world_size: int = 1) -> list[int]:
+    """Indices of the pairs a training with these settings reads (every process together), in ascending order."""
+    micros = total_steps(settings, n_pairs, world_size) * settings.grad_accum * world_size
+    if micros >= math.ceil(n_pairs / settings.batch_size):  # a whole epoch: every pair
+        return list(range(n_pairs))
+    return sorted(i for m in range(micros) for i in micro_batch_indices(n_pairs, settings.batch_size, settings.seed, m))
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
