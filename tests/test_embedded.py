@@ -81,3 +81,31 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, embedded_cache, monkeypatch)
     assert again.exit_code == 0, again.output
     assert len(store.points()) == n_points  # everything reused
     assert json.loads((run / "front.json").read_text())["hypervolume"] == front["hypervolume"]
+
+
+def test_mixed_rows_equal_merged_smollm2(tmp_path, embedded_cache, monkeypatch):
+    """Mixed-ω batching on the real default model: each row's logits equal the model merged at that row's ω
+    (fp32; three points incl. negative and > 1 weights, two adapters of different rank)."""
+    import copy
+
+    from common import save_random_adapter
+    from mvalign.combine import CombinedModel, load_lora_adapter
+    from mvalign.mixed import MixedLoRA
+
+    monkeypatch.setenv("MVALIGN_CACHE_DIR", str(embedded_cache))
+    model, tokenizer = load_model(ModelConfig())
+    dirs = [save_random_adapter(model, tmp_path / "a", 1, r=8, alpha=16.0, targets=["q_proj", "v_proj"]),
+            save_random_adapter(model, tmp_path / "b", 2, r=4, alpha=4.0, targets=["v_proj", "down_proj"])]
+    adapters = [load_lora_adapter(d) for d in dirs]
+    points = [(1.0, 0.0), (-0.5, 2.0), (0.3, 0.7)]
+    ids = tokenizer(["Tell me about tea.", "How do I fix a bike?", "What is rain?"], return_tensors="pt", padding=True)
+    mixed = MixedLoRA(copy.deepcopy(model), adapters)
+    with torch.no_grad(), mixed.rows(points):
+        got = mixed.model(**ids).logits
+    merged = CombinedModel(model, adapters)
+    for i, w in enumerate(points):
+        merged.set_weights(w)
+        with torch.no_grad():
+            want = model(input_ids=ids["input_ids"][i : i + 1], attention_mask=ids["attention_mask"][i : i + 1]).logits[0]
+        keep = ids["attention_mask"][i].bool()
+        torch.testing.assert_close(got[i][keep], want[keep], atol=2e-3, rtol=1e-4, msg=f"row {i} ω={w}")

@@ -137,6 +137,11 @@ SECTIONS = ["model", "values", "lora", "dpo", "sweep", "decorrelation", "consist
 @example(text="model: {name: x}\nvalues: [")
 @example(text="!!python/object/apply:os.system ['echo pwned']")
 def test_random_yaml_text(text):
+    _load_config_text(text)
+
+
+def _load_config_text(text: str) -> None:
+    """load_config on a file with this text: a config, or an MvalignError naming the file."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -155,16 +160,7 @@ def test_random_yaml_text(text):
                              max_size=3),
        section=st.sampled_from(["dpo", "lora", "sweep", "decorrelation"]))
 def test_random_config_structures(changes, inner, section):
-    raw = {**MINIMAL, section: inner, **changes}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-        try:
-            load_config(path)
-            event("valid config")
-        except MvalignError as e:
-            assert str(path) in str(e), str(e)
-            event("refused")
+    _load_config_text(yaml.safe_dump({**MINIMAL, section: inner, **changes}, allow_unicode=True))
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "just a string", "42", "values: 3", "model: [1]"])
