@@ -2,7 +2,8 @@
 and one judgement of what came out.
 
 Outcomes: `ok` (worked and the result is right), `clear error` (refused: no traceback, exit 1 or 2, the message
-names the file / field / value at fault), `unclear error` (refused without naming it), `traceback`, `silent wrong`
+names the file / field / value at fault), `unclear error` (refused without naming it), `wrongly refused` (an error
+where it should have worked), `traceback`, `silent wrong`
 (exit 0 with a wrong result, or should have been refused), `data lost` (finished work or a user's file damaged).
 Each probe states the outcome it should have; a tree passes a probe when it has that outcome.
 """
@@ -131,7 +132,13 @@ def template(tree: Tree, folder: Path, model: Path) -> Path:
 
 
 def fresh(tree: Tree, tmpl: Path, model: Path, dest: Path) -> Workspace:
+    """A copy of the template that looks made where it is: the absolute paths the run recorded (config.yaml's
+    run_dir, the store's adapter folders) are rewritten, so trees that refuse a moved run dir can be probed too."""
     shutil.copytree(tmpl, dest, symlinks=True)
+    for f in (dest / "config.yaml", dest / "run" / "config.yaml"):
+        f.write_text(f.read_text().replace(str(tmpl), str(dest)))
+    with sqlite3.connect(dest / "run" / "store.sqlite") as con:
+        con.execute("UPDATE vectors SET adapter_dir = replace(adapter_dir, ?, ?)", (str(tmpl), str(dest)))
     return Workspace(dest, model, tree)
 
 
@@ -152,9 +159,9 @@ def judge(res: Result, *, needle: str | None = None, ok: Callable[[], bool] | No
         return "n/a (this tree's CLI has no such command or option)"
     if res.code == 0:
         return "ok" if ok is not None and ok() else "silent wrong"
-    if needle is None:  # refused what should have worked
-        return "unclear error" if ok is not None else "clear error"
-    return "clear error" if needle in res.out else "unclear error"
+    if ok is not None:  # refused what should have worked
+        return "wrongly refused"
+    return "clear error" if needle is None or needle in res.out else "unclear error"
 
 
 def safe(fn: Callable[[], str]) -> str:

@@ -183,7 +183,7 @@ def two_trainers(ws):
     if any("Traceback" in o for o, _ in outs):
         return "traceback"
     if any(c not in (0, 1) or (c == 1 and "another process" not in o) for o, c in outs):
-        return "unclear error"
+        return "wrongly refused"
     return "ok" if _same(_tensors(ws.adapter()), before) else "silent wrong"
 
 
@@ -193,44 +193,40 @@ def _tmpfs(folder: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def _on_tmpfs(ws: Workspace, size: str) -> Workspace | None:
-    disk = ws.root.parent / (ws.root.name + "-disk")
-    if not _tmpfs(disk, size):
-        return None
-    shutil.copytree(ws.root, disk / "ws", symlinks=True)
-    return Workspace(disk / "ws", ws.model, ws.tree)
+def on_tmpfs(probe_fn):
+    """Run the probe on a copy of its workspace on a fresh 64 MB tmpfs (unmounted after); n/a without root."""
+    def run(ws: Workspace) -> str:
+        disk = ws.root.parent / (ws.root.name + "-disk")
+        if not _tmpfs(disk, "64m"):
+            return "n/a (cannot mount tmpfs)"
+        try:
+            shutil.copytree(ws.root, disk / "ws", symlinks=True)
+            return probe_fn(Workspace(disk / "ws", ws.model, ws.tree), ws.root)
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+    return run
 
 
 @probe("5", "clear error", "disk full while training")
-def disk_full(ws):
-    small = _on_tmpfs(ws, "64m")
-    if small is None:
-        return "n/a (cannot mount tmpfs)"
-    try:
-        _forget_helpful(small)
-        others = _digest(small.run / "adapters")
-        subprocess.run(["dd", "if=/dev/zero", f"of={small.root / 'filler'}", "bs=1M", "count=64"], capture_output=True)
-        return judge(_train(small), needle="space", lost=lambda: _digest(small.run / "adapters") != others)
-    finally:
-        subprocess.run(["umount", "-l", str(small.root.parent)], check=False)
+@on_tmpfs
+def disk_full(small, _):
+    _forget_helpful(small)
+    others = _digest(small.run / "adapters")
+    subprocess.run(["dd", "if=/dev/zero", f"of={small.root / 'filler'}", "bs=1M", "count=64"], capture_output=True)
+    return judge(_train(small), needle="space", lost=lambda: _digest(small.run / "adapters") != others)
 
 
 @probe("5", "ok", "read-only finished run: train (nothing to do), compare/report/combine elsewhere")
-def read_only(ws):
-    small = _on_tmpfs(ws, "64m")
-    if small is None:
-        return "n/a (cannot mount tmpfs)"
-    try:
-        subprocess.run(["mount", "-o", "remount,ro", str(small.root.parent)], check=True)
-        out = ws.root / "elsewhere"
-        runs = [small.cli("train", str(small.config), "--method", "dpo"), small.cli("compare", "run", "--out", str(out)),
-                small.cli("report", "run", "--out", str(out / "report")),
-                small.cli("combine", "run", "--weights", "helpful=1,harmless=1", "--method", "dpo", "--out",
-                          str(out / "merged"))]
-        bad = [r for r in runs if r.code != 0]
-        return judge(bad[0] if bad else runs[0], ok=lambda: not bad)
-    finally:
-        subprocess.run(["umount", "-l", str(small.root.parent)], check=False)
+@on_tmpfs
+def read_only(small, writable):
+    subprocess.run(["mount", "-o", "remount,ro", str(small.root.parent)], check=True)
+    out = writable / "elsewhere"
+    runs = [small.cli("train", str(small.config), "--method", "dpo"), small.cli("compare", "run", "--out", str(out)),
+            small.cli("report", "run", "--out", str(out / "report")),
+            small.cli("combine", "run", "--weights", "helpful=1,harmless=1", "--method", "dpo", "--out",
+                      str(out / "merged"))]
+    bad = [r for r in runs if r.code != 0]
+    return judge(bad[0] if bad else runs[0], ok=lambda: not bad)
 
 
 @probe("9", "ok", "diagnose RUN without --method on an mva run")

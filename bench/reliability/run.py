@@ -31,7 +31,7 @@ from probes import PROBES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_BEFORE = {"4301c07": "the tree issue 13 was filed on", "a30d993": "the last commit before its fixes"}
-OUTCOMES = ("ok", "clear error", "unclear error", "traceback", "silent wrong", "data lost")
+OUTCOMES = ("ok", "clear error", "unclear error", "wrongly refused", "traceback", "silent wrong", "data lost")
 
 
 def head(tree: Path) -> str:
