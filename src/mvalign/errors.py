@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 class MvalignError(Exception):
@@ -53,3 +54,16 @@ def writing(path: str | os.PathLike[str], what: str, kept: str = "finished work 
         if why is None:
             raise
         raise WriteError(f"{path}: cannot write {what} ({why}); free space or fix permissions and re-run ({kept})") from None
+
+
+def write_atomic(path: Path, what: str, write: Callable[[Path], object], kept: str = "finished work is kept") -> None:
+    """Write one file atomically: `write(tmp)` fills a per-process temporary beside `path`, which then replaces it
+    (so readers and other processes never see half a file); a disk failure is one `WriteError` naming `path`
+    (`writing`), and the temporary is removed on any failure."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path, what, kept):
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .candidates import Candidate
-from .pareto import bootstrap_ci
 from .store import PointRecord
-from .sweep import point_key
+from .sweep import point_key, point_stats
 
 
 @dataclass
@@ -93,8 +92,7 @@ def joined(chunks: Sequence[PointRecord], prompts: Sequence, key: str, cand: Can
     """The ordinary record of a candidate evaluated chunk by chunk: what evaluating it on all `prompts` at once
     stores (responses in order, means and bootstrap intervals over every prompt, the full settings key)."""
     first = chunks[0]
-    means = {v: float(np.mean(s)) for v, s in values_scores.items()}
-    ci = {v: list(bootstrap_ci(s, bootstrap, seed=seed)) for v, s in values_scores.items()}
+    means, ci = point_stats(values_scores, bootstrap, seed)
     responses = [r for c in chunks for r in c.responses]
     return PointRecord(first.method, dict(first.weights), split, point_key(key, cand), means, ci, len(prompts),
                        sum(c.seconds_generate for c in chunks), sum(c.seconds_score for c in chunks),

@@ -10,13 +10,12 @@ minimum over the base model and every candidate (both splits) unless the config 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import writing
+from .errors import write_atomic
 from .pareto import default_reference_point, hypervolume, non_dominated
 from .rundir import RunDir
 from .store import PointRecord
@@ -156,24 +155,18 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
                 f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
                 + f" | {'yes' if beats else ''} |")
         lines.append("")
-    tmp = dest.report_path.with_suffix(f".md.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, dest.report_path)
+    write_atomic(dest.report_path, "the report", lambda tmp: tmp.write_text("\n".join(lines)),
+                 "the fronts it is made from are kept")
     return dest.report_path
 
 
 def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:
     """RUN/front-<method>.json, and RUN/front.json too for the run's primary method (each written atomically)."""
     targets = [run.front(method)] + ([run.front()] if primary else [])
+    text = json.dumps(front, indent=1)
     for path in targets:
-        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-        try:
-            with writing(path, f"the {method} front", "its points are in the store: re-running rewrites it in seconds"):
-                tmp.write_text(json.dumps(front, indent=1))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
+        write_atomic(path, f"the {method} front", lambda tmp: tmp.write_text(text),
+                     "its points are in the store: re-running rewrites it in seconds")
     return targets[0]
 
 

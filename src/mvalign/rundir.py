@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from .config import ConfigError, MVAConfig, config_yaml, load_config
-from .errors import MvalignError, writing
+from .errors import MvalignError, write_atomic
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
@@ -136,10 +136,8 @@ class RunDir:
         now = model_fingerprint(model)
         path = self.base_path
         if not path.is_file():
-            with writing(path, "the base model's fingerprint"):
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"model": name, "fingerprint": now}, indent=2), encoding="utf-8")
-                os.replace(tmp, path)
+            record = json.dumps({"model": name, "fingerprint": now}, indent=2)
+            write_atomic(path, "the base model's fingerprint", lambda tmp: tmp.write_text(record, encoding="utf-8"))
             return now
         try:
             was = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
@@ -227,10 +225,8 @@ class RunDir:
             if path == self.config_path and moved_only:
                 continue
             if not path.is_file() or path.read_text(encoding="utf-8") != content:
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two may start at once
-                with writing(path, "the run's record of its config"):
-                    tmp.write_text(content, encoding="utf-8")
-                    os.replace(tmp, path)
+                write_atomic(path, "the run's record of its config",
+                             lambda tmp, content=content: tmp.write_text(content, encoding="utf-8"))
         return self
 
 

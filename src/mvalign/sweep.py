@@ -86,6 +86,13 @@ def point_key(settings: str, candidate: Candidate) -> str:
     return hashlib.sha256(f"{settings}|{candidate.prompt.key}".encode()).hexdigest()[:24]
 
 
+def point_stats(scores: Mapping[str, Sequence[float]], bootstrap: int, seed: int) -> tuple[dict, dict]:
+    """A point's mean per value and bootstrap 95% interval per value from its per-prompt scores."""
+    means = {name: float(np.mean(s)) for name, s in scores.items()}
+    ci = {name: list(bootstrap_ci(s, bootstrap, seed=seed)) for name, s in scores.items()}
+    return means, ci
+
+
 @dataclass(frozen=True)
 class Passes:
     """Mixed-ω batching (`mvalign.mixed`): `rows` (point, prompt) rows per generate call (the KV-cache rows held
@@ -125,18 +132,18 @@ def evaluate_points(
         else:
             todo.append((i, cand, w, pkey))
     fast = passes is not None and not generation.do_sample
-    batched = [t for t in todo if fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
-    alone = [t for t in todo if t not in batched]
+    batched, alone = [], []
+    for t in todo:
+        mixable = fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA
+        (batched if mixable else alone).append(t)
 
     def record(i, cand, w, pkey, responses, finite, seconds_generate):
         flag = "" if finite and any(r.strip() for r in responses) else (
             "non-finite weights" if not finite else "all responses empty")
         t1 = time.perf_counter()
-        means, ci = {}, {}
-        for name, rm in rewards.items():
-            scores = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
-            means[name] = float(np.mean(scores))
-            ci[name] = list(bootstrap_ci(scores, bootstrap, seed=generation.seed))
+        scores = {name: cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
+                  for name, rm in rewards.items()}
+        means, ci = point_stats(scores, bootstrap, generation.seed)
         rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), seconds_generate, time.perf_counter() - t1,
                           generation.as_dict(), responses, flag=flag)
         store.put_point(rec)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.pairs import PreferencePair, Prompt
-from ..errors import writing
+from ..errors import write_atomic
 from .base import RewardError, RewardModel, prompt_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -149,14 +149,11 @@ def train_bt_head(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # each file via a temporary and a rename; head.json last, so it only exists beside complete weights
-    tmp = out / f"head.safetensors.{os.getpid()}.tmp"
-    with writing(out / "head.safetensors", "a reward head", "the head is retrained on re-run"):
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
-        os.replace(tmp, out / "head.safetensors")
-        tmp = out / f"head.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, out / "head.json")
+    # head.json last, so it only exists beside complete weights
+    kept = "the head is retrained on re-run"
+    write_atomic(out / "head.safetensors", "a reward head",
+                 lambda tmp: save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp)), kept)
+    write_atomic(out / "head.json", "a reward head", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)), kept)
     return meta
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..errors import writing
+from ..errors import write_atomic
 from .tokenize import TokenizedPair, collate_pairs, tokens_digest
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,8 @@ def reference_logprobs(
     rejected = torch.full((len(pairs),), float("nan"))
     chosen[wanted], rejected[wanted] = c, r
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        with writing(path, "reference log-probs (a cache)", "nothing is lost: it is recomputed"):
-            save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp),
-                      metadata={"pairs": str(len(pairs)), "precision": json.dumps(str(autocast_dtype))})
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    meta = {"pairs": str(len(pairs)), "precision": json.dumps(str(autocast_dtype))}
+    write_atomic(path, "reference log-probs (a cache)",
+                 lambda tmp: save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp),
+                                       metadata=meta), "nothing is lost: it is recomputed")
     return chosen, rejected
