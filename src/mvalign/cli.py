@@ -81,10 +81,15 @@ def train(
     force: bool = typer.Option(False, "--force", help="Retrain even when the run already holds this adapter."),
 ) -> None:
     """Train a method's LoRA adapters (resumes from checkpoints, skips finished adapters)."""
+    from accelerate import PartialState
+
     from .config import load_config
     from .methods import train_method
 
-    for rec in train_method(load_config(config), method, value or (), force=force):
+    records = train_method(load_config(config), method, value or (), force=force)
+    if not PartialState().is_main_process:  # a multi-process launch: one report, from the main process
+        return
+    for rec in records:
         typer.echo(json.dumps({"method": rec.method, "value": rec.value, "adapter": rec.adapter_dir, "steps": rec.steps,
                                "train_pairs": rec.train_pairs, "seconds_per_step": round(rec.seconds_per_step, 3),
                                **rec.metrics}))

@@ -10,6 +10,7 @@ reproduce them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
@@ -58,6 +59,15 @@ def factorwise_delta(factors: Sequence[LoraFactors], weights: Sequence[float], d
     return orient(factors[0].scale * (B @ A), factors[0].fan_in_fan_out)
 
 
+def beside(adapter: LoraAdapter, targets: Mapping[str, torch.Tensor]) -> LoraAdapter:
+    """The adapter with each module's factors on the device of the weight they update (a GPU model's updates are
+    formed on the GPU; factors stay float32)."""
+    modules = {m: f if m not in targets or f.A.device == targets[m].device else
+               dataclasses.replace(f, A=f.A.to(targets[m].device), B=f.B.to(targets[m].device))
+               for m, f in adapter.modules.items()}
+    return dataclasses.replace(adapter, modules=modules)
+
+
 SAFE_OMEGA = 16.0
 """Largest |ω_k| moved to by difference updates; beyond it moves are rebuilt from the original weights."""
 
@@ -78,9 +88,10 @@ class CombinedModel:
             raise AdapterError(f"mode must be 'exact' or 'factorwise', got {mode!r}")
         if not adapters:
             raise AdapterError("no adapters to combine")
-        self.model, self.adapters, self.mode = model, list(adapters), mode
-        self.names = [a.name for a in self.adapters]
-        self.targets = adapter_targets(model, self.adapters)
+        self.model, self.mode = model, mode
+        self.names = [a.name for a in adapters]
+        self.targets = adapter_targets(model, adapters)
+        self.adapters = [beside(a, self.targets) for a in adapters]
         exact_reset = mode == "factorwise" or any(w.dtype not in (torch.float32, torch.float64) for w in self.targets.values())
         self._originals = {m: w.detach().clone() for m, w in self.targets.items()} if exact_reset else None
         self.current = [0.0] * len(self.adapters)

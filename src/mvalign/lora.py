@@ -177,7 +177,7 @@ def trainable_lora_factors(model: torch.nn.Module, adapter: str = "default") -> 
     for name, module in model.named_modules():
         lora_A = getattr(module, "lora_A", None)
         if isinstance(lora_A, torch.nn.ModuleDict) and adapter in lora_A:
-            base = name.removeprefix("base_model.model.")
+            base = name.removeprefix("module.").removeprefix("base_model.model.")  # DDP-wrapped, PEFT-wrapped
             out[base] = LoraFactors(lora_A[adapter].weight, module.lora_B[adapter].weight, float(module.scaling[adapter]))
     return out
 

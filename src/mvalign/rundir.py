@@ -39,6 +39,9 @@ PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets"
 EVALUATION_ONLY = ("sweep", "report_to")
 """Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
 are keyed by their settings, so nothing stale is reused)."""
+EXECUTION_ONLY = ("model.device", "values.*.reward.device")
+"""Where the work runs, not what it computes: a run made on one device carries on on another. (The dtype the base
+is held in is compared as resolved here, and base.json's fingerprint, which holds the dtypes, guards the rest.)"""
 LOCATIONS = ("run_dir", "cache_dir")
 """Where the run and the cache live, not what they hold: a run dir moved or copied elsewhere carries on."""
 PARTIAL = ".tmp", ".copy"
@@ -134,15 +137,22 @@ class RunDir:
         from .train.logprobs import model_fingerprint
 
         now = model_fingerprint(model)
+        dtype = str(next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)).removeprefix("torch.")
         path = self.base_path
         if not path.is_file():
-            record = json.dumps({"model": name, "fingerprint": now}, indent=2)
+            record = json.dumps({"model": name, "fingerprint": now, "dtype": dtype}, indent=2)
             write_atomic(path, "the base model's fingerprint", lambda tmp: tmp.write_text(record, encoding="utf-8"))
             return now
         try:
-            was = json.loads(path.read_text(encoding="utf-8"))["fingerprint"]
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            was = saved["fingerprint"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path}: unreadable ({e!r}); if the base model did not change, delete it and re-run") from None
+        if was != now and saved.get("dtype", dtype) != dtype:
+            raise BaseChangedError(
+                f"{name}: the base model is loaded as {dtype} here but this run was made with {saved['dtype']} ({path}); "
+                f"set model.dtype: {saved['dtype']} to carry on with this run (model.dtype auto means bfloat16 on CUDA, "
+                "float32 elsewhere), or use a new run_dir")
         if was != now:
             raise BaseChangedError(
                 f"{name}: the base model's weights changed since this run was made (fingerprint {now[:12]}…, {path} "
@@ -201,7 +211,8 @@ class RunDir:
                 raise ConfigError(f"{self.config_path} is not an mvalign run config ({first}); choose another run_dir "
                                   "or move that file away") from None
             blocking = []
-            changed = _changed_sections(old, new)
+            here = cfg.model.device
+            changed = _changed_sections(_identity(old, here), _identity(new, here))
             moved_only = bool(changed) and all(k in LOCATIONS for k in changed)
             for k in changed:
                 if k in EVALUATION_ONLY or k in LOCATIONS:
@@ -228,6 +239,22 @@ class RunDir:
                 write_atomic(path, "the run's record of its config",
                              lambda tmp, content=content: tmp.write_text(content, encoding="utf-8"))
         return self
+
+
+def _identity(dump: dict, device: str) -> dict:
+    """A config dump without the EXECUTION_ONLY fields, with model.dtype 'auto' resolved for `device` here."""
+    from .devices import DeviceError, resolve_device, resolve_dtype
+
+    out = json.loads(json.dumps(dump))
+    model = out.get("model") or {}
+    model.pop("device", None)
+    if model.get("dtype") == "auto":
+        with contextlib.suppress(DeviceError):  # a bad device is reported, with its field, where the model loads
+            model["dtype"] = str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
+    for v in out.get("values") or []:
+        if isinstance(v.get("reward"), dict):
+            v["reward"].pop("device", None)
+    return out
 
 
 def _changed_sections(old: dict, new: dict) -> list[str]:

@@ -12,24 +12,31 @@ from __future__ import annotations
 from accelerate import Accelerator
 
 from .config import ConfigError, MVAConfig
+from .devices import accelerator_kwargs, resolve_device
 from .rundir import RunDir
 
 
 def make_accelerator(cfg: MVAConfig, run: RunDir, name: str) -> Accelerator:
-    """An Accelerator whose trackers (if `cfg.report_to` names any) log to run `name` under RUN/trackers/."""
-    import torch
-
+    """An Accelerator on `model.device` whose trackers (if `cfg.report_to` names any) log to run `name` under RUN/trackers/."""
+    device = accelerator_kwargs(resolve_device(cfg.model.device))
     if not cfg.report_to:
-        return Accelerator(cpu=not torch.cuda.is_available())
+        return Accelerator(**device)
     run.trackers_dir.mkdir(parents=True, exist_ok=True)
     try:
-        acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=list(cfg.report_to),
+        acc = Accelerator(**device, log_with=list(cfg.report_to),
                           project_dir=str(run.trackers_dir))
         acc.init_trackers(name)
     except (ImportError, ModuleNotFoundError, ValueError) as e:
         raise ConfigError(f"report_to {cfg.report_to}: {e}; install the tracker's package (e.g. "
                           "`pip install tensorboard`) or remove it from report_to") from None
     return acc
+
+
+def finish(acc: Accelerator) -> None:
+    """Close the trackers of an adapter's training. Not `end_training`, which also ends the process group that
+    the next adapter of a multi-process launch still needs."""
+    for tracker in acc.trackers:
+        tracker.finish()
 
 
 def log_front(cfg: MVAConfig, run: RunDir, label: str, front: dict) -> None:

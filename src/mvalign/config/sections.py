@@ -28,8 +28,15 @@ class ModelConfig(Strict):
         description="Base causal LM: 'smollm2-135m-instruct' (embedded, offline), a local HF directory, "
         "a .gguf file, or a hub name (needs internet).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype the base weights are held in."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype the base weights are held in. auto: bfloat16 on a CUDA device that supports it, "
+        "float32 elsewhere (CPU, MPS)."
+    )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="Where training, reference log-probs, MODPO margins, the sweep and export run: auto (cuda, then "
+        "mps, then cpu; under a multi-process launch each process its own cuda:<LOCAL_RANK>), cpu, cuda, cuda:N or mps. "
+        "Not part of a run's identity: a run made on one device carries on on another (mvalign.devices).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow custom modelling code from the model repo. Off unless you trust it."
@@ -106,6 +113,11 @@ class RewardConfig(Strict):
     encoder: str = Field("all-MiniLM-L6-v2", description="bt-head: frozen encoder (packaged MiniLM or a local folder).")
     epochs: int = Field(30, ge=1, description="bt-head: training epochs.")
     cost: bool = Field(False, description="The model scores cost (lower is better): its scores are negated.")
+    device: str | None = Field(
+        None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="Where this reward model (hf model or bt-head encoder) runs; default: model.device. Not part of a "
+        "run's identity.",
+    )
 
 
 class SweepSettings(Strict):

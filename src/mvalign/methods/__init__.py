@@ -46,9 +46,13 @@ def check_method_blocks(cfg: MVAConfig) -> None:
 
 
 def prepare_run(cfg: MVAConfig) -> RunDir:
-    """The run directory of `cfg`, created (or checked against the config it was made with)."""
+    """The run directory of `cfg`, created (or checked against the config it was made with); under a multi-process
+    launch the main process first, then the others (which find it made)."""
+    from ..devices import process_state
+
     check_method_blocks(cfg)
-    return RunDir.of(cfg).prepare(cfg, readers())
+    with process_state(cfg.model.device).main_process_first():
+        return RunDir.of(cfg).prepare(cfg, readers())
 
 
 def train_method(cfg: MVAConfig, method: str, values: Sequence[str] = (), *, force: bool = False,

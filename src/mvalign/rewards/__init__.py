@@ -29,6 +29,12 @@ def reward_dir(cfg: MVAConfig, value: str) -> Path:
     return RunDir.of(cfg).reward(value)
 
 
+def reward_device(cfg: MVAConfig, value: str) -> str:
+    """Where `value`'s reward model runs: its reward.device, else model.device."""
+    r = cfg.value(value).reward
+    return (r.device if r is not None and r.device else None) or cfg.model.device
+
+
 def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
     """Train the BT reward head of `value` on its reward data (train split), with held-out accuracy on val."""
     import json
@@ -51,7 +57,7 @@ def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
                               f"--value {value} --force`") from None
     splits = load_value_splits(v.reward.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
     return train_bt_head(splits["train"], splits["val"], out, value=value, encoder=v.reward.encoder,
-                         epochs=v.reward.epochs, seed=cfg.dpo.seed)
+                         epochs=v.reward.epochs, seed=cfg.dpo.seed, device=reward_device(cfg, value))
 
 
 def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, RewardModel]:
@@ -67,14 +73,15 @@ def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, 
         if r.kind == "hf":
             if not r.path:
                 raise ConfigError(f"values.{v.name}.reward.path: name the reward model (local folder or hub name)")
-            out[v.name] = HFRewardModel(r.path, v.name, r.cost, trust_remote_code=cfg.model.trust_remote_code)
+            out[v.name] = HFRewardModel(r.path, v.name, r.cost, trust_remote_code=cfg.model.trust_remote_code,
+                                        device=reward_device(cfg, v.name))
             continue
         folder = reward_dir(cfg, v.name)
         if not (folder / "head.json").is_file():
             if not train_missing:
                 raise ConfigError(f"{folder}: reward head for {v.name!r} not trained; run `mvalign reward train`")
             train_reward(cfg, v.name)
-        out[v.name] = BTHeadReward(folder, v.name, r.cost)
+        out[v.name] = BTHeadReward(folder, v.name, r.cost, device=reward_device(cfg, v.name))
     return out
 
 

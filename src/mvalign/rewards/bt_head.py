@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.pairs import PreferencePair, Prompt
+from ..devices import place, resolve_device
 from ..errors import write_atomic
 from .base import RewardError, RewardModel, prompt_text
 
@@ -44,24 +45,26 @@ def encoder_dir(name: str = DEFAULT_ENCODER) -> Path:
 
 
 class SentenceEncoder:
-    """Frozen encoder: texts -> L2-normalised mean-pooled embeddings (float32, CPU numpy)."""
+    """Frozen encoder on `device`: texts -> L2-normalised mean-pooled embeddings (float32, CPU numpy)."""
 
-    _loaded: dict[str, SentenceEncoder] = {}
+    _loaded: dict[tuple[str, str], SentenceEncoder] = {}
 
-    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 256, batch_size: int = 64) -> None:
+    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 256, batch_size: int = 64,
+                 device: str = "auto") -> None:
         from transformers import AutoModel, AutoTokenizer
 
         folder = encoder_dir(name)
         self.name, self.max_length, self.batch_size = name, max_length, batch_size
+        self.device = resolve_device(device, "reward.device")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.model = place(AutoModel.from_pretrained(folder), self.device, "reward encoder").eval()
 
     @classmethod
-    def get(cls, name: str = DEFAULT_ENCODER) -> SentenceEncoder:
-        """One loaded encoder per name per process."""
-        if name not in cls._loaded:
-            cls._loaded[name] = cls(name)
-        return cls._loaded[name]
+    def get(cls, name: str = DEFAULT_ENCODER, device: str = "auto") -> SentenceEncoder:
+        """One loaded encoder per (name, device) per process."""
+        if (name, device) not in cls._loaded:
+            cls._loaded[name, device] = cls(name, device=device)
+        return cls._loaded[name, device]
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
@@ -72,11 +75,11 @@ class SentenceEncoder:
             second = None if pairs is None else list(pairs[i : i + self.batch_size])
             batch = self.tokenizer(list(texts[i : i + self.batch_size]), second, padding=True,
                                    truncation="longest_first" if pairs is not None else True,
-                                   max_length=self.max_length, return_tensors="pt")
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
 
 
@@ -112,12 +115,13 @@ def pair_accuracy(head: BTHead, ew: np.ndarray, el: np.ndarray) -> float:
 def train_bt_head(
     train: Sequence[PreferencePair], val: Sequence[PreferencePair], out_dir: str | Path, *, value: str,
     encoder: str = DEFAULT_ENCODER, hidden: int = 256, epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
-    batch_size: int = 64, seed: int = 0,
+    batch_size: int = 64, seed: int = 0, device: str = "auto",
 ) -> dict:
-    """Train a BT head on `train`, measure pair accuracy on `val`, save to `out_dir`; returns the saved metadata."""
+    """Train a BT head on `train`, measure pair accuracy on `val`, save to `out_dir`; returns the saved metadata.
+    The encoder runs on `device`; the head (a small MLP on the embeddings) trains on the CPU."""
     if not train:
         raise RewardError(f"reward head for {value!r}: no training pairs")
-    enc = SentenceEncoder.get(encoder)
+    enc = SentenceEncoder.get(encoder, device)
     def embed(pairs):
         return (embed_responses(enc, [p.prompt for p in pairs], [p.chosen for p in pairs]),
                 embed_responses(enc, [p.prompt for p in pairs], [p.rejected for p in pairs]))
@@ -158,9 +162,9 @@ def train_bt_head(
 
 
 class BTHeadReward(RewardModel):
-    """A trained BT head as a reward model."""
+    """A trained BT head as a reward model (its encoder on `device`)."""
 
-    def __init__(self, folder: str | Path, name: str | None = None, cost: bool = False) -> None:
+    def __init__(self, folder: str | Path, name: str | None = None, cost: bool = False, device: str = "auto") -> None:
         folder = Path(folder)
         if not (folder / "head.json").is_file() or not (folder / "head.safetensors").is_file():
             raise RewardError(f"{folder}: not a trained reward head (needs head.json and head.safetensors); "
@@ -178,9 +182,9 @@ class BTHeadReward(RewardModel):
         self.input_format = self.meta.get("input", "legacy")
         self.identity = f"bt-head:{self.meta['encoder']}:{digest}:cost={cost}" + (
             "" if self.input_format == "legacy" else f":{self.input_format}")
-        self.encoder_name = self.meta["encoder"]
+        self.encoder_name, self.device = self.meta["encoder"], device
 
     @torch.no_grad()
     def _score(self, prompts, responses):
-        e = embed_responses(SentenceEncoder.get(self.encoder_name), prompts, responses, self.input_format)
+        e = embed_responses(SentenceEncoder.get(self.encoder_name, self.device), prompts, responses, self.input_format)
         return self.head(torch.from_numpy(e)).numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import place, resolve_device
 from .base import RewardError, RewardModel, prompt_text
 
 
@@ -12,12 +13,14 @@ class HFRewardModel(RewardModel):
     model's chat template when it has one, else as "<prompt>\\n\\n<response>"; negated when `cost`."""
 
     def __init__(self, path: str, name: str, cost: bool = False, batch_size: int = 16, max_length: int = 512,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, device: str = "auto") -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+            self.device = resolve_device(device, f"values.{name}.reward.device")
+            place(self.model, self.device, "reward model")
         except OSError as e:
             raise RewardError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path") from e
         if self.tokenizer.pad_token is None:
@@ -38,6 +41,6 @@ class HFRewardModel(RewardModel):
         texts = [self._text(p, r) for p, r in zip(prompts, responses)]
         for i in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
             out.extend(self.model(**batch).logits[:, 0].float().tolist())
         return out

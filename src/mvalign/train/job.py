@@ -9,6 +9,7 @@ that needs the plain base model (reference log-probs, MODPO's margins) is comput
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -22,13 +23,14 @@ from safetensors.torch import load_file
 
 from ..config import DPOSettings, MVAConfig
 from ..data.pairs import PreferencePair
+from ..devices import process_state
 from ..errors import writing
 from ..faults import reached
 from ..lora import add_value_adapter
 from ..models import cache_root, load_model
 from ..rundir import RunDir, replace_dir
 from ..store import VectorRecord
-from ..track import make_accelerator
+from ..track import finish, make_accelerator
 from .dpo import dpo_loss
 from .logprobs import compute_logprobs, reference_logprobs
 from .losses import LossTerm, Objective, dpo_objective
@@ -73,7 +75,7 @@ class JobContext:
         """DPO on `pairs` against the cached reference (computed only for the pairs the training will visit), with
         optional per-pair weights / margins / logit scale."""
         tok = list(tokenized) if tokenized is not None else self.tokenize(pairs)
-        used = visited_pairs(self.settings, len(tok), PartialState().num_processes)
+        used = visited_pairs(self.settings, len(tok), process_state(self.cfg.model.device).num_processes)
         return dpo_objective(tok, *self.reference(tok, None if len(used) == len(tok) else used), self.settings.beta,
                              weights=weights, margins=margins, scale=scale, extra=extra)
 
@@ -98,27 +100,40 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
                     progress: bool = True) -> VectorRecord:
     """Train (resuming from a checkpoint) and record the adapter of `job`; held-out accuracy per value.
 
-    One process at a time per adapter (a lock in the run dir); one that finds the adapter finished by another
-    process while it waited to start returns that record."""
-    with run.lock(f"{job.group}-{job.name}", f"training {job.group}/{job.name}"):
-        if not force and (done := finished(run, job.group, job.name)) is not None:
+    One job at a time per adapter (a lock in the run dir); one that finds the adapter finished by another
+    process while it waited to start returns that record. Under a multi-process launch (`accelerate launch
+    --num_processes N`) the N processes are one job: the main process holds the lock and alone computes the reference
+    log-probs (the others read its cache), writes the checkpoints, the log, the adapter and the store row; all of them
+    take each decision (finished or not) at the same barrier."""
+    state = process_state(cfg.model.device)
+    lock = run.lock(f"{job.group}-{job.name}", f"training {job.group}/{job.name}")
+    with lock if state.is_main_process else contextlib.nullcontext():
+        state.wait_for_everyone()
+        done = None if force else finished(run, job.group, job.name)
+        state.wait_for_everyone()  # nobody writes the store before every process has looked
+        if done is not None:
             return done
-        return _train_job(cfg, run, job, force, progress)
+        rec = _train_job(cfg, run, job, force, progress, state)
+        state.wait_for_everyone()
+        return rec if rec is not None else finished(run, job.group, job.name)
 
 
-def _train_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool) -> VectorRecord:
+def _train_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool,
+               state: PartialState) -> VectorRecord | None:
+    """Train and record; returns the record on the main process and None on the others."""
     out_dir = run.adapter(job.group, job.name)
     train_dir = run.train_dir(job.group, job.name)
-    if force:
+    if force and state.is_main_process:
         shutil.rmtree(train_dir, ignore_errors=True)
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
-    base = run.check_base(model, cfg.model.name)
     d = cfg.dpo.model_copy(update={"seed": job.seed, **job.overrides})
     ctx = JobContext(cfg, run, model, tokenizer, d, cache)
-    objective = job.build(ctx)
-    val_tok = {v: ctx.tokenize(p[: d.eval_pairs]) for v, p in job.val_sets.items() if p}
-    ref_val = {v: ctx.reference(t) for v, t in val_tok.items()}
+    with state.main_process_first():  # base.json and the reference cache: written once, read by the others
+        base = run.check_base(model, cfg.model.name)
+        objective = job.build(ctx)
+        val_tok = {v: ctx.tokenize(p[: d.eval_pairs]) for v, p in job.val_sets.items() if p}
+        ref_val = {v: ctx.reference(t) for v, t in val_tok.items()}
 
     peft_model = add_value_adapter(model, cfg.lora, job.seed)
     if job.init_from is not None:
@@ -126,8 +141,10 @@ def _train_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, force: bool, progre
     acc = make_accelerator(cfg, run, f"train-{job.group}-{job.name}")
     reached("reference")
     result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, accelerator=acc, progress=progress)
-    acc.end_training()
+    finish(acc)
     reached("trained")
+    if not state.is_main_process:
+        return None
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -144,6 +144,7 @@ def reference_logprobs(
         except Exception as e:  # a truncated or foreign file: the cache is only a cache
             log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
     wanted = sorted(set(range(len(pairs)) if only is None else only), key=lambda i: -pair_length(pairs[i]))
+    log.info("computing reference log-probs of %d of %d pairs (cache %s)", len(wanted), len(pairs), path.name)
     with disabled_adapters(model):
         c, r = compute_logprobs(model, [pairs[i] for i in wanted], pad_id, batch_size, autocast_dtype,
                                 desc="reference log-probs")

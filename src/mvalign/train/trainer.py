@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import DPOSettings
+from ..devices import accelerator_kwargs
 from ..errors import MvalignError, writing
 from ..faults import reached
 from .losses import Objective
@@ -106,7 +107,8 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
             raise CheckpointError(f"checkpoint {folder} holds {name}, which this model lacks: LoRA settings changed? "
                                   f"Delete {folder} to restart")
         params[name].data.copy_(value)
-    states = torch.load(folder / "optimizer.pt", weights_only=True)
+    # map to the CPU: a checkpoint made on a GPU resumes anywhere (load_state_dict moves the state to the parameters)
+    states = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     return int(json.loads((folder / "state.json").read_text())["step"])
@@ -132,7 +134,7 @@ def train_adapter(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or Accelerator(**accelerator_kwargs(next(model.parameters()).device))
     n = len(objective.examples)
     if n == 0:
         raise ValueError("no training examples")
@@ -176,6 +178,11 @@ def train_adapter(
                     acc.backward(loss / settings.grad_accum)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v / settings.grad_accum
+            if acc.num_processes > 1:  # the log row of the global batch: means over every process's micro-batches
+                keys = sorted(sums)
+                mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "mean")
+                sums = dict(zip(keys, mean.tolist()))
+                sums["tokens"] *= acc.num_processes
             if settings.max_grad_norm is not None:
                 sums["grad_norm"] = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
             optimizer.step()
