@@ -29,13 +29,25 @@ def test_tokenize_masks_and_truncation(tokenizer):
     assert len(short.prompt) + len(short.chosen) == 24
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "peft"])
+class Wrapped(torch.nn.Module):
+    """Like DDP's wrapper: the model is `.module` and none of its attributes show (the full-forward path)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, **kwargs):
+        return self.module(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "peft", "wrapped"])
 def test_sequence_logprobs_match_naive(tokenizer, tiny_llama, arch):
-    model = {"llama": tiny_llama, "gpt2": make_gpt2(len(tokenizer)),
+    model = {"llama": tiny_llama, "gpt2": make_gpt2(len(tokenizer)), "wrapped": Wrapped(tiny_llama),
              "peft": add_value_adapter(copy.deepcopy(tiny_llama), LoraSettings(r=2, alpha=4, dropout=0.0), 0)}[arch]
     model.eval()
     toks = tokenize_pairs(tokenizer, TOY[:3] + TOY[-1:], 64, 40)
     chosen, rejected = compute_logprobs(model, toks, tokenizer.pad_token_id, batch_size=4)
+    model = getattr(model, "module", model)
     for i, tp in enumerate(toks):
         assert chosen[i].item() == pytest.approx(naive_response_logprob(model, tp.prompt, tp.chosen), abs=1e-4)
         assert rejected[i].item() == pytest.approx(naive_response_logprob(model, tp.prompt, tp.rejected), abs=1e-4)

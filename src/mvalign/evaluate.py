@@ -129,9 +129,15 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     s = cfg.sweep
     passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) \
         if s.mixed_batching and s.combination == "exact" and not s.do_sample else None
+    backend = None
+    if s.backend == "ray":
+        from .scaleout import RayBackend
+
+        backend = RayBackend(cfg, [(a, str(run.adapter(plan.vectors, a))) for a in plan.adapters],
+                             None if passes is None else (passes.rows, passes.points))
     common = dict(rewards=rewards, generation=generation_settings(cfg), store=run.store(), cache=cache,
                   bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress,
-                  passes=passes)
+                  passes=passes, backend=backend)
     prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
     return Evaluator(cfg, plan, combined, tokenizer, common, prompts, plan.vectors + suffix)
 
@@ -148,6 +154,15 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
 
 def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, rewards) -> dict:
     ev = evaluator(cfg, method, progress, rewards)
+    try:
+        return _evaluate_with(ev, cfg, method, primary)
+    finally:
+        if ev.common["backend"] is not None:
+            ev.common["backend"].close()
+
+
+def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) -> dict:
+    progress = ev.common["progress"]
     values = [v.name for v in cfg.values]
     base = {s: ev.base(s) for s in ("val", "test")}
     cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
@@ -169,7 +184,8 @@ def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, reward
                          **ev.common["generation"].as_dict(), "candidates": ev.plan.label,
                          "combination": cfg.sweep.combination, "vectors": ev.plan.vectors,
                          "mixed_batching": None if ev.common["passes"] is None else
-                         {"rows_per_pass": ev.common["passes"].rows, "points_per_pass": ev.common["passes"].points}}
+                         {"rows_per_pass": ev.common["passes"].rows, "points_per_pass": ev.common["passes"].points},
+                         "backend": backend_settings(ev.common["backend"])}
     if raced is not None:
         front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
                            "rounds": raced.rounds, "token_fraction": raced.token_fraction,
@@ -179,6 +195,13 @@ def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, reward
     reached("front")
     log_front(cfg, RunDir.of(cfg), label, front)
     return front
+
+
+def backend_settings(backend) -> dict:
+    """Where the points were generated: this process, or Ray workers (how many, how many were replaced)."""
+    if backend is None:
+        return {"kind": "local"}
+    return {"kind": "ray", "workers": backend.settings.workers, "replaced_workers": backend.restarts}
 
 
 def training_compute(store: RunStore, vectors: str, adapters: list[str]) -> dict:

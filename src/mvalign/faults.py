@@ -10,6 +10,7 @@ boundaries a resumed run must survive:
   adapter     training: the adapter folder is in place, its store record not yet written
   vector      training: the store record is written
   point       evaluation: after a point (one weight vector on one split) is stored
+  task        Ray sweep: a worker is about to generate a task (reaches worker 0 only; mvalign.scaleout)
   front       evaluation: after front-<method>.json is written
 """
 
@@ -19,7 +20,7 @@ import os
 import signal
 from collections import Counter
 
-MARKERS = ("reference", "step", "trained", "adapter", "vector", "point", "front")
+MARKERS = ("reference", "step", "trained", "adapter", "vector", "point", "front", "task")
 _seen: Counter[str] = Counter()
 
 

