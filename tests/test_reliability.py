@@ -83,18 +83,19 @@ def test_a_lost_store_row_does_not_block_resume(tmp_path, tiny_model_dir):
 
 
 def test_a_store_from_before_point_flags_opens_and_migrates(tmp_path):
+    """A store made before flags and per-prompt scores: both columns are added, the old point reads back."""
     import sqlite3
 
     from mvalign.store import SCHEMA, RunStore
 
-    old = SCHEMA.replace("    flag TEXT NOT NULL DEFAULT '',\n", "")
-    assert "flag" not in old
+    old = SCHEMA.replace("    flag TEXT NOT NULL DEFAULT '',\n", "").replace("    scores TEXT NOT NULL DEFAULT '{}',\n", "")
+    assert "flag" not in old and "scores" not in old
     with sqlite3.connect(tmp_path / "store.sqlite") as con:
         con.executescript(old)
         con.execute("INSERT INTO points VALUES ('mva', '{\"a\": 1.0}', 'val', 'k', '{\"a\": 0.5}', '{\"a\": [0, 1]}', 3, "
                     "1.0, 1.0, '{}', '[\"x\"]', 0.0)")
     (point,) = RunStore(tmp_path).points("mva", "val")
-    assert point.flag == "" and point.rewards == {"a": 0.5}
+    assert point.flag == "" and point.rewards == {"a": 0.5} and point.scores == {}
 
 
 def _trained(tmp_path, tiny_model_dir):

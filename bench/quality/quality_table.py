@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mvalign.compare import mean_interval, shared_reference, test_matrix
+from mvalign.compare import mean_interval, test_matrix
 from mvalign.methods import method_names
 from mvalign.pareto import hypervolume, non_dominated
+from mvalign.stats import shared_reference
 
 BASELINES = [m for m in method_names() if m != "mva"]  # every registered method MVA is compared with
 
@@ -32,7 +33,7 @@ def setting_tables(cells: dict[str, dict]) -> dict:
     for t in out.values():
         cs = list(t["cells"].values())
         values = cs[0]["values"]
-        ref = shared_reference([{"front": c} for c in cs])  # a cell holds its front's values, points and base
+        ref = shared_reference(list(cs))  # a cell holds its front's values, points and base
         t["values"], t["reference_point"] = values, ref
         t["per_cell"] = {}
         for (seed, method), c in t["cells"].items():

@@ -20,6 +20,7 @@ from .config import ConfigError
 from .pareto import hypervolume, non_dominated
 from .report import dominates_base
 from .rundir import RunDir
+from .stats import shared_reference
 
 
 def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list[dict]:
@@ -46,14 +47,6 @@ def test_matrix(front: dict) -> np.ndarray:
     return np.array([[p["rewards"][v] for v in front["values"]] for p in pts]).reshape(len(pts), len(front["values"]))
 
 
-def shared_reference(entries: Sequence[dict]) -> list[float]:
-    """Per-value minimum over every entry's base (test) rewards and test points."""
-    values = entries[0]["front"]["values"]
-    rows = [test_matrix(e["front"]) for e in entries]
-    rows += [np.array([[e["front"]["base"]["rewards"][v] for v in values]]) for e in entries]
-    return np.concatenate(rows).min(axis=0).tolist()
-
-
 def mean_interval(xs: Sequence[float]) -> dict:
     """Mean with a Student-t 95% interval (NaN half-width for a single run)."""
     x = np.asarray(xs, float)
@@ -64,7 +57,7 @@ def mean_interval(xs: Sequence[float]) -> dict:
 
 def compare(entries: Sequence[dict], reference: Sequence[float] | None = None) -> dict:
     values = entries[0]["front"]["values"]
-    ref = list(reference) if reference is not None else shared_reference(entries)
+    ref = list(reference) if reference is not None else shared_reference([e["front"] for e in entries])
     rows = []
     for e in entries:
         f = e["front"]

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import write_atomic
+from .judging import judge_quality, judges_section
 from .pareto import default_reference_point, hypervolume, non_dominated
 from .rundir import RunDir
+from .stats import change_vs_base, front_hv, hv_differences, shared_reference
 from .store import PointRecord
 
 
@@ -32,8 +34,17 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
     ref = np.asarray(reference, float) if reference is not None else default_reference_point(
         val_m, test_m, mat([base_val, base_test]))
     val_mask, test_mask = non_dominated(val_m), non_dominated(test_m)
+    base_of = {"val": base_val, "test": base_test}
+
+    def paired(p, split):  # change from the base model on the same prompts (mvalign.stats)
+        b = base_of[split]
+        if set(p.scores) != set(values) or set(b.scores) != set(values) or len(p.scores[values[0]]) != b.n_prompts:
+            return {}
+        return {"scores": p.scores, "vs_base": change_vs_base(p.scores, b.scores, n_boot=1000, seed=0)}
+
     points = [
-        {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m)}
+        {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m),
+         **paired(p, split)}
         for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask)) for p, m in zip(pts, mask)
     ]
     points += [{"method": method, "weights": p.weights, "split": p.split, "rewards": p.rewards, "ci95": p.ci95,
@@ -44,7 +55,8 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
         "reference_point_rule": "given in config" if reference is not None else "per-value minimum over base and all candidates",
         "points": points,
         "hypervolume": {"val": hypervolume(val_m[val_mask], ref), "test": hypervolume(test_m[test_mask], ref)},
-        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards},
+        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards,
+                 "scores": base_test.scores, "scores_val": base_val.scores},
     }
 
 
@@ -130,13 +142,15 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
     dest.root.mkdir(parents=True, exist_ok=True)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
     lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, ""]
-    summary = ["| method | HV val | HV test | reference point | non-dominated (val) | test points dominating base |",
-               "|---|---|---|---|---|---|"]
+    lines += judges_section(run_judges(run, next(iter(fronts.values()))["values"]))
+    ref = shared_reference(list(fronts.values()))
+    lines += [f"One reference point for every hypervolume below: {np.round(ref, 4).tolist()} (per-value minimum over "
+              "every method's base and test points).", "",
+              "| method | HV test | non-dominated (val) | test points dominating base |", "|---|---|---|---|"]
     for method, front in fronts.items():
         nd = sum(p["pareto"] for p in front["points"] if p["split"] == "val")
-        summary.append(f"| {method} | {front['hypervolume']['val']:.4g} | {front['hypervolume']['test']:.4g} | "
-                       f"{np.round(front['reference_point'], 3).tolist()} | {nd} | {len(dominates_base(front))} |")
-    lines += summary + [""]
+        lines.append(f"| {method} | {front_hv(front, ref):.4g} | {nd} | {len(dominates_base(front))} |")
+    lines += [""] + method_differences(fronts, ref)
     for method, front in fronts.items():
         png = plot_front(front, dest.plot("front", method))
         heat = plot_heatmaps(front, dest.plot("heatmap", method))
@@ -145,19 +159,55 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
         lines += [f"## {method}", "", f"![front]({png.name})", ""]
         if heat:
             lines += [f"![reward vs weights]({heat.name})", ""]
-        lines += ["Selected (non-dominated on val) points, scored on test (mean and bootstrap 95% interval):", "",
-                  "| weights | " + " | ".join(values) + " | dominates base |", "|---|" + "---|" * (len(values) + 1)]
+        lines += ["Selected (non-dominated on val) points, scored on test: mean and bootstrap 95% interval, then the "
+                  "paired change from the base model on the same prompts (Δ and its paired bootstrap 95% interval):", "",
+                  "| weights | " + " | ".join(values) + " | " + " | ".join(f"Δ {v} vs base" for v in values)
+                  + " | dominates base |", "|---|" + "---|" * (2 * len(values) + 1)]
         lines.append("| base (ω = 0) | " + " | ".join(f"{base['rewards'][v]:.3f} [{base['ci95'][v][0]:.3f}, "
-                                                      f"{base['ci95'][v][1]:.3f}]" for v in values) + " | |")
+                                                      f"{base['ci95'][v][1]:.3f}]" for v in values)
+                     + " |" * (len(values) + 1) + " |")
         for p in (p for p in front["points"] if p["split"] == "test"):
             beats = all(p["rewards"][v] > base["rewards"][v] for v in values)
+            delta = [f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if (d := p.get("vs_base", {}).get(v))
+                     else "—" for v in values]
             lines.append(f"| {_fmt_w(p['weights'])} | " + " | ".join(
                 f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
-                + f" | {'yes' if beats else ''} |")
+                + " | " + " | ".join(delta) + f" | {'yes' if beats else ''} |")
         lines.append("")
     write_atomic(dest.report_path, "the report", lambda tmp: tmp.write_text("\n".join(lines)),
                  "the fronts it is made from are kept")
     return dest.report_path
+
+
+def method_differences(fronts: dict[str, dict], ref) -> list[str]:
+    """Markdown: test-HV differences between every two methods, paired over prompts (mvalign.stats)."""
+    if len(fronts) < 2:
+        return []
+    try:
+        diffs = hv_differences(fronts, ref)
+    except (ValueError, KeyError) as e:
+        return [f"Paired hypervolume differences: not available ({str(e).splitlines()[0]}).", ""]
+    lines = ["Test-hypervolume differences between methods, paired over prompts (val and test prompts resampled "
+             "together, selection redone on val in each of 1000 replicates; mvalign.stats). 'detectable': the smallest "
+             "difference these settings detect with 80% power.", "",
+             "| A − B | difference | 95% interval | detectable | verdict |", "|---|---|---|---|---|"]
+    for (a, b), d in diffs.items():
+        lines.append(f"| {a} − {b} | {d['mean']:+.4g} | [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}] | "
+                     f"{d['detectable']:.3g} | {d['verdict']} |")
+    return lines + [""]
+
+
+def run_judges(run: RunDir, values) -> dict[str, dict | None]:
+    """Each value's judge quality (mvalign.judging) from its trained head, where the run has one."""
+    folders = {v: run.reward(v) for v in values}
+    try:
+        from .rewards import reward_dir
+
+        cfg = run.load_config()
+        folders = {v: reward_dir(cfg, v) for v in values}
+    except Exception:  # noqa: BLE001 - a report from fronts alone still lists the judges it can find
+        pass
+    return {v: judge_quality(folder) for v, folder in folders.items()}
 
 
 def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:

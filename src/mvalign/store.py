@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS points (
     responses TEXT NOT NULL,
     created REAL NOT NULL,
     flag TEXT NOT NULL DEFAULT '',
+    scores TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (method, weights, split, settings_key)
 );
 """
@@ -87,6 +88,8 @@ class PointRecord:
     flag: str = ""
     """Why the point is not a usable model ('' when it is): 'non-finite weights' or 'all responses empty'. Flagged
     points are kept for the record but never selected (Pareto, hypervolume, pick)."""
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    """Per value, each prompt's score in prompt order (what paired statistics resample; {} in older stores)."""
 
 
 def weights_key(weights: dict[str, float]) -> str:
@@ -100,8 +103,11 @@ class RunStore:
         try:
             with closing(self._connect()) as con, con:
                 con.executescript(SCHEMA)
-                if "flag" not in {r["name"] for r in con.execute("PRAGMA table_info(points)")}:  # stores before flags
+                columns = {r["name"] for r in con.execute("PRAGMA table_info(points)")}
+                if "flag" not in columns:  # stores made before flags
                     con.execute("ALTER TABLE points ADD COLUMN flag TEXT NOT NULL DEFAULT ''")
+                if "scores" not in columns:  # stores made before per-prompt scores
+                    con.execute("ALTER TABLE points ADD COLUMN scores TEXT NOT NULL DEFAULT '{}'")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: {e}; move the file aside (e.g. to store.sqlite.bad) and re-run: finished "
                              "adapters are kept and recorded again, points are re-evaluated") from None
@@ -131,7 +137,7 @@ class RunStore:
     def put_point(self, rec: PointRecord) -> None:
         row = asdict(rec)
         row["weights"] = weights_key(rec.weights)
-        for k in ("rewards", "ci95", "generation", "responses"):
+        for k in ("rewards", "ci95", "generation", "responses", "scores"):
             row[k] = json.dumps(row[k])
         cols = ", ".join(row)
         with writing(self.path, "an evaluated point", KEPT), closing(self._connect()) as con, con:
@@ -156,7 +162,7 @@ class RunStore:
     @staticmethod
     def _point(row: sqlite3.Row) -> PointRecord:
         data = dict(row)
-        for k in ("weights", "rewards", "ci95", "generation", "responses"):
+        for k in ("weights", "rewards", "ci95", "generation", "responses", "scores"):
             data[k] = json.loads(data[k])
         return PointRecord(**data)
 

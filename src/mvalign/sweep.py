@@ -182,6 +182,10 @@ def evaluate_points(
         w = {k: float(v) for k, v in cand.label.items()}
         pkey = point_key(key, cand)
         done = store.get_point(method, w, split, pkey)
+        if done is not None and set(done.scores) != set(rewards) and len(done.responses) == len(prompts):
+            done.scores = {name: [float(x) for x in (cache.score(rm, prompts, done.responses) if cache else
+                                                     rm.score(prompts, done.responses))] for name, rm in rewards.items()}
+            store.put_point(done)  # a point stored before per-prompt scores were: scored again (cached), kept
         if done is not None:
             done.weights = w  # the caller's value order (the store keeps keys sorted)
             found[i] = done
@@ -207,7 +211,8 @@ def evaluate_points(
                 means, ci = point_stats(scores, bootstrap, generation.seed)
                 w, pkey = pkeys[i]
                 rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), gen.seconds,
-                                  time.perf_counter() - t1, generation.as_dict(), responses, flag=flag)
+                                  time.perf_counter() - t1, generation.as_dict(), responses, flag=flag,
+                                  scores={k: [float(x) for x in v] for k, v in scores.items()})
                 store.put_point(rec)
                 reached("point")
                 found[i] = rec

@@ -98,10 +98,17 @@ class DataSourceConfig(Strict):
 
 
 class RewardConfig(Strict):
-    kind: Literal["hf", "bt-head"] = Field(
+    kind: Literal["hf", "bt-head", "callable"] = Field(
         "bt-head", description="'hf': a sequence-classification reward model; 'bt-head': a Bradley-Terry head on a "
-        "frozen sentence encoder, trained by `mvalign reward train`. Used by evaluation and VC scoring."
+        "frozen sentence encoder, trained by `mvalign reward train`; 'callable': a Python function "
+        "f(prompt, response) -> float named by `function` (e.g. mvalign.judges:refusal). Used by evaluation and VC scoring."
     )
+    function: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="callable: 'package.module:function', imported from the environment.")
+    version: str = Field(
+        "1", description="callable: part of the judge's identity (cached scores, stored points): change it when the "
+        "function's behaviour changes.")
     path: str | None = Field(
         None, description="hf: local directory or hub name of the reward model. bt-head: folder of a trained head "
         "(default RUN/rewards/<value>)."

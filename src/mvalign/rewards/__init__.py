@@ -29,6 +29,22 @@ def reward_dir(cfg: MVAConfig, value: str) -> Path:
     return RunDir.of(cfg).reward(value)
 
 
+def import_function(spec: str | None, field: str):
+    """The callable named 'package.module:function'."""
+    import importlib
+
+    if not spec:
+        raise ConfigError(f"{field}: a callable judge needs `function: package.module:function`")
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{field}: cannot import {spec!r} ({type(e).__name__}: {e}); is its package installed?") from None
+    if not callable(fn):
+        raise ConfigError(f"{field}: {spec!r} is not callable")
+    return fn
+
+
 def reward_device(cfg: MVAConfig, value: str) -> str:
     """Where `value`'s reward model runs: its reward.device, else model.device."""
     r = cfg.value(value).reward
@@ -70,6 +86,10 @@ def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, 
         r = v.reward
         if r is None:
             raise ConfigError(f"values.{v.name}.reward is not set: every value needs a reward model for evaluation")
+        if r.kind == "callable":
+            out[v.name] = CallableReward(import_function(r.function, f"values.{v.name}.reward.function"), v.name,
+                                         r.version, r.cost)
+            continue
         if r.kind == "hf":
             if not r.path:
                 raise ConfigError(f"values.{v.name}.reward.path: name the reward model (local folder or hub name)")

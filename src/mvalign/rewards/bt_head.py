@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..data.pairs import PreferencePair, Prompt
 from ..devices import place, resolve_device
 from ..errors import write_atomic
+from ..judging import pair_ece
 from .base import RewardError, RewardModel, prompt_text
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -108,6 +109,12 @@ class BTHead(torch.nn.Module):
         return self.net(e).squeeze(-1)
 
 
+def margins(head: BTHead, ew: np.ndarray, el: np.ndarray) -> np.ndarray:
+    """r(y_w) − r(y_l) per pair."""
+    with torch.no_grad():
+        return (head(torch.from_numpy(ew)) - head(torch.from_numpy(el))).numpy()
+
+
 def pair_accuracy(head: BTHead, ew: np.ndarray, el: np.ndarray) -> float:
     with torch.no_grad():
         return float((head(torch.from_numpy(ew)) > head(torch.from_numpy(el))).float().mean())
@@ -150,6 +157,7 @@ def train_bt_head(
         "val_pairs": len(val),
         "train_accuracy": pair_accuracy(head, ew, el),
         "val_accuracy": pair_accuracy(head, vw, vl) if val else None,
+        "val_ece": pair_ece(margins(head, vw, vl)) if val else None,
         "settings": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed},
     }
     out = Path(out_dir)
