@@ -56,23 +56,9 @@ def timed(fn, repeats: int):
 
 
 def random_adapters(model_cfg, work: Path) -> list[Path]:
-    from mvalign.config import LoraSettings
-    from mvalign.lora import add_value_adapter
-    from mvalign.models import load_model
+    from sweep_cost import save_random_adapter  # bench/perf is on sys.path when this file runs as a script
 
-    paths = []
-    for i, name in enumerate(("helpful", "harmless")):
-        out = work / "adapters" / name
-        if not (out / "adapter_model.safetensors").is_file():
-            model, _ = load_model(model_cfg)
-            peft = add_value_adapter(model, LoraSettings(r=16, alpha=32, dropout=0.0), seed=i)
-            with torch.no_grad():
-                for n, p in peft.named_parameters():
-                    if "lora_B" in n:
-                        p.normal_(std=0.02)
-            peft.save_pretrained(out)
-        paths.append(out)
-    return paths
+    return [save_random_adapter(model_cfg, work / "adapters" / name, i) for i, name in enumerate(("helpful", "harmless"))]
 
 
 def tokens_of(tokenizer, responses) -> int:

@@ -74,27 +74,34 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def prepare(s: dict) -> dict:
-    """Random adapters and trained reward heads, created once under runs/bench-perf/."""
+def save_random_adapter(model_cfg, out: Path, seed: int) -> Path:
+    """A random value vector (r=16 on q/k/v/o, B ~ N(0, 0.02²)) saved once at `out`."""
     import torch
 
     from mvalign.config import LoraSettings
-    from mvalign.data import split_pairs
-    from mvalign.data.builtin import builtin_pairs
     from mvalign.lora import add_value_adapter
     from mvalign.models import load_model
+
+    if not (out / "adapter_model.safetensors").is_file():
+        model, _ = load_model(model_cfg)
+        peft = add_value_adapter(model, LoraSettings(r=16, alpha=32, dropout=0.0), seed=seed)
+        with torch.no_grad():
+            for n, p in peft.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(std=0.02)
+        peft.save_pretrained(out)
+    return out
+
+
+def prepare(s: dict) -> dict:
+    """Random adapters and trained reward heads, created once under runs/bench-perf/."""
+
+    from mvalign.data import split_pairs
+    from mvalign.data.builtin import builtin_pairs
     from mvalign.rewards.bt_head import train_bt_head
 
     for i, name in enumerate(("helpful", "harmless")):
-        out = work() / "adapters" / name
-        if not (out / "adapter_model.safetensors").is_file():
-            model, _ = load_model(model_config())
-            peft = add_value_adapter(model, LoraSettings(r=16, alpha=32, dropout=0.0), seed=i)
-            with torch.no_grad():
-                for n, p in peft.named_parameters():
-                    if "lora_B" in n:
-                        p.normal_(std=0.02)
-            peft.save_pretrained(out)
+        save_random_adapter(model_config(), work() / "adapters" / name, i)
         head = WORK / "rewards" / name
         if not (head / "head.json").is_file():
             sp = split_pairs(builtin_pairs(name, "reward"), seed=0, train=0.8, val=0.2)
