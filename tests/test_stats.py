@@ -123,3 +123,23 @@ def test_callable_judge_loads_from_config_and_its_identity_follows_its_version(t
     cfg.values[1].reward.function = "mvalign.judges:nope"
     with pytest.raises(ConfigError, match="values.harmless.reward.function: cannot import"):
         load_reward_models(cfg)
+
+
+def test_compare_pools_paired_differences_over_runs():
+    """Two runs (seeds) of the same two methods: the pooled difference is the mean of the per-run differences."""
+    from mvalign.compare import compare, markdown
+    from mvalign.stats import front_hv
+
+    entries = []
+    for seed in range(2):
+        rng = np.random.default_rng(10 + seed)
+        better, worse = synthetic_front(rng, 0.5), synthetic_front(rng, 0.0)
+        worse["base"] = better["base"]
+        entries += [{"run": f"r{seed}", "method": "better", "front": better},
+                    {"run": f"r{seed}", "method": "worse", "front": worse}]
+    table = compare(entries)
+    (d,) = table["paired"]["differences"]
+    ref = table["reference_point"]
+    per_run = [front_hv(entries[2 * k]["front"], ref) - front_hv(entries[2 * k + 1]["front"], ref) for k in range(2)]
+    assert d["per_seed"] == pytest.approx(per_run) and d["mean"] == pytest.approx(np.mean(per_run))
+    assert d["seeds"] == 2 and d["verdict"] == "held" and "| better − worse |" in markdown(table)

@@ -20,7 +20,7 @@ from .config import ConfigError
 from .pareto import hypervolume, non_dominated
 from .report import dominates_base
 from .rundir import RunDir
-from .stats import shared_reference
+from .stats import pooled_differences, shared_reference
 
 
 def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list[dict]:
@@ -78,7 +78,24 @@ def compare(entries: Sequence[dict], reference: Sequence[float] | None = None) -
                    "beats_base": mean_interval([r["beats_base"] for r in rows if r["method"] == m])} for m in methods}
     return {"values": values, "reference_point": ref,
             "reference_point_rule": "given" if reference is not None else
-            "per-value minimum over every base and test point in the table", "rows": rows, "methods": summary}
+            "per-value minimum over every base and test point in the table", "rows": rows, "methods": summary,
+            "paired": paired_over_runs(entries, ref)}
+
+
+def paired_over_runs(entries: Sequence[dict], ref: Sequence[float]) -> dict:
+    """Test-HV differences between methods, paired over prompts within each run and pooled over runs (seeds) as
+    `stats.pooled_differences` documents; {"unavailable": why} when fronts lack per-prompt scores."""
+    runs: dict[str, dict] = {}
+    for e in entries:
+        runs.setdefault(e["run"], {})[e["method"]] = e["front"]
+    per_run = list(runs.values())
+    if len(set.intersection(*(set(r) for r in per_run))) < 2:
+        return {"unavailable": "fewer than two methods evaluated in every run"}
+    try:
+        diffs = pooled_differences(per_run, ref)
+    except (ValueError, KeyError) as e:
+        return {"unavailable": str(e).splitlines()[0]}
+    return {"differences": [{"a": a, "b": b, **d} for (a, b), d in diffs.items()]}
 
 
 def markdown(table: dict) -> str:
@@ -89,6 +106,16 @@ def markdown(table: dict) -> str:
     for m, s in table["methods"].items():
         h = s["hypervolume_test"]
         lines.append(f"| {m} | {h['mean']:.3f} [{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}] | {h['n']} |")
+    paired = table.get("paired", {})
+    if paired.get("differences"):
+        lines += ["", "Differences paired over prompts within each run, pooled over runs (mvalign.stats); 'detectable' "
+                  "= smallest difference these settings detect with 80% power:", "",
+                  "| A − B | difference | 95% interval | detectable | verdict | runs |", "|---|---|---|---|---|---|"]
+        for d in paired["differences"]:
+            lines.append(f"| {d['a']} − {d['b']} | {d['mean']:+.4g} | [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}] | "
+                         f"{d['detectable']:.3g} | {d['verdict']} | {d['seeds']} |")
+    elif paired:
+        lines += ["", f"Paired differences: not available ({paired['unavailable']})."]
     lines += ["", "| run | method | HV test | non-dominated | " + " | ".join(f"best {v}" for v in values)
               + " | beat base | steps | tokens | train s |", "|---" * (8 + len(values)) + "|"]
     for r in table["rows"]:
