@@ -39,9 +39,6 @@ PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets"
 EVALUATION_ONLY = ("sweep", "report_to")
 """Config sections that change only how a run is evaluated: a run dir accepts new values for them (stored points
 are keyed by their settings, so nothing stale is reused)."""
-EXECUTION_ONLY = ("model.device", "values.*.reward.device")
-"""Where the work runs, not what it computes: a run made on one device carries on on another. (The dtype the base
-is held in is compared as resolved here, and base.json's fingerprint, which holds the dtypes, guards the rest.)"""
 LOCATIONS = ("run_dir", "cache_dir")
 """Where the run and the cache live, not what they hold: a run dir moved or copied elsewhere carries on."""
 PARTIAL = ".tmp", ".copy"
@@ -242,7 +239,9 @@ class RunDir:
 
 
 def _identity(dump: dict, device: str) -> dict:
-    """A config dump without the EXECUTION_ONLY fields, with model.dtype 'auto' resolved for `device` here."""
+    """A config dump without where the work runs (model.device, values.*.reward.device: a run made on one device
+    carries on on another), with model.dtype 'auto' resolved for `device` here (base.json's fingerprint, which holds
+    the dtypes, guards the rest)."""
     from .devices import DeviceError, resolve_device, resolve_dtype
 
     out = json.loads(json.dumps(dump))

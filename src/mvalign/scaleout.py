@@ -95,6 +95,7 @@ class RayBackend:
         self.args = (cfg.model_dump(mode="json"), list(adapters), cfg.sweep.combination, mixed,
                      max(1, int(self.settings.cpus_per_worker)))
         self.env = env
+        self.actor = ray.remote(SweepWorker)
         self.restarts = 0
         self.workers = [self._start(i) for i in range(self.settings.workers)]
 
@@ -103,7 +104,7 @@ class RayBackend:
         env = {**self.env, "MVALIGN_FAULT": ""}  # set, so that no worker inherits the driver's
         if index == 0 and os.environ.get("MVALIGN_FAULT", "").startswith("task"):
             env["MVALIGN_FAULT"] = os.environ["MVALIGN_FAULT"]
-        actor = self.ray.remote(SweepWorker).options(
+        actor = self.actor.options(
             num_cpus=self.settings.cpus_per_worker, num_gpus=self.settings.gpus_per_worker, max_restarts=0,
             runtime_env={"env_vars": env})
         return actor.remote(*self.args)

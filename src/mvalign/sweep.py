@@ -126,8 +126,8 @@ def run_task(combined: CombinedModel, passes: Passes | None, tokenizer, task: Ta
     """Generate every candidate of `task` (after its prompt transform) on a loaded model: what the local backend
     does in-process and a Ray worker does on its own copy (`mvalign.scaleout`)."""
     chat = use_chat_template and has_chat_template(tokenizer)
-    t0 = time.perf_counter()
     if task.mixed:
+        t0 = time.perf_counter()
         if any(combined.current):
             combined.reset()  # the hooks add each row's update to W0
         texts = [format_texts(tokenizer, prompts if c.prompt is None else [c.prompt.apply(p) for p in prompts], chat)
@@ -174,6 +174,11 @@ def evaluate_points(
     workers); scoring and the store stay here, so this process is the store's only writer.
     """
     key = settings_key(prompts, generation, rewards)
+
+    def scored(responses: Sequence[str]) -> dict[str, list[float]]:  # every judge, per prompt (through the cache)
+        return {name: [float(x) for x in (cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses))]
+                for name, rm in rewards.items()}
+
     found: dict[int, PointRecord] = {}
     todo: list[tuple[int, Candidate]] = []
     pkeys: dict[int, tuple[dict[str, float], str]] = {}
@@ -183,8 +188,7 @@ def evaluate_points(
         pkey = point_key(key, cand)
         done = store.get_point(method, w, split, pkey)
         if done is not None and set(done.scores) != set(rewards) and len(done.responses) == len(prompts):
-            done.scores = {name: [float(x) for x in (cache.score(rm, prompts, done.responses) if cache else
-                                                     rm.score(prompts, done.responses))] for name, rm in rewards.items()}
+            done.scores = scored(done.responses)
             store.put_point(done)  # a point stored before per-prompt scores were: scored again (cached), kept
         if done is not None:
             done.weights = w  # the caller's value order (the store keeps keys sorted)
@@ -206,13 +210,11 @@ def evaluate_points(
                 flag = "" if finite and any(r.strip() for r in responses) else (
                     "non-finite weights" if not finite else "all responses empty")
                 t1 = time.perf_counter()
-                scores = {name: cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
-                          for name, rm in rewards.items()}
+                scores = scored(responses)
                 means, ci = point_stats(scores, bootstrap, generation.seed)
                 w, pkey = pkeys[i]
                 rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), gen.seconds,
-                                  time.perf_counter() - t1, generation.as_dict(), responses, flag=flag,
-                                  scores={k: [float(x) for x in v] for k, v in scores.items()})
+                                  time.perf_counter() - t1, generation.as_dict(), responses, flag=flag, scores=scores)
                 store.put_point(rec)
                 reached("point")
                 found[i] = rec
