@@ -213,6 +213,8 @@ def test_run_pipeline_reward_cli_and_report_on_tiny_model(tmp_path, tiny_model_d
     assert (run / "report.md").read_text().startswith("# mvalign report")
     rewritten = runner.invoke(app, ["report", str(run)])
     assert rewritten.exit_code == 0 and (run / "front-mva.png").is_file()
+    elsewhere = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "copy")])
+    assert elsewhere.exit_code == 0 and (tmp_path / "copy" / "explorer.html").stat().st_size > 1_000_000  # plotly inlined
 
 
 def test_run_dir_from_an_older_config_without_new_fields_is_accepted(tmp_path, run_config):

@@ -249,7 +249,10 @@ def demo(
 
         typer.echo(yaml.safe_dump(demo_config(quick, str(run_dir)).model_dump(mode="json"), sort_keys=False))
         return
-    typer.echo(json.dumps(run_demo(quick, run_dir), indent=2))
+    summary = run_demo(quick, run_dir)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"report: {summary['report']}")
+    typer.echo(f"explorer: {summary['explorer']} (open it in a browser, or `mvalign view {summary['run_dir']} --serve`)")
 
 
 @app.command()
@@ -280,6 +283,33 @@ def report(
     from .rundir import RunDir
 
     typer.echo(f"wrote {report_run(RunDir(run), out)}")
+
+
+@app.command()
+def view(
+    runs: list[Path] = typer.Argument(..., help="Run directories with evaluated fronts (several: one page, a run selector)."),
+    out: Path | None = typer.Option(None, "--out", help="Page path [default: RUN/explorer.html for one run, "
+                                    "./explorer.html for several]."),
+    serve: bool = typer.Option(False, "--serve", help="Then serve it on http://127.0.0.1:PORT until Ctrl-C."),
+    port: int = typer.Option(8765, "--port", help="Port for --serve (127.0.0.1 only)."),
+) -> None:
+    """Write the front explorer: one self-contained HTML page (works from file://, no network) with every evaluated
+    point, each method's front, the paired change from the base model and each point's responses."""
+    from .explorer import serve as serve_page
+    from .explorer import write_explorer
+    from .rundir import RunDir
+
+    path = write_explorer([RunDir(r) for r in runs], out)
+    typer.echo(f"wrote {path}")
+    if serve:
+        server = serve_page(path, port)
+        typer.echo(f"serving http://127.0.0.1:{server.server_address[1]}/{path.name} (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from .pareto import non_dominated
 from .race import RaceResult, joined, race
 from .report import build_front, write_front
 from .rewards import RewardModel, ScoreCache, load_reward_models
+from .rewards.base import prompt_text
 from .rundir import RunDir
 from .store import PointRecord, RunStore
 from .sweep import Passes, evaluate_points, point_key, settings_key
@@ -186,6 +187,8 @@ def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) ->
                          "mixed_batching": None if ev.common["passes"] is None else
                          {"rows_per_pass": ev.common["passes"].rows, "points_per_pass": ev.common["passes"].points},
                          "backend": backend_settings(ev.common["backend"])}
+    front["prompts"] = {s: [prompt_text(p) for p in ev.prompts[s]] for s in ("val", "test")}
+    front["store_method"] = ev.key
     if raced is not None:
         front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
                            "rounds": raced.rounds, "token_fraction": raced.token_fraction,

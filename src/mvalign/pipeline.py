@@ -8,7 +8,7 @@ import time
 from .config import MVAConfig
 from .evaluate import evaluate_method
 from .methods import get_method, prepare_run, train_method
-from .report import write_report
+from .report import write_report, write_run_explorer
 from .rewards import load_reward_models, reward_dir
 
 
@@ -39,9 +39,11 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,
                 "test_prompts": cfg.sweep.test_prompts, "max_new_tokens": cfg.sweep.max_new_tokens}
     report = write_report(run, fronts, settings)
+    explorer = write_run_explorer(run, run.root)
     summary = {
         "run_dir": str(run.root),
         "report": str(report),
+        "explorer": str(explorer),
         "timings": timings,
         "reward_heads": {k: {"val_accuracy": h.get("val_accuracy"), "val_pairs": h.get("val_pairs")} for k, h in heads.items()},
         "fronts": {m: {"hypervolume": f["hypervolume"], "reference_point": f["reference_point"]} for m, f in fronts.items()},

@@ -1,10 +1,13 @@
 """The run's outputs: `front.json` (the contract other tools read), `report.md` and its PNGs.
 
 front.json = {"values": [...], "reference_point": [...], "points": [{"method", "weights", "split", "rewards", "ci95",
-"pareto"}], "hypervolume": {"val": float, "test": float}, "base": {"rewards": {...}, "ci95": {...},
-"rewards_val": {...}}}. Val points are all candidates (pareto = non-dominated among them); test points are the
-selected ones (pareto = non-dominated among the test scores of the selection). The reference point is the per-value
-minimum over the base model and every candidate (both splits) unless the config sets one.
+"pareto", "settings_key", "scores", "vs_base"}], "hypervolume": {"val": float, "test": float}, "base": {"rewards": {...},
+"ci95": {...}, "rewards_val": {...}, "scores", "scores_val", "settings_key", "settings_key_val"}, "prompts": {split:
+[text]}, "store_method": the store key of its points}. `settings_key` finds a point's record (and responses) in the
+store; `scores` are per-prompt scores in the order of `prompts[split]`. Val points are all candidates (pareto =
+non-dominated among them); test points are the selected ones (pareto = non-dominated among the test scores of the
+selection). The reference point is the per-value minimum over the base model and every candidate (both splits) unless
+the config sets one. `explorer.html` (mvalign.explorer) is written beside the report.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
 
     points = [
         {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m),
-         **paired(p, split)}
+         "settings_key": p.settings_key, **paired(p, split)}
         for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask)) for p, m in zip(pts, mask)
     ]
     points += [{"method": method, "weights": p.weights, "split": p.split, "rewards": p.rewards, "ci95": p.ci95,
-                "pareto": False, "flag": p.flag} for p in flagged]
+                "pareto": False, "flag": p.flag, "settings_key": p.settings_key} for p in flagged]
     return {
         "values": list(values),
         "reference_point": ref.tolist(),
@@ -56,7 +59,8 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
         "points": points,
         "hypervolume": {"val": hypervolume(val_m[val_mask], ref), "test": hypervolume(test_m[test_mask], ref)},
         "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards,
-                 "scores": base_test.scores, "scores_val": base_val.scores},
+                 "scores": base_test.scores, "scores_val": base_val.scores,
+                 "settings_key": base_test.settings_key, "settings_key_val": base_val.settings_key},
     }
 
 
@@ -141,7 +145,9 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
     dest = RunDir(out) if out is not None else run
     dest.root.mkdir(parents=True, exist_ok=True)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-    lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, ""]
+    lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, "",
+             "Interactive explorer: [explorer.html](explorer.html) — every evaluated point, the paired change from the "
+             "base model, and what each model answered (rebuild with `mvalign view RUN`).", ""]
     lines += judges_section(run_judges(run, next(iter(fronts.values()))["values"]))
     ref = shared_reference(list(fronts.values()))
     lines += [f"One reference point for every hypervolume below: {np.round(ref, 4).tolist()} (per-value minimum over "
@@ -221,11 +227,20 @@ def write_front(run: RunDir, front: dict, method: str, primary: bool = False) ->
 
 
 def report_run(run: RunDir, out: Path | None = None) -> Path:
-    """Rewrite report.md and its PNGs from the run's front-<method>.json files (into `out` when given, e.g. for a
-    read-only run)."""
+    """Rewrite report.md, its PNGs and explorer.html from the run's front-<method>.json files and store (into `out`
+    when given, e.g. for a read-only run)."""
     from .config import ConfigError
 
     fronts = {m: run.read_front(m) for m in run.fronts()}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
-    return write_report(run, fronts, {"run": str(run.root)}, out)
+    path = write_report(run, fronts, {"run": str(run.root)}, out)
+    write_run_explorer(run, path.parent)
+    return path
+
+
+def write_run_explorer(run: RunDir, folder: Path) -> Path:
+    """explorer.html for this run, into `folder` (beside its report.md)."""
+    from .explorer import write_explorer
+
+    return write_explorer([run], folder / "explorer.html")

@@ -1,0 +1,201 @@
+"""The front explorer: one self-contained `explorer.html` per run (or set of runs) that shows every evaluated point,
+each method's non-dominated front, the base model, the paired change from the base, and what each model said.
+
+Data comes from the run only: its front-<method>.json files (points, fronts, per-prompt scores, paired changes) and
+its store (each point's responses). The page embeds plotly's offline bundle (from the `plotly` package) and the
+data, so it opens from a file:// URL with no network. Served on 127.0.0.1 only, for convenience.
+
+Payload (what the page reads; strings are deduplicated into one table, referenced by index):
+  {"strings": [...], "runs": [{"name", "root", "values", "judges": {value: judge_quality | None},
+    "reference_point", "prompts": {split: [sid]}, "base": {split: {"rewards", "ci95", "scores", "responses"}},
+    "methods": [{"name", "hv_test", "settings", "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
+    "flag", "scores", "vs_base", "responses"}]}]}]}
+`vs_base[v]` = paired difference mean(sᵢ(point) − sᵢ(base)) over the split's prompts with its paired bootstrap 95%
+interval (`mvalign.stats.paired_difference`); `scores[v][i]` is prompt i's score, so the page's per-prompt Δ is
+`scores[v][i] − base.scores[v][i]`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from pathlib import Path
+
+from .config import ConfigError
+from .errors import write_atomic
+from .report import run_judges
+from .rewards.base import prompt_text
+from .rundir import RunDir
+from .stats import change_vs_base, front_hv, shared_reference
+from .store import PointRecord, weights_key
+
+TEMPLATE = "explorer_page.html"
+
+
+class Strings:
+    """A table of distinct strings; a response given by many points is stored once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, text: str) -> int:
+        if text not in self._index:
+            self._index[text] = len(self.items)
+            self.items.append(text)
+        return self._index[text]
+
+
+def store_method(front: dict, method: str) -> str:
+    """The store key a front's points were saved under: its vectors' method (+ '-factorwise')."""
+    if "store_method" in front:
+        return front["store_method"]
+    s = front.get("settings") or {}
+    if "vectors" not in s:
+        return method
+    return s["vectors"] + ("" if s.get("combination", "exact") == "exact" else "-factorwise")
+
+
+def find_record(records: Sequence[PointRecord], point: dict) -> PointRecord | None:
+    """The stored point a front point was made from: same settings key when the front records it, else the same
+    weights and exactly the same mean rewards (fronts written before settings keys were recorded)."""
+    key = weights_key(point["weights"])
+    for rec in records:
+        if weights_key(rec.weights) != key:
+            continue
+        if point.get("settings_key") is not None:
+            if rec.settings_key == point["settings_key"]:
+                return rec
+        elif rec.rewards == point["rewards"]:
+            return rec
+    return None
+
+
+def split_prompts(run: RunDir, fronts: dict[str, dict]) -> dict[str, list[str] | None]:
+    """Each split's prompt texts: recorded in the front, else rebuilt from the run's config (None if neither works)."""
+    first = next(iter(fronts.values()))
+    if "prompts" in first:
+        return first["prompts"]
+    settings = first.get("settings") or {}
+    out: dict[str, list[str] | None] = {"val": None, "test": None}
+    try:
+        from .evaluate import eval_prompts
+
+        cfg = run.load_config()
+        for split in out:
+            n = settings.get(f"{split}_prompts", getattr(cfg.sweep, f"{split}_prompts"))
+            out[split] = [prompt_text(p) for p in eval_prompts(cfg, split, n)]
+    except Exception:  # noqa: BLE001 - the page still works, with prompts shown by number
+        pass
+    return out
+
+
+def _responses(strings: Strings, rec: PointRecord | None) -> list[int] | None:
+    return None if rec is None or not rec.responses else [strings.add(r) for r in rec.responses]
+
+
+def run_data(run: RunDir, strings: Strings) -> dict:
+    """One run's part of the payload (see the module docstring)."""
+    names = run.fronts()
+    if not names:
+        raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first (the explorer shows evaluated "
+                          "fronts)")
+    fronts = {m: run.read_front(m) for m in names}
+    first = next(iter(fronts.values()))
+    values = first["values"]
+    store = run.store() if run.store_path.is_file() else None
+    stored = {}
+
+    def records(method: str, split: str) -> list[PointRecord]:
+        if store is None:
+            return []
+        if (method, split) not in stored:
+            stored[method, split] = store.points(method, split)
+        return stored[method, split]
+
+    prompts = split_prompts(run, fronts)
+    base = {}
+    for split, suffix in (("test", ""), ("val", "_val")):
+        b = first["base"]
+        wanted = {"weights": {v: 0.0 for v in values}, "rewards": b[f"rewards{suffix}"],
+                  "settings_key": b.get(f"settings_key{suffix}")}
+        base[split] = {"rewards": b[f"rewards{suffix}"], "ci95": b.get(f"ci95{suffix}"),
+                       "scores": b.get(f"scores{suffix}") or {},
+                       "responses": _responses(strings, find_record(records("base", split), wanted))}
+    ref = shared_reference(list(fronts.values()))
+    methods = []
+    for method, front in fronts.items():
+        key = store_method(front, method)
+        points = []
+        for i, p in enumerate(front["points"]):
+            rec = find_record(records(key, p["split"]), p)
+            scores = p.get("scores") or (rec.scores if rec is not None else {})
+            vs_base = p.get("vs_base")
+            if not vs_base and scores and base[p["split"]]["scores"] and not p.get("flag"):
+                vs_base = change_vs_base(scores, base[p["split"]]["scores"], n_boot=1000, seed=0)
+            points.append({"id": f"{method}:{i}", "split": p["split"], "weights": p["weights"], "rewards": p["rewards"],
+                           "ci95": p.get("ci95"), "pareto": bool(p.get("pareto")), "flag": p.get("flag", ""),
+                           "scores": scores, "vs_base": vs_base or {}, "responses": _responses(strings, rec)})
+        methods.append({"name": method, "hv_test": front_hv(front, ref), "settings": front.get("settings", {}),
+                        "points": points})
+    return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,
+            "judges": run_judges(run, values), "reference_point": ref,
+            "prompts": {s: None if t is None else [strings.add(x) for x in t] for s, t in prompts.items()},
+            "base": base, "methods": methods}
+
+
+def explorer_data(runs: Sequence[RunDir]) -> dict:
+    """The page's payload for one or more runs (every run must have evaluated fronts)."""
+    strings = Strings()
+    data = [run_data(r, strings) for r in runs]
+    return {"strings": strings.items, "runs": data}
+
+
+def render(data: dict) -> str:
+    """The HTML page: template + plotly's offline bundle + the payload (both inlined)."""
+    from plotly.offline import get_plotlyjs
+
+    page = files("mvalign").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    payload = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return page.replace("/*PLOTLYJS*/", get_plotlyjs()).replace("/*PAYLOAD*/", payload)
+
+
+def _finite(x):
+    """JSON-safe: NaN / ±inf (a flagged point's rewards) become null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def default_out(runs: Sequence[RunDir]) -> Path:
+    return runs[0].root / "explorer.html" if len(runs) == 1 else Path("explorer.html")
+
+
+def write_explorer(runs: Sequence[RunDir], out: Path | None = None) -> Path:
+    """Write explorer.html (atomically): into the run for one run, ./explorer.html for several, or `out`."""
+    if not runs:
+        raise ConfigError("give at least one run directory")
+    for run in runs:
+        if not run.root.is_dir():
+            raise ConfigError(f"{run.root}: no such run directory")
+    out = Path(out) if out is not None else default_out(runs)
+    html = render(explorer_data(runs))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, "the explorer page", lambda tmp: tmp.write_text(html, encoding="utf-8"),
+                 "it is rebuilt from the run's fronts and store at any time")
+    return out
+
+
+def serve(path: Path, port: int = 8765) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1:`port` (0: any free port) serving `path`'s folder; call serve_forever() on it."""
+    handler = partial(SimpleHTTPRequestHandler, directory=os.fspath(Path(path).resolve().parent))
+    return ThreadingHTTPServer(("127.0.0.1", port), handler)
