@@ -3,6 +3,9 @@
     .venv/bin/python bench/quality/run.py                      # full: hh + tqa, seeds 0 1 2 (see bench/README.md)
     .venv/bin/python bench/quality/run.py --max-minutes 100    # stop starting new cells after 100 minutes
     .venv/bin/python bench/quality/run.py --quick              # smoke run (1 seed, 1 step, 3 prompts), a few minutes
+    .venv/bin/python bench/quality/run.py --budget v2 --settings builtin tqa --seeds 0 --max-minutes 100
+                                                               # v2 (issue 17): 60 steps, 64 val / 128 test prompts,
+                                                               # 48 tokens → bench/results/quality-v2.json
     .venv/bin/python bench/quality/quality_table.py            # rebuild bench/results/quality.md from quality.json
 
 Settings (../shared/data): `hh` = HH-RLHF helpful vs harmless; `tqa` = TruthfulQA honest vs helpful. Base model:
@@ -13,6 +16,8 @@ trained once per setting, shared by every seed and method):
        single-turn too; with all dialogues both judges fell to 0.53 held-out accuracy); DPO on single-turn
        helpful-base / harmless-base train pairs;
   tqa  judges and DPO on the TruthfulQA pairs of the train split (questions).
+  builtin  (v2) the built-in helpful / harmless data: judges on its `reward` prompts, DPO and evaluation on its
+       disjoint `policy` prompts (the judges are near-exact there: a setting where the measurement is not the limit).
   Splits hash (seed, prompt), so evaluation prompts (val / test split) are unseen by judges and DPO alike; the
   harmless and tqa judges share train prompts with DPO, as a reward model and its policy do in RLHF.
 Budgets: every value vector gets S optimizer steps (batch 4); lw and modpo train one model per weight w ∈ {0.25,
@@ -43,6 +48,7 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_table import write_table  # noqa: E402
+from quality_v2 import write as write_v2  # noqa: E402
 
 from mvalign.combine import load_lora_adapter  # noqa: E402
 from mvalign.config import MVAConfig  # noqa: E402
@@ -59,7 +65,20 @@ BUDGET = {
              "rm_limit": None, "max_length": 160, "max_prompt_length": 96},
     "quick": {"steps": 1, "limit": 8, "eval_pairs": 4, "prompts": 3, "tokens": 4, "rm_epochs": 2,
               "rm_limit": 48, "max_length": 96, "max_prompt_length": 64},
+    # issue 17's v2 budget: >= 60 steps per vector, >= 64 val / 128 test prompts, >= 48 new tokens
+    "v2": {"steps": 60, "limit": None, "eval_pairs": 64, "val_prompts": 64, "test_prompts": 128, "tokens": 48,
+           "rm_epochs": 30, "rm_limit": None, "max_length": 192, "max_prompt_length": 96},
 }
+SPLITS = {
+    "v2": {
+        # TruthfulQA: 817 questions; 60/15/25% gives ~120 val and ~200 test questions (>= 64 / 128)
+        "tqa": {"train": 0.6, "val": 0.15, "test": 0.25},
+        # the built-in data has 180 policy prompts in all: 30/30/40% gives ~54 val and ~72 test prompts, the most it
+        # can give while keeping train pairs for 60 steps (fewer than v2 asks: stated in the table)
+        "builtin": {"train": 0.3, "val": 0.3, "test": 0.4},
+    },
+}
+SETTINGS = ["hh", "tqa", "builtin"]
 WEIGHTS = [0.25, 0.5, 0.75]
 
 
@@ -77,13 +96,17 @@ def values_for(setting: str, b: dict, root: Path) -> list[dict]:
             {"name": "harmless", "data": src("harmless-base", single_turn_only=True, limit=b["limit"]),
              "reward": {**judge("harmless"), "data": src("harmless-base", single_turn_only=True, limit=b["rm_limit"])}},
         ]
+    if setting == "builtin":
+        return [{"name": v, "data": {"format": "builtin", "part": "policy"},
+                 "reward": {**judge(v), "data": {"format": "builtin", "part": "reward"}}} for v in ("helpful", "harmless")]
     tqa = {"format": "truthfulqa", "path": [str(DATA / "truthfulqa")], "on_invalid": "skip"}
     return [{"name": v, "data": {**tqa, "value": v, "limit": b["limit"]},
              "reward": {**judge(v), "data": {**tqa, "value": v, "limit": b["rm_limit"]}}} for v in ("honest", "helpful")]
 
 
-def make_config(setting: str, seed: int, b: dict, root: Path) -> MVAConfig:
+def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full") -> MVAConfig:
     values = values_for(setting, b, root)
+    split = SPLITS.get(mode, {}).get(setting)
     names = [v["name"] for v in values]
     return MVAConfig.model_validate({
         "values": values,
@@ -91,13 +114,15 @@ def make_config(setting: str, seed: int, b: dict, root: Path) -> MVAConfig:
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": b["steps"], "batch_size": 4, "max_length": b["max_length"],
                 "max_prompt_length": b["max_prompt_length"], "precision": "bf16", "seed": seed, "save_every": 8,
                 "eval_pairs": b["eval_pairs"]},
-        "sweep": {"strategy": "grid", "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25, "val_prompts": b["prompts"],
-                  "test_prompts": b["prompts"], "max_new_tokens": b["tokens"], "batch_size": 12, "bootstrap": 1000},
+        "sweep": {"strategy": "grid", "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25,
+                  "val_prompts": b.get("val_prompts", b.get("prompts")), "test_prompts": b.get("test_prompts", b.get("prompts")),
+                  "max_new_tokens": b["tokens"], "batch_size": 12, "bootstrap": 1000},
         "decorrelation": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"},
         "consistency": {"mode": "threshold", "tau": 0.0, "text": "response"},
         "baselines": {"weights": [{names[0]: w, names[1]: round(1 - w, 10)} for w in WEIGHTS],
                       "steps_per_model": lw_steps(b), "modpo_margin": "implicit"},
         "run_dir": str(root / setting / f"seed{seed}"),
+        **({"split": split} if split else {}),
     })
 
 
@@ -165,7 +190,10 @@ def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--settings", nargs="+", default=["hh", "tqa"], choices=["hh", "tqa"])
+    ap.add_argument("--budget", choices=["full", "v2"], default="full", help="full: the v1 budget (quality.json); v2: "
+                    "issue 17's budget (quality-v2.json)")
+    ap.add_argument("--settings", nargs="+", default=None, choices=SETTINGS,
+                    help="default: hh tqa (full), builtin tqa hh (v2)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new (setting, seed) after this long")
@@ -175,10 +203,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
-    mode = "quick" if args.quick else "full"
+    mode = "quick" if args.quick else args.budget
     b = BUDGET[mode]
+    settings = args.settings or (["builtin", "tqa", "hh"] if mode == "v2" else ["hh", "tqa"])
     root = ROOT / "runs" / f"bench-quality-{mode}"
-    out = ROOT / "bench" / "results" / ("quality.json" if mode == "full" else "quality-quick.json")
+    out = ROOT / "bench" / "results" / {"full": "quality.json", "quick": "quality-quick.json", "v2": "quality-v2.json"}[mode]
     out.parent.mkdir(parents=True, exist_ok=True)
     results = migrate(json.loads(out.read_text())) if out.is_file() else {"cells": {}}
     results.pop("wall_seconds_total", None)
@@ -186,12 +215,13 @@ def main() -> None:
         "budget": {**b, "mode": mode, "weights_lw_modpo": WEIGHTS, "steps_per_lw_modpo_model": lw_steps(b),
                    "lora": "r16 alpha32 q,k,v,o dropout 0.05", "dpo": "beta 0.1 lr 5e-4 batch 4 bf16",
                    "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25, "decorrelation": "CKA on delta_w, alpha 0.1",
-                   "consistency": "threshold tau 0", "model": "smollm2-135m-instruct (embedded)"},
+                   "consistency": "threshold tau 0", "model": "smollm2-135m-instruct (embedded)",
+                   "splits": SPLITS.get(mode, {})},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "versions": package_versions(),
     })
     t0 = time.perf_counter()
-    for setting in args.settings:
+    for setting in settings:
         judges = None
         for seed in args.seeds:
             todo = [m for m in args.methods if f"{setting}/{seed}/{m}" not in results["cells"]]
@@ -199,9 +229,9 @@ def main() -> None:
                 continue
             if args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes:
                 print(f"stopping: {args.max_minutes} minutes reached; re-run to continue", flush=True)
-                write_table(results, out.with_suffix(".md"))
+                (write_v2 if mode == "v2" else write_table)(results, out.with_suffix(".md"))
                 return
-            cfg = make_config(setting, seed, b, root)
+            cfg = make_config(setting, seed, b, root, mode)
             judges = judges or load_reward_models(cfg)
             results.setdefault("judges", {})[setting] = {
                 v.name: {k: json.loads((Path(v.reward.path) / "head.json").read_text()).get(k)
@@ -215,7 +245,7 @@ def main() -> None:
                 print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
                                   "seconds": round(time.perf_counter() - t, 1)}), flush=True)
     results = save(results, out)
-    print(write_table(results, out.with_suffix(".md")))
+    print((write_v2 if mode == "v2" else write_table)(results, out.with_suffix(".md")))
 
 
 if __name__ == "__main__":
