@@ -25,3 +25,14 @@ def test_builtin_sizes_parts_and_conflicts():
 def test_builtin_through_data_config():
     pairs = load_pairs(DataSourceConfig(format="builtin", part="reward"), "harmless")
     assert pairs == builtin_pairs("harmless", "reward")
+
+
+def test_full_demo_evaluates_at_least_twice_the_prompts_it_used_to():
+    """The demo's split gives its sweep 45 val / 48 test prompts (issue 14: ≥ 2× the 16 / 22 it had), disjoint."""
+    from mvalign.demo import demo_config
+    from mvalign.evaluate import eval_prompts
+
+    cfg = demo_config()
+    val, test = eval_prompts(cfg, "val", cfg.sweep.val_prompts), eval_prompts(cfg, "test", cfg.sweep.test_prompts)
+    assert len(val) >= 2 * 16 and len(test) >= 2 * 22
+    assert not set(map(str, val)) & set(map(str, test))

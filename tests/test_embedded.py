@@ -64,6 +64,8 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, embedded_cache, monkeypatch)
     result = CliRunner().invoke(app, ["demo", "--quick", "--run-dir", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     run = tmp_path / "demo-quick"
+    last = result.stdout.strip().splitlines()[-1]  # the demo ends by naming its explorer page
+    assert last.startswith(f"explorer: {run / 'explorer.html'}") and (run / "explorer.html").stat().st_size > 1_000_000
     front = json.loads((run / "front.json").read_text())
     assert set(front) >= {"values", "reference_point", "points", "hypervolume", "base"}
     assert front["values"] == ["helpful", "harmless"] and len(front["reference_point"]) == 2

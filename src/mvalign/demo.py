@@ -1,6 +1,6 @@
 """The demo: the whole MVA pipeline on the embedded SmolLM2-135M-Instruct and the built-in helpful/harmless data.
 
-    mvalign demo            # CPU-sized full demo (≤ 15 minutes on 2 cores)
+    mvalign demo            # CPU-sized full demo (≤ 15 minutes on 2 cores; bench/README.md has its wall time)
     mvalign demo --quick    # tiny settings (≤ 2 minutes), run in CI
 
 Reward heads are BT heads on all-MiniLM-L6-v2 trained on the built-in dataset's `reward` prompts; DPO and the
@@ -14,8 +14,11 @@ from pathlib import Path
 
 from .config import MVAConfig
 
-FULL = {"limit": 240, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.25, 0.5, 0.75, 1.0],
-        "val_prompts": 32, "test_prompts": 32, "max_new_tokens": 32}
+FULL = {"limit": None, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.25, 0.5, 0.75, 1.0],
+        "val_prompts": 48, "test_prompts": 48, "max_new_tokens": 32,
+        # all 180 policy prompts: 40% for training (30 steps use 120 of its ~530 pairs), 30% each for val and test:
+        # 45 val and 48 test prompts (the default 80/10/10 split of the first 240 pairs gave 16 and 22)
+        "split": {"train": 0.4, "val": 0.3, "test": 0.3}}
 QUICK = {"limit": 16, "steps": 2, "eval_pairs": 8, "head_epochs": 10, "grid": [1.0],
          "val_prompts": 8, "test_prompts": 8, "max_new_tokens": 12}
 
@@ -37,6 +40,7 @@ def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> MVAConfig:
         "sweep": {"strategy": "grid", "grid": s["grid"], "val_prompts": s["val_prompts"], "test_prompts": s["test_prompts"],
                   "max_new_tokens": s["max_new_tokens"], "batch_size": 16},
         "run_dir": run_dir,
+        **({"split": s["split"]} if "split" in s else {}),
     })
 
 
