@@ -139,3 +139,23 @@ def expected_weights(base, adapter_dirs, weights):
 def assert_weights(model, expected, atol=1e-6):
     for name, p in model.named_parameters():
         np.testing.assert_allclose(p.detach().double().numpy(), expected[name], atol=atol, rtol=0, err_msg=name)
+
+
+def open_page(browser, url: str):
+    """A page of the session's headless Chromium at `url`, once the explorer has drawn; (page, console errors)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("#status[data-drawn]")
+    return page, errors
+
+
+def drawn(page, trace_name: str | None = None) -> int:
+    """Markers actually drawn in the explorer's SVG (of the traces whose legend name ends with `trace_name`)."""
+    if trace_name is None:
+        return page.locator(".scatterlayer path.point").count()
+    names = page.evaluate("() => document.getElementById('plot').data.map(t => t.name)")
+    traces = page.locator(".scatterlayer .trace")
+    return sum(traces.nth(i).locator("path.point").count() for i, n in enumerate(names) if n.endswith(trace_name))

@@ -59,3 +59,22 @@ def _isolated_cache(tmp_path, monkeypatch):
 def embedded_cache(tmp_path_factory):
     """One cache folder per test session for the embedded model (converted from GGUF once, about 20 s)."""
     return tmp_path_factory.mktemp("embedded-cache")
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (skips with the reason where either is missing)."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("no Chromium on this machine (apt-get install -y chromium; .ci/run installs it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -15,16 +15,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common import write_builtin_config
+from common import drawn, open_page, write_builtin_config
 from mvalign.cli import app
 from mvalign.config import ConfigError, load_config
 from mvalign.explorer import explorer_data, serve, write_explorer
 from mvalign.pipeline import run_pipeline
 from mvalign.rundir import RunDir
 from mvalign.stats import paired_difference
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -116,33 +113,6 @@ def test_view_cli_bad_input_and_several_runs(run, tmp_path):
 
 
 # --- in a real browser ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')")
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.skip("no Chromium on this machine (apt-get install -y chromium; .ci/run installs it)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_page(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    page.wait_for_selector("#status[data-drawn]")
-    return page, errors
-
-
-def drawn(page) -> int:
-    """Markers actually drawn in the SVG."""
-    return page.locator(".scatterlayer path.point").count()
 
 
 def test_page_draws_every_point_and_shows_responses(run, browser, tmp_path):

@@ -66,7 +66,11 @@ def trained(tmp_path_factory, tiny_model_dir):
     return folder
 
 
-def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path, trained):
+def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path, trained, request):
+    try:
+        browser = request.getfixturevalue("browser")
+    except pytest.skip.Exception:
+        browser = None  # no Chromium: the page check is skipped, the rest runs
     from mvalign.evaluate import evaluate_method
 
     fronts, stores = {}, {}
@@ -90,6 +94,28 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
     assert {k for k, m in zip(full, keep) if m} <= set(raced)  # front recall 1 here
     assert [p["rewards"] for p in fronts["on"]["points"] if p["split"] == "test"] == \
            [p["rewards"] for p in fronts["off"]["points"] if p["split"] == "test"]
+    # each dropped candidate: what the race saw of it = the first n prompts of its direct evaluation
+    base_val = stores["off"].points("base", "val")[0]
+    assert len(info["dropped"]) == 16 - len(raced) and all(d["prompts"] < 24 for d in info["dropped"])
+    for d in info["dropped"]:
+        rec = next(p for p in stores["off"].points("mva", "val") if p.weights == d["weights"])
+        n = d["prompts"]
+        assert d["responses"] == rec.responses[:n] and json_key(d) not in raced
+        for v in ("helpful", "harmless"):
+            assert d["scores"][v] == pytest.approx(rec.scores[v][:n], abs=1e-12)
+            assert d["rewards"][v] == pytest.approx(np.mean(rec.scores[v][:n]), abs=1e-12)
+            direct = np.mean(np.subtract(rec.scores[v][:n], base_val.scores[v][:n]))
+            assert d["vs_base"][v]["mean"] == pytest.approx(direct, abs=1e-12)
+    # the explorer draws them as raced-out markers (its other checks: tests/test_explorer.py)
+    if browser is not None:
+        from common import drawn, open_page
+        from mvalign.explorer import write_explorer
+        from mvalign.rundir import RunDir
+
+        page, errors = open_page(browser, write_explorer([RunDir(tmp_path / "on" / "run")]).as_uri())
+        assert drawn(page, "· raced") == len(info["dropped"]) and drawn(page, "· val") == len(raced) and errors == []
+        page.uncheck("#show-raced")
+        assert drawn(page, "· raced") == 0
     # responses of a joined record are those of the direct evaluation, in prompt order
     one = next(iter(raced.values()))["weights"]
     a = next(p for p in stores["on"].points("mva", "val") if p.weights == one)

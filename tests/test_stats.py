@@ -143,3 +143,14 @@ def test_compare_pools_paired_differences_over_runs():
     per_run = [front_hv(entries[2 * k]["front"], ref) - front_hv(entries[2 * k + 1]["front"], ref) for k in range(2)]
     assert d["per_seed"] == pytest.approx(per_run) and d["mean"] == pytest.approx(np.mean(per_run))
     assert d["seeds"] == 2 and d["verdict"] == "held" and "| better − worse |" in markdown(table)
+
+
+def test_flagged_test_points_count_neither_for_the_reference_nor_for_compare():
+    from mvalign.compare import test_matrix
+    from mvalign.stats import shared_reference
+
+    good = {"split": "test", "rewards": {"a": 1.0, "b": 2.0}}
+    flagged = {"split": "test", "rewards": {"a": float("nan"), "b": -50.0}, "flag": "all responses empty"}
+    front = {"values": ["a", "b"], "base": {"rewards": {"a": 0.5, "b": 0.0}}, "points": [good, flagged]}
+    assert shared_reference([front]) == [0.5, 0.0]
+    assert test_matrix(front).tolist() == [[1.0, 2.0]]

@@ -42,8 +42,8 @@ def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list
 
 
 def test_matrix(front: dict) -> np.ndarray:
-    """Mean rewards of a front's test points, one row per point, one column per value."""
-    pts = [p for p in front["points"] if p["split"] == "test"]
+    """Mean rewards of a front's usable test points (flagged ones never count), one row per point, one column per value."""
+    pts = [p for p in front["points"] if p["split"] == "test" and not p.get("flag")]
     return np.array([[p["rewards"][v] for v in front["values"]] for p in pts]).reshape(len(pts), len(front["values"]))
 
 

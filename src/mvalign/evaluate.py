@@ -31,6 +31,7 @@ from .report import build_front, write_front
 from .rewards import RewardModel, ScoreCache, load_reward_models
 from .rewards.base import prompt_text
 from .rundir import RunDir
+from .stats import change_vs_base
 from .store import PointRecord, RunStore
 from .sweep import Passes, evaluate_points, point_key, settings_key
 from .track import log_front
@@ -84,22 +85,41 @@ class Evaluator:
         s, prompts = self.cfg.sweep, self.prompts["val"]
         rewards, cache, store = self.common["rewards"], self.common["cache"], self.common["store"]
 
-        def chunk(cs, a, b):
-            return evaluate_points(self.combined, self.tokenizer, cs, method=self.key, split=f"val[{a}:{b}]",
-                                   prompts=prompts[a:b], **{**self.common, "progress": False})
-
         def scores(rec, a, b):
             return np.stack([np.asarray(cache.score(rm, prompts[a:b], rec.responses)) for rm in rewards.values()])
 
-        result = race(cands, prompts, chunk, scores, s.racing_first, s.racing_z)
+        result = race(cands, prompts, self.points_on, scores, s.racing_first, s.racing_z)
         key = settings_key(prompts, self.common["generation"], rewards)
         for cand in result.survivors:
             if store.get_point(self.key, dict(cand.label), "val", point_key(key, cand)) is None:
-                parts = [chunk([cand], *r["prompts"])[0] for r in result.rounds]
+                parts = [self.points_on([cand], *r["prompts"])[0] for r in result.rounds]
                 responses = [x for p in parts for x in p.responses]
                 full = {n: np.asarray(cache.score(rm, prompts, responses)) for n, rm in rewards.items()}
                 store.put_point(joined(parts, prompts, key, cand, "val", full, s.bootstrap, s.seed))
         return result
+
+    def dropped(self, result: RaceResult) -> list[dict]:
+        """What the race saw of each dropped candidate: its mean rewards and per-prompt scores on the val prompts it
+        was evaluated on (the first n), and its paired change from the base model on those prompts (read from the
+        stored chunks: nothing is generated)."""
+        base = self.base("val").scores
+        prompts, cache, rewards = self.prompts["val"], self.common["cache"], self.common["rewards"]
+        bounds = [r["prompts"] for r in result.rounds]
+        out = []
+        for cand, n in result.dropped:
+            recs = [self.points_on([cand], a, b)[0] for a, b in bounds if b <= n]
+            responses = [x for r in recs for x in r.responses]
+            scores = {v: [float(x) for x in cache.score(rm, prompts[:n], responses)] for v, rm in rewards.items()}
+            out.append({"weights": dict(cand.label), "prompts": n, "rewards": {v: float(np.mean(s)) for v, s in scores.items()},
+                        "scores": scores, "responses": responses,
+                        "vs_base": change_vs_base(scores, {v: s[:n] for v, s in base.items()}, n_boot=1000, seed=0)
+                        if set(base) == set(scores) else {}})
+        return out
+
+    def points_on(self, cands: Sequence[Candidate], a: int, b: int) -> list[PointRecord]:
+        """The candidates' records on val prompts [a, b) (a race's chunks; through the store)."""
+        return evaluate_points(self.combined, self.tokenizer, cands, method=self.key, split=f"val[{a}:{b}]",
+                               prompts=self.prompts["val"][a:b], **{**self.common, "progress": False})
 
     def racing(self, cands: Sequence[Candidate]) -> bool:
         mode = self.cfg.sweep.racing
@@ -192,7 +212,7 @@ def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) ->
     if raced is not None:
         front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
                            "rounds": raced.rounds, "token_fraction": raced.token_fraction,
-                           "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z}
+                           "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z, "dropped": ev.dropped(raced)}
     front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
     write_front(RunDir.of(cfg), front, label, primary)
     reached("front")

@@ -9,7 +9,9 @@ Payload (what the page reads; strings are deduplicated into one table, reference
   {"strings": [...], "runs": [{"name", "root", "values", "judges": {value: judge_quality | None},
     "reference_point", "prompts": {split: [sid]}, "base": {split: {"rewards", "ci95", "scores", "responses"}},
     "methods": [{"name", "hv_test", "settings", "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
-    "flag", "scores", "vs_base", "responses"}]}]}]}
+    "flag", "scores", "vs_base", "responses", "raced_out"?}]}]}]}
+A point with `raced_out: n` is a candidate that racing dropped after the first n val prompts: its means, scores and
+paired change cover those n prompts only (the front's `racing.dropped`).
 `vs_base[v]` = paired difference mean(sᵢ(point) − sᵢ(base)) over the split's prompts with its paired bootstrap 95%
 interval (`mvalign.stats.paired_difference`); `scores[v][i]` is prompt i's score, so the page's per-prompt Δ is
 `scores[v][i] − base.scores[v][i]`.
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .errors import write_atomic
+from .pareto import bootstrap_ci
 from .report import run_judges
 from .rewards.base import prompt_text
 from .rundir import RunDir
@@ -124,8 +127,9 @@ def run_data(run: RunDir, strings: Strings) -> dict:
         b = first["base"]
         wanted = {"weights": {v: 0.0 for v in values}, "rewards": b[f"rewards{suffix}"],
                   "settings_key": b.get(f"settings_key{suffix}")}
-        base[split] = {"rewards": b[f"rewards{suffix}"], "ci95": b.get(f"ci95{suffix}"),
-                       "scores": b.get(f"scores{suffix}") or {},
+        scores = b.get(f"scores{suffix}") or {}
+        ci95 = b.get(f"ci95{suffix}") or {v: list(bootstrap_ci(s, 1000, 0)) for v, s in scores.items()}  # older fronts
+        base[split] = {"rewards": b[f"rewards{suffix}"], "ci95": ci95, "scores": scores,
                        "responses": _responses(strings, find_record(records("base", split), wanted))}
     ref = shared_reference(list(fronts.values()))
     methods = []
@@ -141,6 +145,10 @@ def run_data(run: RunDir, strings: Strings) -> dict:
             points.append({"id": f"{method}:{i}", "split": p["split"], "weights": p["weights"], "rewards": p["rewards"],
                            "ci95": p.get("ci95"), "pareto": bool(p.get("pareto")), "flag": p.get("flag", ""),
                            "scores": scores, "vs_base": vs_base or {}, "responses": _responses(strings, rec)})
+        for j, d in enumerate((front.get("racing") or {}).get("dropped", [])):  # evaluated on the first n val prompts
+            points.append({"id": f"{method}:raced{j}", "split": "val", "weights": d["weights"], "rewards": d["rewards"],
+                           "ci95": None, "pareto": False, "flag": "", "raced_out": d["prompts"], "scores": d["scores"],
+                           "vs_base": d.get("vs_base") or {}, "responses": [strings.add(r) for r in d["responses"]]})
         methods.append({"name": method, "hv_test": front_hv(front, ref), "settings": front.get("settings", {}),
                         "points": points})
     return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,

@@ -34,6 +34,8 @@ class RaceResult:
     """Per round: prompts [start, end), candidates evaluated, candidates left."""
     token_fraction: float = 1.0
     """Generated (candidate, prompt) rows / those of evaluating every candidate on every val prompt."""
+    dropped: list[tuple[Candidate, int]] = field(default_factory=list)
+    """Candidates dropped by the race, each with the number of val prompts (0..n − 1) it was evaluated on."""
 
 
 def shares(n: int, first: int) -> list[int]:
@@ -77,6 +79,7 @@ def race(candidates: Sequence[Candidate], prompts: Sequence, evaluate: Callable[
         before = len(alive)
         if end < len(prompts):  # the last round drops nothing: its survivors are the evaluated set
             drop = dominated([np.concatenate(per_cand[i], axis=1) for i in usable], z)
+            result.dropped += [(candidates[i], end) for i, gone in zip(usable, drop) if gone]
             alive = [i for i, gone in zip(usable, drop) if not gone]
         else:
             alive = usable

@@ -2,7 +2,7 @@
 
 front.json = {"values": [...], "reference_point": [...], "points": [{"method", "weights", "split", "rewards", "ci95",
 "pareto", "settings_key", "scores", "vs_base"}], "hypervolume": {"val": float, "test": float}, "base": {"rewards": {...},
-"ci95": {...}, "rewards_val": {...}, "scores", "scores_val", "settings_key", "settings_key_val"}, "prompts": {split:
+"ci95": {...}, "rewards_val": {...}, "ci95_val", "scores", "scores_val", "settings_key", "settings_key_val"}, "prompts": {split:
 [text]}, "store_method": the store key of its points}. `settings_key` finds a point's record (and responses) in the
 store; `scores` are per-prompt scores in the order of `prompts[split]`. Val points are all candidates (pareto =
 non-dominated among them); test points are the selected ones (pareto = non-dominated among the test scores of the
@@ -58,7 +58,7 @@ def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], 
         "reference_point_rule": "given in config" if reference is not None else "per-value minimum over base and all candidates",
         "points": points,
         "hypervolume": {"val": hypervolume(val_m[val_mask], ref), "test": hypervolume(test_m[test_mask], ref)},
-        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards,
+        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards, "ci95_val": base_val.ci95,
                  "scores": base_test.scores, "scores_val": base_val.scores,
                  "settings_key": base_test.settings_key, "settings_key_val": base_val.settings_key},
     }

@@ -167,8 +167,9 @@ def front_hv(front: Mapping, reference: Sequence[float]) -> float:
 
 def shared_reference(fronts: Sequence[Mapping]) -> list[float]:
     """ONE reference point for a set of fronts of the same values: the per-value minimum over every base (test) and
-    every test point."""
+    every usable (not flagged) test point."""
     values = fronts[0]["values"]
     rows = [[f["base"]["rewards"][v] for v in values] for f in fronts]
-    rows += [[p["rewards"][v] for v in values] for f in fronts for p in f["points"] if p["split"] == "test"]
+    rows += [[p["rewards"][v] for v in values] for f in fronts for p in f["points"] if p["split"] == "test"
+             and not p.get("flag")]
     return np.asarray(rows, float).min(axis=0).tolist()
