@@ -65,11 +65,13 @@ def test_payload_matches_the_store_read_directly(run):
     rows = stored(run)
     fr = fronts(run)
     assert [m["name"] for m in r["methods"]] == sorted(fr) == ["dpo", "mva"]
-    for split, suffix in (("test", ""), ("val", "_val")):
-        base = fr["mva"]["base"]
-        row = row_of(rows, "base", {"helpful": 0.0, "harmless": 0.0}, split, base[f"settings_key{suffix}"])
-        assert [strings[i] for i in r["base"][split]["responses"]] == json.loads(row["responses"])
-        assert len(r["prompts"][split]) == len(json.loads(row["responses"]))
+    for m in r["methods"]:
+        for split, suffix in (("test", ""), ("val", "_val")):
+            base = fr[m["name"]]["base"]
+            row = row_of(rows, "base", {"helpful": 0.0, "harmless": 0.0}, split, base[f"settings_key{suffix}"])
+            assert [strings[i] for i in m["base"][split]["responses"]] == json.loads(row["responses"])
+            assert [strings[i] for i in m["prompts"][split]] == fr[m["name"]]["prompts"][split]
+            assert len(m["prompts"][split]) == len(json.loads(row["responses"]))
     n_points = 0
     for m in r["methods"]:
         front = fr[m["name"]]
@@ -88,7 +90,25 @@ def test_payload_matches_the_store_read_directly(run):
             n_points += 1
     assert n_points == sum(len(f["points"]) for f in fr.values())
     # the training made combinations differ from the base: otherwise the response checks above prove little
-    assert any(p["responses"] != r["base"][p["split"]]["responses"] for m in r["methods"] for p in m["points"])
+    assert any(p["responses"] != m["base"][p["split"]]["responses"] for m in r["methods"] for p in m["points"])
+
+
+def test_methods_evaluated_on_other_prompts_keep_their_own_base_and_prompts(run, tmp_path):
+    """A run whose dpo front was re-evaluated on fewer val prompts: its points pair with ITS base, not mva's."""
+    from mvalign.evaluate import evaluate_method
+
+    copy = RunDir(shutil.copytree(run.root, tmp_path / "run"))
+    cfg = copy.load_config()
+    cfg.sweep.val_prompts = 20
+    evaluate_method(cfg, "dpo", progress=False, primary=False)
+    methods = {m["name"]: m for m in explorer_data([copy])["runs"][0]["methods"]}
+    assert len(methods["dpo"]["prompts"]["val"]) == 20 and len(methods["mva"]["prompts"]["val"]) == 24
+    for p in methods["dpo"]["points"]:
+        if p["split"] == "val":
+            base = methods["dpo"]["base"]["val"]["scores"]
+            assert len(p["scores"]["helpful"]) == len(base["helpful"]) == 20
+            direct = np.mean(np.subtract(p["scores"]["helpful"], base["helpful"]))
+            assert p["vs_base"]["helpful"]["mean"] == pytest.approx(direct, abs=1e-12)
 
 
 def test_view_cli_bad_input_and_several_runs(run, tmp_path):
@@ -172,7 +192,8 @@ def test_paired_view_sorting_filtering_paging_and_serving(run, browser, tmp_path
     deltas = [float(t.split("Δ ")[1].rstrip(")")) for t in page.locator("#responses tr[data-index] td:nth-child(6) span")
               .all_inner_texts() if t.startswith("helpful")]
     assert deltas == sorted(deltas, reverse=True) and len(deltas) == 20
-    prompts = page.evaluate("explorer.data.runs[0].prompts.val.map(i => explorer.data.strings[i])")
+    prompts = page.evaluate("explorer.data.runs[0].methods.find(m => m.points.some(p => p.id === explorer.state.point))"
+                            ".prompts.val.map(i => explorer.data.strings[i])")
     word = prompts[3].split()[2].lower()
     page.fill("#filter", word)
     expected = sum(word in p.lower() for p in prompts)

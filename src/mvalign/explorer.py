@@ -7,14 +7,15 @@ data, so it opens from a file:// URL with no network. Served on 127.0.0.1 only, 
 
 Payload (what the page reads; strings are deduplicated into one table, referenced by index):
   {"strings": [...], "runs": [{"name", "root", "values", "judges": {value: judge_quality | None},
-    "reference_point", "prompts": {split: [sid]}, "base": {split: {"rewards", "ci95", "scores", "responses"}},
-    "methods": [{"name", "hv_test", "settings", "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
+    "reference_point", "methods": [{"name", "hv_test", "settings", "prompts": {split: [sid]}, "base": {split:
+    {"rewards", "ci95", "scores", "responses"}}, "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
     "flag", "scores", "vs_base", "responses", "raced_out"?}]}]}]}
 A point with `raced_out: n` is a candidate that racing dropped after the first n val prompts: its means, scores and
 paired change cover those n prompts only (the front's `racing.dropped`).
 `vs_base[v]` = paired difference mean(sᵢ(point) − sᵢ(base)) over the split's prompts with its paired bootstrap 95%
 interval (`mvalign.stats.paired_difference`); `scores[v][i]` is prompt i's score, so the page's per-prompt Δ is
-`scores[v][i] − base.scores[v][i]`.
+`scores[v][i] − base.scores[v][i]`. Prompts and base are per method: methods of one run may have been evaluated
+with different settings (e.g. more val prompts later).
 """
 
 from __future__ import annotations
@@ -79,12 +80,11 @@ def find_record(records: Sequence[PointRecord], point: dict) -> PointRecord | No
     return None
 
 
-def split_prompts(run: RunDir, fronts: dict[str, dict]) -> dict[str, list[str] | None]:
-    """Each split's prompt texts: recorded in the front, else rebuilt from the run's config (None if neither works)."""
-    first = next(iter(fronts.values()))
-    if "prompts" in first:
-        return first["prompts"]
-    settings = first.get("settings") or {}
+def split_prompts(run: RunDir, front: dict) -> dict[str, list[str] | None]:
+    """Each split's prompt texts of a front: recorded in it, else rebuilt from the run's config (None if neither works)."""
+    if "prompts" in front:
+        return front["prompts"]
+    settings = front.get("settings") or {}
     out: dict[str, list[str] | None] = {"val": None, "test": None}
     try:
         from .evaluate import eval_prompts
@@ -121,20 +121,27 @@ def run_data(run: RunDir, strings: Strings) -> dict:
             stored[method, split] = store.points(method, split)
         return stored[method, split]
 
-    prompts = split_prompts(run, fronts)
-    base = {}
-    for split, suffix in (("test", ""), ("val", "_val")):
-        b = first["base"]
-        wanted = {"weights": {v: 0.0 for v in values}, "rewards": b[f"rewards{suffix}"],
-                  "settings_key": b.get(f"settings_key{suffix}")}
-        scores = b.get(f"scores{suffix}") or {}
-        ci95 = b.get(f"ci95{suffix}") or {v: list(bootstrap_ci(s, 1000, 0)) for v, s in scores.items()}  # older fronts
-        base[split] = {"rewards": b[f"rewards{suffix}"], "ci95": ci95, "scores": scores,
-                       "responses": _responses(strings, find_record(records("base", split), wanted))}
+    def base_of(front: dict) -> dict:
+        """The base model as a front saw it (its own prompts: methods may be evaluated with different settings)."""
+        out = {}
+        for split, suffix in (("test", ""), ("val", "_val")):
+            b = front["base"]
+            wanted = {"weights": {v: 0.0 for v in values}, "rewards": b[f"rewards{suffix}"],
+                      "settings_key": b.get(f"settings_key{suffix}")}
+            scores = b.get(f"scores{suffix}") or {}
+            ci95 = b.get(f"ci95{suffix}") or {v: list(bootstrap_ci(s, 1000, 0)) for v, s in scores.items()}  # older
+            out[split] = {"rewards": b[f"rewards{suffix}"], "ci95": ci95, "scores": scores,
+                          "responses": _responses(strings, find_record(records("base", split), wanted))}
+        return out
+
+    def prompts_of(front: dict) -> dict:
+        return {s: None if t is None else [strings.add(x) for x in t] for s, t in split_prompts(run, front).items()}
+
     ref = shared_reference(list(fronts.values()))
     methods = []
     for method, front in fronts.items():
         key = store_method(front, method)
+        base = base_of(front)
         points = []
         for i, p in enumerate(front["points"]):
             rec = find_record(records(key, p["split"]), p)
@@ -150,11 +157,9 @@ def run_data(run: RunDir, strings: Strings) -> dict:
                            "ci95": None, "pareto": False, "flag": "", "raced_out": d["prompts"], "scores": d["scores"],
                            "vs_base": d.get("vs_base") or {}, "responses": [strings.add(r) for r in d["responses"]]})
         methods.append({"name": method, "hv_test": front_hv(front, ref), "settings": front.get("settings", {}),
-                        "points": points})
+                        "points": points, "base": base, "prompts": prompts_of(front)})
     return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,
-            "judges": run_judges(run, values), "reference_point": ref,
-            "prompts": {s: None if t is None else [strings.add(x) for x in t] for s, t in prompts.items()},
-            "base": base, "methods": methods}
+            "judges": run_judges(run, values), "reference_point": ref, "methods": methods}
 
 
 def explorer_data(runs: Sequence[RunDir]) -> dict:
