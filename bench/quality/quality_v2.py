@@ -119,7 +119,8 @@ def _agree(d: dict) -> str:
 def _budget(d: dict, v: str) -> str:
     if v not in ("not shown", "no loss detected") or "detectable" not in d or not d["mean"]:
         return ""
-    return f"{(d['detectable'] / abs(d['mean'])) ** 2:.1f}×"
+    k = (d["detectable"] / abs(d["mean"])) ** 2
+    return f"{k:.1f}×" if k <= 100 else "> 100×"
 
 
 def _verdict(d: dict, want: str) -> str:
@@ -160,6 +161,8 @@ def markdown(results: dict) -> str:
                   "Judges (BT heads, held-out pair accuracy): " + ", ".join(
                       f"{v} {j['val_accuracy']:.3f} on {j['val_pairs']} pairs" for v, j in judges.items()), "",
                   f"One reference point: {np.round(ref, 4).tolist()}.", "",
+                  "'cell wall s': the cell's whole wall time here, training included, sometimes beside other jobs: a "
+                  "record, not a timing.", "",
                   "| method | seeds | HV test (mean over seeds) | val / test prompts | steps per cell | cell wall s |",
                   "|---|---|---|---|---|---|"]
         for m in dict.fromkeys(m for fronts in seeds.values() for m in fronts):
@@ -169,6 +172,14 @@ def markdown(results: dict) -> str:
                          f"{s.get('val_prompts')} / {s.get('test_prompts')} | "
                          f"{np.mean([c['training']['steps'] for c in cs]):.0f} | "
                          f"{np.mean([c['cell_wall_seconds'] for c in cs]):.0f} |")
+        budget = results.get("budget", {})
+        short = [m for m in seeds[min(seeds)].values() if m["settings"].get("val_prompts", 0) < budget.get("val_prompts", 0)
+                 or m["settings"].get("test_prompts", 0) < budget.get("test_prompts", 0)]
+        if short:
+            s = short[0]["settings"]
+            lines += ["", f"Fewer prompts than the budget asks ({budget.get('val_prompts')} val / "
+                      f"{budget.get('test_prompts')} test): this setting's data has {s['val_prompts']} val and "
+                      f"{s['test_prompts']} test prompts in its split (see SPLITS in run.py)."]
         lines += ["", "| claim | estimate [95%] | seeds agreeing | detectable | verdict | prompts × to answer | positive "
                   "means |", "|---|---|---|---|---|---|---|"]
         hv = pooled_hv(seeds, ref)
