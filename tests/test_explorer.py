@@ -213,3 +213,38 @@ def test_paired_view_sorting_filtering_paging_and_serving(run, browser, tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(tmp_path, browser):
+    """A synthetic 3-value run (points written through the real store and build_front): choosing the y axis plots
+    that value, and the hover text gives ω, means and intervals."""
+    from mvalign.report import build_front, write_front
+    from mvalign.store import PointRecord
+
+    values, rng = ["a", "b", "c"], np.random.default_rng(0)
+    run = RunDir(tmp_path / "run3")
+    store = run.store()
+
+    def point(method, w, split):
+        scores = {v: rng.normal(w.get(v, 0.0), 1.0, 6).tolist() for v in values}
+        rec = PointRecord(method, w, split, f"{split}-key", {v: float(np.mean(s)) for v, s in scores.items()},
+                          {v: [float(np.min(s)), float(np.max(s))] for v, s in scores.items()}, 6, 0.0, 0.0, {},
+                          [f"{method} {w} answer {i}" for i in range(6)], scores=scores)
+        store.put_point(rec)
+        return rec
+
+    base = {s: point("base", dict.fromkeys(values, 0.0), s) for s in ("val", "test")}
+    val = [point("m", {"a": a, "b": b, "c": c}, "val") for a, b, c in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0.5)]]
+    test = [point("m", dict(p.weights), "test") for p in val[:2]]
+    front = build_front(values, "m", val, test, base["val"], base["test"])
+    front["prompts"] = {s: [f"{s} prompt {i}" for i in range(6)] for s in ("val", "test")}
+    write_front(run, front, "m", primary=True)
+    page, errors = open_page(browser, write_explorer([run]).as_uri())
+    assert page.locator("#yaxis option").all_inner_texts() == values
+    page.select_option("#yaxis", "2")
+    traces = page.evaluate("document.getElementById('plot').data")
+    got = next(t for t in traces if t["name"] == "m · val")
+    assert got["y"] == [p.rewards["c"] for p in val] and got["x"] == [p.rewards["a"] for p in val]
+    assert "weights: a=1, b=0, c=0" in got["text"][0] and f"[{val[0].ci95['c'][0]:.3f}, " in got["text"][0]
+    assert page.evaluate("document.getElementById('plot').layout.yaxis.title.text").startswith("c (judge")
+    assert errors == []
