@@ -217,7 +217,7 @@ def test_paired_view_sorting_filtering_paging_and_serving(run, browser, tmp_path
 
 def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(tmp_path, browser):
     """A synthetic 3-value run (points written through the real store and build_front): choosing the y axis plots
-    that value, and the hover text gives ω, means and intervals."""
+    that value, the hover text gives ω, means and intervals, and markup in responses stays text."""
     from mvalign.report import build_front, write_front
     from mvalign.store import PointRecord
 
@@ -229,7 +229,7 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
         scores = {v: rng.normal(w.get(v, 0.0), 1.0, 6).tolist() for v in values}
         rec = PointRecord(method, w, split, f"{split}-key", {v: float(np.mean(s)) for v, s in scores.items()},
                           {v: [float(np.min(s)), float(np.max(s))] for v, s in scores.items()}, 6, 0.0, 0.0, {},
-                          [f"{method} {w} answer {i}" for i in range(6)], scores=scores)
+                          [f"{method} {w} answer {i} </script><!-- <b>x</b>" for i in range(6)], scores=scores)
         store.put_point(rec)
         return rec
 
@@ -247,4 +247,6 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
     assert got["y"] == [p.rewards["c"] for p in val] and got["x"] == [p.rewards["a"] for p in val]
     assert "weights: a=1, b=0, c=0" in got["text"][0] and f"[{val[0].ci95['c'][0]:.3f}, " in got["text"][0]
     assert page.evaluate("document.getElementById('plot').layout.yaxis.title.text").startswith("c (judge")
-    assert errors == []
+    page.evaluate("explorer.showPoint('m:0')")  # markup in a response is shown as text, never run or parsed
+    assert page.locator("td.point-response").first.inner_text() == val[0].responses[0]
+    assert page.locator("#responses b").count() == 0 and errors == []

@@ -174,7 +174,8 @@ def render(data: dict) -> str:
     from plotly.offline import get_plotlyjs
 
     page = files("mvalign").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    payload = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    # "<" as \u003c: no response text (e.g. "</script>" or "<!--") can end or confuse the script element
+    payload = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     return page.replace("/*PLOTLYJS*/", get_plotlyjs()).replace("/*PAYLOAD*/", payload)
 
 
