@@ -107,6 +107,11 @@ def claims(t: dict) -> list[tuple]:
     return rows
 
 
+def judges_line(judges: dict) -> str:
+    return "Judges (BT heads, held-out pair accuracy): " + ", ".join(
+        f"{v} {j['val_accuracy']:.3f} on {j['val_pairs']} pairs" for v, j in judges.items())
+
+
 def markdown(results: dict) -> str:
     tables = setting_tables(results.get("cells", {}))
     summary: list[tuple[str, list[tuple]]] = []
@@ -117,8 +122,7 @@ def markdown(results: dict) -> str:
         ref = ", ".join(f"{x:.3f}" for x in t["reference_point"])
         judges = results.get("judges", {}).get(setting, {})
         lines += [f"## {setting}: {' vs '.join(values)}", "",
-                  "Judges (BT heads, held-out pair accuracy): " + ", ".join(
-                      f"{v} {j['val_accuracy']:.3f} on {j['val_pairs']} pairs" for v, j in judges.items()), "",
+                  judges_line(judges), "",
                   f"Reference point ({ref}) = per-value minimum over every base and test point of this setting.", "",
                   "| method | seeds | HV test: mean [95% t-interval] | points beating base | "
                   + " | ".join(f"best {v}" for v in values) + " | steps | tokens | train s |",

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from quality_table import judges_line
 
 from mvalign.compare import mean_interval
 from mvalign.methods import method_names
@@ -158,8 +159,7 @@ def markdown(results: dict) -> str:
         values = cells[0]["values"]
         judges = results.get("judges", {}).get(setting, {})
         lines += [f"## {setting}: {' vs '.join(values)} — seeds {sorted(seeds)}", "",
-                  "Judges (BT heads, held-out pair accuracy): " + ", ".join(
-                      f"{v} {j['val_accuracy']:.3f} on {j['val_pairs']} pairs" for v, j in judges.items()), "",
+                  judges_line(judges), "",
                   f"One reference point: {np.round(ref, 4).tolist()}.", "",
                   "'cell wall s': the cell's whole wall time here, training included, sometimes beside other jobs: a "
                   "record, not a timing.", "",
