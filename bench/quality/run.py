@@ -73,8 +73,8 @@ SPLITS = {
     "v2": {
         # TruthfulQA: 817 questions; 60/15/25% gives ~120 val and ~200 test questions (>= 64 / 128)
         "tqa": {"train": 0.6, "val": 0.15, "test": 0.25},
-        # the built-in data has 180 policy prompts in all: 30/30/40% gives ~54 val and ~72 test prompts, the most it
-        # can give while keeping train pairs for 60 steps (fewer than v2 asks: stated in the table)
+        # the built-in data has 180 policy prompts in all: 30/30/40% gives 57 val and 62 test prompts (the split hashes
+        # prompts), keeping train pairs for 60 steps (fewer than v2 asks: stated in the table)
         "builtin": {"train": 0.3, "val": 0.3, "test": 0.4},
     },
 }
@@ -206,6 +206,7 @@ def main() -> None:
     mode = "quick" if args.quick else args.budget
     b = BUDGET[mode]
     settings = args.settings or (["builtin", "tqa", "hh"] if mode == "v2" else ["hh", "tqa"])
+    writer = write_v2 if mode == "v2" else write_table
     root = ROOT / "runs" / f"bench-quality-{mode}"
     out = ROOT / "bench" / "results" / {"full": "quality.json", "quick": "quality-quick.json", "v2": "quality-v2.json"}[mode]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +230,7 @@ def main() -> None:
                 continue
             if args.max_minutes is not None and (time.perf_counter() - t0) / 60 > args.max_minutes:
                 print(f"stopping: {args.max_minutes} minutes reached; re-run to continue", flush=True)
-                (write_v2 if mode == "v2" else write_table)(results, out.with_suffix(".md"))
+                writer(results, out.with_suffix(".md"))
                 return
             cfg = make_config(setting, seed, b, root, mode)
             judges = judges or load_reward_models(cfg)
@@ -245,7 +246,7 @@ def main() -> None:
                 print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
                                   "seconds": round(time.perf_counter() - t, 1)}), flush=True)
     results = save(results, out)
-    print((write_v2 if mode == "v2" else write_table)(results, out.with_suffix(".md")))
+    print(writer(results, out.with_suffix(".md")))
 
 
 if __name__ == "__main__":

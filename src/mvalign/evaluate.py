@@ -98,22 +98,19 @@ class Evaluator:
                 store.put_point(joined(parts, prompts, key, cand, "val", full, s.bootstrap, s.seed))
         return result
 
-    def dropped(self, result: RaceResult) -> list[dict]:
+    def dropped(self, result: RaceResult, base_scores: dict[str, list[float]]) -> list[dict]:
         """What the race saw of each dropped candidate: its mean rewards and per-prompt scores on the val prompts it
-        was evaluated on (the first n), and its paired change from the base model on those prompts (read from the
-        stored chunks: nothing is generated)."""
-        base = self.base("val").scores
-        prompts, cache, rewards = self.prompts["val"], self.common["cache"], self.common["rewards"]
+        was evaluated on (the first n: its stored chunks, nothing is generated or scored again), and its paired change
+        from the base model (`base_scores`: the base's val scores) on those prompts."""
         bounds = [r["prompts"] for r in result.rounds]
         out = []
         for cand, n in result.dropped:
-            recs = [self.points_on([cand], a, b)[0] for a, b in bounds if b <= n]
-            responses = [x for r in recs for x in r.responses]
-            scores = {v: [float(x) for x in cache.score(rm, prompts[:n], responses)] for v, rm in rewards.items()}
+            chunks = [self.points_on([cand], a, b)[0] for a, b in bounds if b <= n]
+            scores = {v: [float(x) for c in chunks for x in c.scores[v]] for v in chunks[0].scores}
             out.append({"weights": dict(cand.label), "prompts": n, "rewards": {v: float(np.mean(s)) for v, s in scores.items()},
-                        "scores": scores, "responses": responses,
-                        "vs_base": change_vs_base(scores, {v: s[:n] for v, s in base.items()}, n_boot=1000, seed=0)
-                        if set(base) == set(scores) else {}})
+                        "scores": scores, "responses": [x for c in chunks for x in c.responses],
+                        "vs_base": change_vs_base(scores, {v: s[:n] for v, s in base_scores.items()}, n_boot=1000, seed=0)
+                        if set(base_scores) == set(scores) else {}})
         return out
 
     def points_on(self, cands: Sequence[Candidate], a: int, b: int) -> list[PointRecord]:
@@ -212,7 +209,8 @@ def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) ->
     if raced is not None:
         front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
                            "rounds": raced.rounds, "token_fraction": raced.token_fraction,
-                           "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z, "dropped": ev.dropped(raced)}
+                           "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z,
+                           "dropped": ev.dropped(raced, base["val"].scores)}
     front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
     write_front(RunDir.of(cfg), front, label, primary)
     reached("front")
