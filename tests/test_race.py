@@ -6,24 +6,27 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM
 
 from common import save_random_adapter, write_builtin_config
+from mvalign.candidates import Candidate
 from mvalign.config import load_config
 from mvalign.pareto import non_dominated
-from mvalign.race import dominated, shares
+from mvalign.race import dominance, dominated, race, shares
 from mvalign.rewards import CallableReward
 from mvalign.store import RunStore
 
 
-def test_shares_double_from_the_first_and_end_at_n():
-    assert shares(64, 8) == [8, 16, 32, 64]
+def test_shares_are_equal_steps_from_the_first_and_end_at_n():
+    assert shares(64, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert shares(64, 8, double=True) == [8, 16, 32, 64]  # the earlier schedule
     assert shares(10, 8) == [8, 10]
     assert shares(5, 8) == [5]
-    assert shares(200, 8) == [25, 50, 100, 200]  # at least an eighth first
+    assert shares(200, 8) == [25, 50, 75, 100, 125, 150, 175, 200]  # at least an eighth first
 
 
 def test_dominance_rule_against_a_direct_computation():
@@ -44,6 +47,74 @@ def test_dominance_rule_against_a_direct_computation():
 
     want = [any(beats(d, c) for j, d in enumerate(cands) if j != i) for i, c in enumerate(cands)]
     assert got == want == [False, True, False, False]
+
+
+def test_dominance_statistic_against_a_direct_computation():
+    rng = np.random.default_rng(1)
+    n = 12
+    cands = [rng.normal(size=(2, n)) + rng.normal(size=(2, 1)) for _ in range(5)]
+    cands[1] = np.round(cands[1] * 8) / 8               # (so that adding 0.5 / 0.25 below is exact)
+    cands.append(cands[0].copy())                       # identical to candidate 0: D ≡ 0 against it
+    cands.append(cands[1] + np.array([[0.5], [0.25]]))  # beats candidate 1 by a constant: se = 0, t = +inf
+
+    def t_direct(c):
+        best = -math.inf
+        for d in range(len(cands)):
+            if d == c:
+                continue
+            worst = math.inf
+            for v in range(2):
+                diff = list(cands[d][v] - cands[c][v])
+                m, sd = statistics.fmean(diff), statistics.stdev(diff)
+                r = m / (sd / math.sqrt(n)) if sd > 0 else (0.0 if m == 0 else math.copysign(math.inf, m))
+                worst = min(worst, r)
+            best = max(best, worst)
+        return best
+
+    got = dominance(cands)
+    want = [t_direct(c) for c in range(len(cands))]
+    assert got[1] == math.inf and want[1] == math.inf
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert list(dominance([c[:, :1] for c in cands])) == [-math.inf] * len(cands)  # one prompt: nothing known
+    assert dominated(cands, 2.0) == [bool(t > 2.0) for t in want]
+    # about the mean over 48 prompts of which these 12 are seen: se shrinks by √(1 − 12/48)
+    assert dominance(cands, total=48) == pytest.approx([w / math.sqrt(1 - 12 / 48) for w in want], rel=1e-9, abs=1e-12)
+
+
+def test_the_finite_population_interval_covers_the_full_mean_at_the_nominal_rate():
+    """What the correction claims: after n of N prompts, the paired mean over all N lies within
+    mean_n ± q · sd_n/√n · √(1 − n/N) in 95% of cases (exchangeable prompts; q: Student's t quantile, 31 df).
+    Without the correction the interval is too wide (~99%), with (1 − n/N) instead of its root too narrow (~84%)."""
+    rng = np.random.default_rng(3)
+    n, total, reps, q = 32, 64, 4000, 2.0395
+    d = rng.normal(0.3, 2.0, size=(reps, total))
+    seen = d[:, :n]
+    se = seen.std(axis=1, ddof=1) / math.sqrt(n)
+    miss = np.abs(d.mean(axis=1) - seen.mean(axis=1))
+    assert 0.94 <= np.mean(miss <= q * se * math.sqrt(1 - n / total)) <= 0.96  # binomial sd over 4000: 0.0034
+    assert np.mean(miss <= q * se) > 0.985 and np.mean(miss <= q * se * (1 - n / total)) < 0.87
+
+
+def test_race_drops_on_the_corrected_statistic_in_equal_shares():
+    """Two candidates, 16 prompts, shares of 8: after 8 prompts candidate 1 beats candidate 0 on both values with
+    paired t = √7 / 1.25 ≈ 2.12 about the population mean (kept at z = 2.5) but t / √(1 − 8/16) ≈ 2.99 about the
+    16-prompt mean (dropped): the corrected race generates 24 of 32 rows, the uncorrected one all."""
+    lower = np.zeros((2, 16))
+    upper = 1 + 1.25 * np.array([[(-1.0) ** i for i in range(16)]] * 2)
+    cands = [Candidate.combination({"a": 0.0}), Candidate.combination({"a": 1.0})]
+    recs = [SimpleNamespace(flag="", s=lower), SimpleNamespace(flag="", s=upper)]
+    seen = []
+
+    def evaluate(cs, a, b):
+        seen.append((len(cs), a, b))
+        return [recs[cands.index(c)] for c in cs]
+
+    got = race(cands, list(range(16)), evaluate, lambda r, a, b: r.s[:, a:b], first=8, z=2.5)
+    assert seen == [(2, 0, 8), (1, 8, 16)] and got.survivors == [cands[1]] and got.token_fraction == 24 / 32
+    assert got.dropped == [(cands[0], 8)] and [r["left"] for r in got.rounds] == [1, 1]
+    seen.clear()
+    plain = race(cands, list(range(16)), evaluate, lambda r, a, b: r.s[:, a:b], first=8, z=2.5, finite=False)
+    assert seen == [(2, 0, 8), (2, 8, 16)] and plain.survivors == cands and plain.token_fraction == 1.0
 
 
 def vowels(prompt, response):

@@ -1,30 +1,37 @@
 """Racing on a 10×10 grid of trained value vectors (issue 14): how much generation it saves and what it loses.
 
-    .venv/bin/python bench/perf/racing.py          # ~30 min on 2 cores (training included the first time)
-    .venv/bin/python bench/perf/racing.py --quick  # smoke run
+    .venv/bin/python bench/perf/racing.py                 # ~45 min on 2 cores: perf.json "racing" (dpo vectors)
+    .venv/bin/python bench/perf/racing.py --method mva    # the grid racing_z was chosen on (racing_sim.py)
+    .venv/bin/python bench/perf/racing.py --method mva --full-only   # only its full evaluation, for racing_sim.py
+    .venv/bin/python bench/perf/racing.py --quick               # smoke run
 
-Setting: the quality benchmark's TruthfulQA cell, seed 0 (honest vs helpful, SmolLM2, BT judges on MiniLM, mva
-vectors with its training budget; runs/bench-quality-full/tqa/seed0, trained here if missing). Grid ω ∈ {0.2, 0.4,
-…, 2.0}² (100 points), 64 val prompts, 32 new tokens, greedy, mixed-ω batching on in both runs. First every point
-is evaluated on every val prompt (racing off: the reference), then the same grid is raced (doubling shares from 8
-prompts, z = 2). Both runs use one store: the race's chunks are separate records (`val[a:b]`), and its survivors'
-joined val records are identical to the reference's by construction (tests/test_race.py).
+Setting: the quality benchmark v2's TruthfulQA cell, seed 0 (honest vs helpful, SmolLM2, BT judges on MiniLM, 60
+DPO steps per vector): its run is copied to runs/bench-racing/tqa/seed0 (trained there if the quality run is
+missing) and its judges are read in place. `--method` picks whose vectors span the grid: mva-nohsic (the per-value
+dpo vectors; the default, because racing's z was chosen by replaying races on the mva grid) or mva. Grid
+ω ∈ {0.2, 0.4, …, 2.0}² (100 points), 64 val prompts, 32 new tokens, greedy, mixed-ω batching on in both runs.
+First every point is evaluated on every val prompt (racing off: the reference), then the same grid is raced with
+the configured rule (`mvalign.race`). Both runs use one store: the race's chunks are separate records
+(`val[a:b]`), and its survivors' joined val records are those of the reference by construction
+(tests/test_race.py). If the reference is already in the store (an earlier `--full-only`), its cost is the sum of
+its records' generation + scoring seconds ("full_evaluation_in_store").
 
 The authors' loop (bench/perf/sweep_cost.py's reference: reload, PEFT merge with ω-scaled alpha, batch-1
 generation, scoring) is timed on the first --reference-points points of the same grid and prompts; its cost per
 point does not depend on ω, so the grid's is the number of points × the mean.
 
-Recorded in bench/results/perf.json "racing": speedup_vs_reference_loop (the reference loop's estimate for the grid /
-the race's wall time), racing_speedup_vs_full, token_fraction (generated rows of the race / of the reference),
-front_recall (share of the reference's non-dominated val points that survive), hv_ratio (val hypervolume of the
-survivors' front / of the reference front, one reference point), survivors, rounds, and the wall seconds of each
-run (timed with nothing else running).
+Recorded: speedup_vs_reference_loop (the reference loop's estimate for the grid / the race's wall time),
+racing_speedup_vs_full (the reference's stored seconds / the race's wall time), token_fraction (generated rows of
+the race / of the reference), front_recall (share of the reference's non-dominated val points that survive),
+hv_ratio (val hypervolume of the survivors' front / of the reference front, one reference point), survivors,
+rounds, and the wall seconds of each part (timed with nothing else running).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,31 +47,69 @@ from mvalign.methods import train_method  # noqa: E402
 from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
 from mvalign.rundir import package_versions  # noqa: E402
 
+QUALITY = ROOT / "runs" / "bench-quality-v2"
 GRIDS = {"full": [round(0.2 * i, 1) for i in range(1, 11)], "quick": [0.5, 1.0, 1.5, 2.0]}
 PROMPTS = {"full": 64, "quick": 16}
+
+
+def reuse_quality_run(root: Path) -> None:
+    """The full mode races the quality benchmark v2's TruthfulQA seed 0 mva vectors: copy that run (trained vectors
+    and their store records) when it exists and this root does not, so nothing is trained twice and the quality
+    run's own store is not touched (its judges are read in place)."""
+    src = QUALITY / "tqa" / "seed0"
+    if (root / "tqa").exists() or not (src / "adapters" / "mva").is_dir():
+        return
+    shutil.copytree(src, root / "tqa" / "seed0", ignore=shutil.ignore_patterns("front-*.json"))
+
+
+def setup(mode: str, method: str):
+    """(config, evaluator, candidates, training seconds) of the raced grid."""
+    b = BUDGET["quick" if mode == "quick" else "v2"]
+    root = ROOT / "runs" / ("bench-racing" if mode == "full" else "bench-racing-quick")
+    if mode == "full":  # the quality run's judges (read only) and a copy of its seed-0 run
+        reuse_quality_run(root)
+        cfg = make_config("tqa", 0, b, QUALITY, "v2")
+        cfg.run_dir = str(root / "tqa" / "seed0")
+    else:
+        cfg = make_config("tqa", 0, b, root, mode)
+    cfg.sweep.grid = GRIDS[mode]
+    cfg.sweep.val_prompts = PROMPTS[mode]
+    cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
+    t0 = time.perf_counter()
+    train_method(cfg, method)
+    trained = time.perf_counter() - t0
+    ev = evaluator(cfg, method)
+    return cfg, ev, ev.plan.source.run(lambda cs: ev.points(cs, "val")), trained
+
+
+def front_kept(full, kept_keys, values) -> tuple[float, float, int]:
+    """(front recall, HV ratio, front size): the full evaluation's non-dominated val points that are among
+    `kept_keys` (candidate labels as sorted tuples), and the HV of the kept points / of all (one reference point)."""
+    matrix = [[p.rewards[v] for v in values] for p in full]
+    keys = [tuple(sorted(p.weights.items())) for p in full]
+    front = {k for k, m in zip(keys, non_dominated(matrix)) if m}
+    ref = default_reference_point(matrix)
+    kept = [row for k, row in zip(keys, matrix) if k in kept_keys]
+    return len(front & kept_keys) / len(front), hypervolume(kept, ref) / hypervolume(matrix, ref), len(front)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--method", default="mva-nohsic", help="Whose vectors span the grid (mva-nohsic: the dpo vectors).")
     ap.add_argument("--reference-points", type=int, default=2, help="Points timed with the authors' loop.")
+    ap.add_argument("--full-only", action="store_true", help="Stop after the full evaluation (it is stored).")
     args = ap.parse_args()
     mode = "quick" if args.quick else "full"
-    b = BUDGET[mode]
-    root = ROOT / "runs" / ("bench-quality-full" if mode == "full" else "bench-racing-quick")
-    cfg = make_config("tqa", 0, b, root)
-    cfg.sweep.grid = GRIDS[mode]
-    cfg.sweep.val_prompts = PROMPTS[mode]
-    cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
-    t0 = time.perf_counter()
-    train_method(cfg, "mva")
-    trained = time.perf_counter() - t0
-    ev = evaluator(cfg, "mva")
+    cfg, ev, cands, trained = setup(mode, args.method)
     values = [v.name for v in cfg.values]
-    cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
     t0 = time.perf_counter()
     full = ev.points(cands, "val", progress=True)
     full_seconds = time.perf_counter() - t0
+    stored = sum(p.seconds_generate + p.seconds_score for p in full)
+    if args.full_only:
+        print(json.dumps({"full_evaluation_seconds": full_seconds, "points": len(full)}))
+        return
     t0 = time.perf_counter()
     raced = ev.race(cands)
     race_seconds = time.perf_counter() - t0
@@ -85,23 +130,18 @@ def main() -> None:
             rm.score(ev.prompts["val"], resp)
         ref_times.append(time.perf_counter() - t0)
     reference_seconds = len(cands) * sum(ref_times) / len(ref_times)
-    survivors = {tuple(sorted(c.label.items())) for c in raced.survivors}
-    matrix = [[p.rewards[v] for v in values] for p in full]
-    nd = non_dominated(matrix)
-    keys = [tuple(sorted(c.label.items())) for c in cands]
-    front = {k for k, m in zip(keys, nd) if m}
-    ref = default_reference_point(matrix)
-    kept = [row for k, row in zip(keys, matrix) if k in survivors]
-    out = {"token_fraction": raced.token_fraction, "front_recall": len(front & survivors) / len(front),
-           "hv_ratio": hypervolume(kept, ref) / hypervolume(matrix, ref), "candidates": len(cands),
-           "survivors": len(raced.survivors), "reference_front": len(front), "rounds": raced.rounds,
-           "seconds": {"full_evaluation": full_seconds, "race": race_seconds, "training": trained,
-                       "reference_loop_estimate": reference_seconds, "reference_loop_points_timed": ref_times},
+    recall, hv_ratio, front = front_kept(full, {tuple(sorted(c.label.items())) for c in raced.survivors}, values)
+    out = {"token_fraction": raced.token_fraction, "front_recall": recall, "hv_ratio": hv_ratio,
+           "candidates": len(cands), "survivors": len(raced.survivors), "reference_front": front, "rounds": raced.rounds,
+           "seconds": {"full_evaluation": full_seconds, "full_evaluation_in_store": stored, "race": race_seconds,
+                       "training": trained, "reference_loop_estimate": reference_seconds,
+                       "reference_loop_points_timed": ref_times},
            "speedup_vs_reference_loop": reference_seconds / race_seconds,
-           "racing_speedup_vs_full": full_seconds / race_seconds,
-           "setting": {"mode": mode, "data": "TruthfulQA (honest vs helpful), quality-benchmark seed 0 vectors (mva)",
-                       "grid": cfg.sweep.grid, "val_prompts": len(ev.prompts["val"]), "tokens": cfg.sweep.max_new_tokens,
-                       "racing_first": cfg.sweep.racing_first, "racing_z": cfg.sweep.racing_z,
+           "racing_speedup_vs_full": stored / race_seconds,
+           "setting": {"mode": mode, "data": f"TruthfulQA (honest vs helpful), quality-benchmark v2 seed 0 vectors "
+                       f"({args.method})", "grid": cfg.sweep.grid, "val_prompts": len(ev.prompts["val"]),
+                       "tokens": cfg.sweep.max_new_tokens, "racing_first": cfg.sweep.racing_first,
+                       "racing_z": cfg.sweep.racing_z,
                        "rows_per_pass": cfg.sweep.rows_per_pass, "points_per_pass": cfg.sweep.points_per_pass,
                        "versions": package_versions()}}
     path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")

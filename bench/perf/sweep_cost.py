@@ -14,7 +14,8 @@ heads (BT heads on MiniLM, trained once on the built-in `reward` prompts):
   (c) reference: the authors' loop re-implemented: reload the base from disk, load each adapter with PEFT with its
                  lora_alpha scaled by ω, merge, generate one prompt at a time, score;
   (d) mixed:     all P points in shared generate calls, every row at its own ω (`mvalign.mixed`), `rows` rows per
-                 call, then scoring; also the row overhead (the same rows with and without the per-row update).
+                 call, then scoring; also the row overhead (the same rows with and without the per-row update);
+                 run once per rows-per-pass setting (`rows`, the headline, and `other_rows`: by_rows_per_pass).
 Each variant runs in its own fresh process (so peak RSS, VmHWM, is its own) and evaluates the same P weight
 vectors; the time per point is the median over those points. The value vectors are random LoRA adapters (r=16 on
 q/k/v/o, B ~ N(0, 0.02²)): their cost does not depend on training.
@@ -62,8 +63,8 @@ def model_config():
         LlamaForCausalLM(cfg).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return ModelConfig(name=str(folder))
-SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16, "rows": 64},
-            "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4, "rows": 8}}
+SETTINGS = {"full": {"prompts": 32, "tokens": 32, "points": 4, "batch": 16, "rows": 64, "other_rows": [128]},
+            "quick": {"prompts": 4, "tokens": 8, "points": 2, "batch": 4, "rows": 8, "other_rows": [4]}}
 WEIGHTS = [(0.3, 0.7), (0.7, 0.3), (1.0, 1.0), (0.5, 0.5)]
 
 
@@ -201,37 +202,22 @@ def run_mixed(combined, tokenizer, prompts, rewards, gen, weights, s, setup) -> 
             "raw_row_seconds": {"plain": plain, "mixed": hooked}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    ap.add_argument("--variant", choices=["base", "mvalign", "mixed", "reference"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    global MODEL
-    MODEL = args.model
-    mode = "quick" if args.quick else "full"
-    s = SETTINGS[mode]
-    if args.variant:
-        print("RESULT " + json.dumps(run_variant(args.variant, s)))
-        return
-    prepare(s)
-    results = {}
-    for variant in ("base", "mvalign", "mixed", "reference"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--model", MODEL] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
-        results[variant] = json.loads(line[0][7:])
+def summary(results: dict, s: dict, mode: str) -> dict:
+    """perf.json's "sweep" from the variants' results (results["mixed"]: the headline rows per pass, the config's
+    default; results["mixed-R"]: the other settings)."""
     a, b, c, d = (results[k] for k in ("base", "mvalign", "reference", "mixed"))
-    sweep = {
+    return {
         "ratio_vs_base_generation": b["seconds_per_point"] / a["seconds_per_point"],
         "speedup_vs_reference_loop": c["seconds_per_point"] / b["seconds_per_point"],
         "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
         "mixed": {"ratio_vs_base_generation": d["seconds_per_point"] / a["seconds_per_point"],
                   "row_overhead": d["row_overhead"], "points_per_pass": d["points"], "rows_per_pass": d["rows_per_pass"],
                   "peak_rss_ratio": d["peak_rss_mb"] / a["peak_rss_mb"],
-                  "speedup_vs_reference_loop": c["seconds_per_point"] / d["seconds_per_point"]},
+                  "speedup_vs_reference_loop": c["seconds_per_point"] / d["seconds_per_point"],
+                  "by_rows_per_pass": {str(r["rows_per_pass"]): {
+                      "ratio_vs_base_generation": r["seconds_per_point"] / a["seconds_per_point"],
+                      "row_overhead": r["row_overhead"], "peak_rss_ratio": r["peak_rss_mb"] / a["peak_rss_mb"]}
+                      for k, r in results.items() if k.startswith("mixed")}},
         "raw": results,
         "setting": {
             **s,
@@ -245,6 +231,35 @@ def main() -> None:
             "scoring": "2 BT heads on MiniLM",
         },
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--variant", choices=["base", "mvalign", "mixed", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    global MODEL
+    MODEL = args.model
+    mode = "quick" if args.quick else "full"
+    s = SETTINGS[mode]
+    if args.variant:
+        print("RESULT " + json.dumps(run_variant(args.variant, {**s, "rows": args.rows or s["rows"]})))
+        return
+    prepare(s)
+    results = {}
+    runs = [("base", None), ("mvalign", None), ("mixed", s["rows"]), *[("mixed", r) for r in s["other_rows"]],
+            ("reference", None)]
+    for variant, rows in runs:
+        cmd = [sys.executable, __file__, "--variant", variant, "--model", MODEL] + (["--quick"] if args.quick else []) \
+            + ([f"--rows={rows}"] if rows else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode or not line:
+            sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
+        results[variant if rows in (None, s["rows"]) else f"{variant}-{rows}"] = json.loads(line[0][7:])
+    sweep = summary(results, s, mode)
     out_path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")
     perf = json.loads(out_path.read_text()) if out_path.is_file() else {}
     perf["sweep" if MODEL == "smollm2" else "sweep_tiny"] = sweep

@@ -210,6 +210,7 @@ def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) ->
         front["racing"] = {"candidates": raced.rounds[0]["evaluated"], "survivors": len(raced.survivors),
                            "rounds": raced.rounds, "token_fraction": raced.token_fraction,
                            "first": cfg.sweep.racing_first, "z": cfg.sweep.racing_z,
+                           "rule": "equal shares; paired t over all val prompts (finite-population corrected) > z",
                            "dropped": ev.dropped(raced, base["val"].scores)}
     front["training"] = training_compute(ev.common["store"], ev.plan.vectors, ev.plan.adapters)
     write_front(RunDir.of(cfg), front, label, primary)

@@ -170,9 +170,11 @@ class SweepSettings(Strict):
         "auto", description="Drop candidates dominated with paired confidence after a share of the val prompts and "
         "finish only the rest (mvalign.race). auto: on for 16 or more fixed candidates (grid / simplex / list); off "
         "reproduces the full evaluation of every candidate.")
-    racing_first: int = Field(8, ge=2, description="Racing: val prompts in the first share (shares then double).")
-    racing_z: float = Field(2.0, gt=0, description="Racing: a candidate is dropped when another beats it on every "
-                            "value with paired lower bound mean − z·se > 0 (higher z keeps more).")
+    racing_first: int = Field(8, ge=2, description="Racing: val prompts in the first share, at least an eighth of "
+                              "them; every later round adds as many.")
+    racing_z: float = Field(2.5, gt=0, description="Racing: a candidate is dropped when another beats it on every "
+                            "value by more than z predictive standard errors of the paired mean difference over all "
+                            "val prompts (mvalign.race; higher z keeps more).")
     backend: Literal["local", "ray"] = Field(
         "local", description="local: generate in this process. ray: on Ray workers (`sweep.ray`, extra mvalign[ray]); "
         "this process still scores and alone writes the store (mvalign.scaleout).")

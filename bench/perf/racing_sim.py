@@ -1,0 +1,103 @@
+"""Racing's rule replayed on a stored full evaluation (issue 14) → bench/results/racing-sim.json.
+
+    .venv/bin/python bench/perf/racing_sim.py                      # the mva grid of bench/perf/racing.py
+    .venv/bin/python bench/perf/racing_sim.py --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
+
+Needs bench/perf/racing.py's full evaluation in its store (`racing.py --full-only` makes it; nothing is generated
+here). Rules: the earlier one (doubling shares, no finite-population correction), the shipped one over z, and a
+successive-halving cut on top of it (not shipped). For every rule `mvalign.race.race` itself runs, its `evaluate`
+answering from the stored full records and its `scores` slicing their per-prompt scores, on the prompts in their
+order and on `--orders` random orders of the same val prompts (a race's outcome depends on which prompts come
+first; the orders show how much). Per rule: the token fraction, the front recall and the HV ratio (as racing.py
+defines them), for the stored order and over the random orders (mean, minimum, share of orders with recall ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench" / "perf"))
+sys.path.insert(0, str(ROOT / "bench" / "quality"))
+
+from racing import front_kept, setup  # noqa: E402
+
+import mvalign.race as racing_module  # noqa: E402
+from mvalign.race import dominance, race  # noqa: E402
+
+# the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
+# over z, and a successive-halving cut on top of the shipped rule (keep < 1, not shipped: see mvalign.race)
+RULES = [*[{"first": 8, "z": z, "double": True, "finite": False, "keep": 1.0} for z in (2.0, 2.5, 3.0)],
+         *[{"first": 8, "z": z, "double": False, "finite": True, "keep": 1.0} for z in (2.0, 2.25, 2.5, 2.75, 3.0)],
+         *[{"first": 8, "z": 2.5, "double": False, "finite": True, "keep": k} for k in (0.75, 0.5)]]
+
+
+def with_cut(keep: float):
+    """`dominated` plus a cut: while more than ⌈keep · C⌉ remain, drop the one most confidently beaten in mean
+    (largest t_c > 0); never a candidate no other one beats in mean (t_c ≤ 0)."""
+    def rule(scores, z, total=None):
+        t = dominance(scores, total)
+        drop = t > z
+        room = max(int(np.ceil(keep * len(t))), int((t <= 0).sum()))
+        order = [i for i in np.argsort(-t, kind="stable") if not drop[i] and t[i] > 0]
+        for i in order[: max(0, int((~drop).sum()) - room)]:
+            drop[i] = True
+        return [bool(x) for x in drop]
+    return rule
+
+
+def replay(cands, full, values, order, rule) -> dict:
+    by_cand = {id(c): r for c, r in zip(cands, full)}
+    per = {id(r): np.array([r.scores[v] for v in values])[:, order] for r in full}
+    plain = racing_module.dominated
+    if rule["keep"] < 1:
+        racing_module.dominated = with_cut(rule["keep"])
+    try:
+        res = race(cands, list(order), lambda cs, a, b: [by_cand[id(c)] for c in cs],
+                   lambda r, a, b: per[id(r)][:, a:b], rule["first"], rule["z"], double=rule["double"],
+                   finite=rule["finite"])
+    finally:
+        racing_module.dominated = plain
+    recall, hv, _ = front_kept(full, {tuple(sorted(c.label.items())) for c in res.survivors}, values)
+    return {"token_fraction": res.token_fraction, "front_recall": recall, "hv_ratio": hv, "survivors": len(res.survivors)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="mva")
+    ap.add_argument("--orders", type=int, default=100)
+    args = ap.parse_args()
+    cfg, ev, cands, _ = setup("full", args.method)
+    values = [v.name for v in cfg.values]
+    full = ev.points(cands, "val")
+    n = len(ev.prompts["val"])
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(n) for _ in range(args.orders)]
+    rows = []
+    for rule in RULES:
+        stored = replay(cands, full, values, np.arange(n), rule)
+        shuffled = [replay(cands, full, values, o, rule) for o in orders]
+        summary = {k: {"mean": float(np.mean([s[k] for s in shuffled])), "min": float(np.min([s[k] for s in shuffled]))}
+                   for k in ("token_fraction", "front_recall", "hv_ratio")}
+        summary["recall_at_least_0.95"] = float(np.mean([s["front_recall"] >= 0.95 for s in shuffled]))
+        rows.append({"rule": rule, "stored_order": stored, "random_orders": summary})
+        print(f"first {rule['first']:>2} z {rule['z']:.2f} keep {rule['keep']:.2f} double {rule['double']:d} "
+              f"finite {rule['finite']:d} | stored: tokens "
+              f"{stored['token_fraction']:.3f} recall {stored['front_recall']:.2f} | orders: tokens "
+              f"{summary['token_fraction']['mean']:.3f} recall {summary['front_recall']['mean']:.3f} "
+              f"(min {summary['front_recall']['min']:.2f}, ≥0.95 in {summary['recall_at_least_0.95']:.2f}) "
+              f"hv {summary['hv_ratio']['mean']:.4f} (min {summary['hv_ratio']['min']:.4f})", flush=True)
+    path = ROOT / "bench" / "results" / "racing-sim.json"
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    out[args.method] = {"candidates": len(cands), "val_prompts": n, "orders": args.orders,
+                        "grid": cfg.sweep.grid, "tokens": cfg.sweep.max_new_tokens, "rules": rows}
+    path.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
