@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/perf/racing_sim.py                      # the mva grid of bench/perf/racing.py
     .venv/bin/python bench/perf/racing_sim.py --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
+    .venv/bin/python bench/perf/racing_sim.py --pool runs/bench-quality-v2/builtin/seed0   # a run's pooled val points
 
 Needs bench/perf/racing.py's full evaluation in its store (`racing.py --full-only` makes it; nothing is generated
 here). Rules: the earlier one (doubling shares, no finite-population correction), the shipped one over z, and a
@@ -15,6 +16,7 @@ defines them), for the stored order and over the random orders (mean, minimum, s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,7 +30,10 @@ sys.path.insert(0, str(ROOT / "bench" / "quality"))
 from racing import front_kept, setup  # noqa: E402
 
 import mvalign.race as racing_module  # noqa: E402
+from mvalign.candidates import Candidate  # noqa: E402
+from mvalign.pareto import non_dominated  # noqa: E402
 from mvalign.race import dominance, race  # noqa: E402
+from mvalign.store import RunStore  # noqa: E402
 
 # the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
 # over z, and a successive-halving cut on top of the shipped rule (keep < 1, not shipped: see mvalign.race)
@@ -67,15 +72,34 @@ def replay(cands, full, values, order, rule) -> dict:
     return {"token_fraction": res.token_fraction, "front_recall": recall, "hv_ratio": hv, "survivors": len(res.survivors)}
 
 
+def pooled(run_dir: Path):
+    """(candidates, records, values): every usable val record of `run_dir`'s store with the base model's val
+    settings key, each relabelled {"candidate": i} (methods share weight vectors)."""
+    store = RunStore(run_dir)
+    base = store.points("base", "val")
+    if not base:
+        sys.exit(f"{run_dir}: no base val record in its store.sqlite")
+    recs = [r for r in store.points(split="val", settings_key=base[0].settings_key) if not r.flag and r.scores]
+    full = [dataclasses.replace(r, weights={"candidate": float(i)}) for i, r in enumerate(recs)]
+    return [Candidate({"candidate": float(i)}, {}) for i in range(len(full))], full, list(base[0].rewards)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="mva")
     ap.add_argument("--orders", type=int, default=100)
+    ap.add_argument("--pool", type=Path, help="Instead: every val point of this run directory evaluated with the "
+                    "base model's val settings (all its methods' candidates and the base, one pool).")
     args = ap.parse_args()
-    cfg, ev, cands, _ = setup("full", args.method)
-    values = [v.name for v in cfg.values]
-    full = ev.points(cands, "val")
-    n = len(ev.prompts["val"])
+    if args.pool:
+        cands, full, values = pooled(args.pool)
+        name, n, grid, tokens = f"pool:{args.pool.relative_to(ROOT) if args.pool.is_absolute() else args.pool}", \
+            len(full[0].responses), None, full[0].generation.get("max_new_tokens")
+    else:
+        cfg, ev, cands, _ = setup("full", args.method)
+        values = [v.name for v in cfg.values]
+        full = ev.points(cands, "val")
+        name, n, grid, tokens = args.method, len(ev.prompts["val"]), cfg.sweep.grid, cfg.sweep.max_new_tokens
     rng = np.random.default_rng(0)
     orders = [rng.permutation(n) for _ in range(args.orders)]
     rows = []
@@ -94,8 +118,8 @@ def main() -> None:
               f"hv {summary['hv_ratio']['mean']:.4f} (min {summary['hv_ratio']['min']:.4f})", flush=True)
     path = ROOT / "bench" / "results" / "racing-sim.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
-    out[args.method] = {"candidates": len(cands), "val_prompts": n, "orders": args.orders,
-                        "grid": cfg.sweep.grid, "tokens": cfg.sweep.max_new_tokens, "rules": rows}
+    out[name] = {"candidates": len(cands), "val_prompts": n, "orders": args.orders, "grid": grid, "tokens": tokens,
+                 "front": int(sum(non_dominated([[p.rewards[v] for v in values] for p in full]))), "rules": rows}
     path.write_text(json.dumps(out, indent=2))
 
 

@@ -19,7 +19,8 @@ no correction, z = 2) generated 0.877 / 0.861 of the full evaluation's rows and 
 non-dominated points (mva grid, where z was chosen / dpo-vector grid, held out); equal shares with the correction
 and z = 2.5 generated 0.800 / 0.758 and kept 0.988 / 0.986. A successive-halving cut on top (keep only the best
 fraction by t_c) generated 0.46 of the rows but kept only 0.71 / 0.81 of the front, so it is not offered. What
-limits racing there is the judges' per-prompt noise: neighbouring grid points differ by less than two paired
+limits racing there is the per-prompt spread of the paired score differences (also with near-exact judges: the
+built-in setting's pooled candidates save no more): neighbouring grid points differ by less than two paired
 standard errors even on all 64 prompts.
 
 After the last round the survivors have been generated on every val prompt; their chunks are joined into the
