@@ -79,6 +79,15 @@ def test_dominance_statistic_against_a_direct_computation():
     assert dominated(cands, 2.0) == [bool(t > 2.0) for t in want]
     # about the mean over 48 prompts of which these 12 are seen: se shrinks by √(1 − 12/48)
     assert dominance(cands, total=48) == pytest.approx([w / math.sqrt(1 - 12 / 48) for w in want], rel=1e-9, abs=1e-12)
+    # many candidates are compared block by block (bounded memory): the same numbers as one candidate at a time
+    many = list(rng.normal(size=(300, 2, 64)))
+    got = dominance(many)
+
+    def one(c):
+        diff = np.delete(np.stack(many), c, axis=0) - many[c]  # (every d ≠ c) × values × prompts
+        return (diff.mean(axis=2) / (diff.std(axis=2, ddof=1) / 8)).min(axis=1).max()
+
+    assert [got[c] for c in (0, 150, 217, 218, 299)] == pytest.approx([one(c) for c in (0, 150, 217, 218, 299)], rel=1e-12)
 
 
 def test_the_finite_population_interval_covers_the_full_mean_at_the_nominal_rate():

@@ -74,17 +74,20 @@ def dominance(scores: Sequence[np.ndarray], total: int | None = None) -> np.ndar
     c, n = s.shape[0], s.shape[2]
     if n < 2 or c < 2:
         return np.full(c, -np.inf)
-    diff = s[None, :, :, :] - s[:, None, :, :]  # [c, d] = s(d) − s(c)
-    mean = diff.mean(axis=3)
-    se = diff.std(axis=3, ddof=1) / math.sqrt(n)
-    if total is not None:
-        se = se * math.sqrt(max(0.0, 1 - n / total))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), np.sign(mean) * np.inf)
-    t = np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)  # nan: 0 · inf, D ≡ 0
-    worst = t.min(axis=2)  # [c, d]: min over values
-    np.fill_diagonal(worst, -np.inf)
-    return worst.max(axis=1)
+    factor = math.sqrt(max(0.0, 1 - n / total)) if total is not None else 1.0
+    out = np.empty(c)
+    block = max(1, int(2**23 // (c * s.shape[1] * n)))  # candidates per block: ~64 MB of float64 differences
+    for lo in range(0, c, block):
+        diff = s[None, :, :, :] - s[lo : lo + block, None, :, :]  # [c, d] = s(d) − s(c)
+        mean = diff.mean(axis=3)
+        se = diff.std(axis=3, ddof=1) / math.sqrt(n) * factor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), np.sign(mean) * np.inf)
+        t = np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)  # nan: 0 · inf, D ≡ 0
+        worst = t.min(axis=2)  # [c, d]: min over values
+        worst[np.arange(worst.shape[0]), np.arange(lo, lo + worst.shape[0])] = -np.inf  # not against itself
+        out[lo : lo + block] = worst.max(axis=1)
+    return out
 
 
 def dominated(scores: Sequence[np.ndarray], z: float, total: int | None = None) -> list[bool]:
