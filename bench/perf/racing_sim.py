@@ -56,9 +56,10 @@ def with_cut(keep: float):
     return rule
 
 
-def replay(cands, full, values, order, rule) -> dict:
+def replay(cands, full, values, scores, order, rule) -> dict:
+    """One race under `rule` on the prompts in `order`; `scores[i]`: full[i]'s values × prompts (stored order)."""
     by_cand = {id(c): r for c, r in zip(cands, full)}
-    per = {id(r): np.array([r.scores[v] for v in values])[:, order] for r in full}
+    per = {id(r): m[:, order] for r, m in zip(full, scores)}
     plain = racing_module.dominated
     if rule["keep"] < 1:
         racing_module.dominated = with_cut(rule["keep"])
@@ -100,12 +101,13 @@ def main() -> None:
         values = [v.name for v in cfg.values]
         full = ev.points(cands, "val")
         name, n, grid, tokens = args.method, len(ev.prompts["val"]), cfg.sweep.grid, cfg.sweep.max_new_tokens
+    scores = [np.array([r.scores[v] for v in values]) for r in full]  # stacked once, sliced per order
     rng = np.random.default_rng(0)
     orders = [rng.permutation(n) for _ in range(args.orders)]
     rows = []
     for rule in RULES:
-        stored = replay(cands, full, values, np.arange(n), rule)
-        shuffled = [replay(cands, full, values, o, rule) for o in orders]
+        stored = replay(cands, full, values, scores, np.arange(n), rule)
+        shuffled = [replay(cands, full, values, scores, o, rule) for o in orders]
         summary = {k: {"mean": float(np.mean([s[k] for s in shuffled])), "min": float(np.min([s[k] for s in shuffled]))}
                    for k in ("token_fraction", "front_recall", "hv_ratio")}
         summary["recall_at_least_0.95"] = float(np.mean([s["front_recall"] >= 0.95 for s in shuffled]))
