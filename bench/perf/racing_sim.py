@@ -11,6 +11,11 @@ answering from the stored full records and its `scores` slicing their per-prompt
 order and on `--orders` random orders of the same val prompts (a race's outcome depends on which prompts come
 first; the orders show how much). Per rule: the token fraction, the front recall and the HV ratio (as racing.py
 defines them), for the stored order and over the random orders (mean, minimum, share of orders with recall ≥ 0.95).
+
+`--populations N …` asks what more val prompts would buy: for each N, `--resamples` populations of N prompts drawn
+with replacement from the stored ones (the same draw for every candidate, so pairing is kept), every candidate's
+means recomputed over its population (the "full evaluation" there), and the shipped rule (z 2.5 and 3) raced on it.
+A model of N prompts from the same distribution, not a measurement on new prompts.
 """
 
 from __future__ import annotations
@@ -73,6 +78,30 @@ def replay(cands, full, values, scores, order, rule) -> dict:
     return {"token_fraction": res.token_fraction, "front_recall": recall, "hv_ratio": hv, "survivors": len(res.survivors)}
 
 
+def populations(cands, full, values, scores, sizes, resamples) -> list[dict]:
+    """The shipped rule on populations of `sizes` prompts resampled (with replacement, paired) from the stored ones."""
+    stacked = np.stack(scores)  # candidates × values × prompts
+    rng = np.random.default_rng(1)
+    out = []
+    for size in sizes:
+        for z in (2.5, 3.0):
+            rule = {"first": 8, "z": z, "double": False, "finite": True, "keep": 1.0}
+            runs = []
+            for _ in range(resamples):
+                s = stacked[:, :, rng.integers(0, stacked.shape[2], size)]
+                recs = [dataclasses.replace(r, rewards={v: float(s[i, j].mean()) for j, v in enumerate(values)})
+                        for i, r in enumerate(full)]
+                runs.append(replay(cands, recs, values, list(s), np.arange(size), rule))
+            row = {k: {"mean": float(np.mean([r[k] for r in runs])), "min": float(np.min([r[k] for r in runs]))}
+                   for k in ("token_fraction", "front_recall", "hv_ratio")}
+            row["recall_at_least_0.95"] = float(np.mean([r["front_recall"] >= 0.95 for r in runs]))
+            out.append({"prompts": size, "resamples": resamples, "rule": rule, **row})
+            print(f"population {size:>4} z {z:.2f} | tokens {row['token_fraction']['mean']:.3f} recall "
+                  f"{row['front_recall']['mean']:.3f} (min {row['front_recall']['min']:.2f}, ≥0.95 in "
+                  f"{row['recall_at_least_0.95']:.2f})", flush=True)
+    return out
+
+
 def pooled(run_dir: Path):
     """(candidates, records, values): every usable val record of `run_dir`'s store with the base model's val
     settings key, each relabelled {"candidate": i} (methods share weight vectors)."""
@@ -89,6 +118,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="mva")
     ap.add_argument("--orders", type=int, default=100)
+    ap.add_argument("--populations", type=int, nargs="*", default=[], help="Instead of the rules: the shipped rule "
+                    "on resampled populations of these many val prompts (e.g. 64 128 256 512).")
+    ap.add_argument("--resamples", type=int, default=20)
     ap.add_argument("--pool", type=Path, help="Instead: every val point of this run directory evaluated with the "
                     "base model's val settings (all its methods' candidates and the base, one pool).")
     args = ap.parse_args()
@@ -104,6 +136,13 @@ def main() -> None:
     scores = [np.array([r.scores[v] for v in values]) for r in full]  # stacked once, sliced per order
     rng = np.random.default_rng(0)
     orders = [rng.permutation(n) for _ in range(args.orders)]
+    path = ROOT / "bench" / "results" / "racing-sim.json"
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    if args.populations:  # stored beside the rules of the same candidate set, which stay as they are
+        out.setdefault(name, {})["populations"] = populations(cands, full, values, scores, args.populations,
+                                                              args.resamples)
+        path.write_text(json.dumps(out, indent=2))
+        return
     rows = []
     for rule in RULES:
         stored = replay(cands, full, values, scores, np.arange(n), rule)
@@ -118,9 +157,8 @@ def main() -> None:
               f"{summary['token_fraction']['mean']:.3f} recall {summary['front_recall']['mean']:.3f} "
               f"(min {summary['front_recall']['min']:.2f}, ≥0.95 in {summary['recall_at_least_0.95']:.2f}) "
               f"hv {summary['hv_ratio']['mean']:.4f} (min {summary['hv_ratio']['min']:.4f})", flush=True)
-    path = ROOT / "bench" / "results" / "racing-sim.json"
-    out = json.loads(path.read_text()) if path.is_file() else {}
-    out[name] = {"candidates": len(cands), "val_prompts": n, "orders": args.orders, "grid": grid, "tokens": tokens,
+    kept = {k: v for k, v in out.get(name, {}).items() if k == "populations"}
+    out[name] = {**kept, "candidates": len(cands), "val_prompts": n, "orders": args.orders, "grid": grid, "tokens": tokens,
                  "front": int(sum(non_dominated([[p.rewards[v] for v in values] for p in full]))), "rules": rows}
     path.write_text(json.dumps(out, indent=2))
 
