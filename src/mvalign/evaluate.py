@@ -63,7 +63,8 @@ class Evaluator:
 
     cfg: MVAConfig
     plan: Candidates
-    combined: CombinedModel
+    combined: CombinedModel | None
+    """The loaded model with the adapters; None with the Ray backend (its workers hold the model)."""
     tokenizer: object
     common: dict
     prompts: dict[str, list[Prompt]]
@@ -118,6 +119,11 @@ class Evaluator:
         return evaluate_points(self.combined, self.tokenizer, cands, method=self.key, split=f"val[{a}:{b}]",
                                prompts=self.prompts["val"][a:b], **{**self.common, "progress": False})
 
+    def reset(self) -> None:
+        """Move the loaded model (if this process holds one) back to its base weights."""
+        if self.combined is not None:
+            self.combined.reset()
+
     def racing(self, cands: Sequence[Candidate]) -> bool:
         mode = self.cfg.sweep.racing
         return mode == "on" or (mode == "auto" and isinstance(self.plan.source, FixedCandidates) and len(cands) >= 16)
@@ -130,7 +136,8 @@ class Evaluator:
 
 def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
               rewards: dict[str, RewardModel] | None = None) -> Evaluator:
-    """Load the base model with the adapters `method` evaluates, its judges and the val / test prompts."""
+    """Load the base model with the adapters `method` evaluates (in this process, or on the Ray workers with
+    `sweep.backend: ray`), its judges and the val / test prompts."""
     m = get_method(method)
     run = prepare_run(cfg)
     plan = m.candidates(cfg, run)
@@ -139,20 +146,23 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
         raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
-    model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    run.check_base(model, cfg.model.name)
-    combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
-                             cfg.sweep.combination)
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
     s = cfg.sweep
-    passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) \
-        if s.mixed_batching and s.combination == "exact" and not s.do_sample else None
-    backend = None
-    if s.backend == "ray":
+    mixed = s.mixed_batching and s.combination == "exact" and not s.do_sample
+    combined, tokenizer, backend = None, None, None
+    if s.backend == "ray":  # the workers load the model; this process only groups tasks, scores and stores
         from .scaleout import RayBackend
 
+        passes = Passes(None, s.rows_per_pass, s.points_per_pass) if mixed else None
         backend = RayBackend(cfg, [(a, str(run.adapter(plan.vectors, a))) for a in plan.adapters],
-                             None if passes is None else (passes.rows, passes.points))
+                             (s.rows_per_pass, s.points_per_pass) if mixed else None,
+                             check=lambda fp, dtype, where: run.check_fingerprint(fp, dtype, cfg.model.name, where))
+    else:
+        model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
+        run.check_base(model, cfg.model.name)
+        combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
+                                 cfg.sweep.combination)
+        passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) if mixed else None
     common = dict(rewards=rewards, generation=generation_settings(cfg), store=run.store(), cache=cache,
                   bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress,
                   passes=passes, backend=backend)
@@ -192,7 +202,7 @@ def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) ->
     mask = non_dominated([[p.rewards[v] for v in values] for _, p in usable]) if usable else []
     chosen = [c for (c, _), keep in zip(usable, mask) if keep]
     test = ev.points(chosen, "test", progress)
-    ev.combined.reset()
+    ev.reset()
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
     label = method + suffix
     for p in (*val, *test):

@@ -178,7 +178,7 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
             raise ConfigError(f"{method}: point {label} is not one of its candidates")
         cand = Candidate.combination(label)
     rec, base = ev.points([cand], "test")[0], ev.base("test")
-    ev.combined.reset()
+    ev.reset()
     prob = paired_probability(target, ev.scores(rec, "test"), ev.scores(base, "test"), cfg.sweep.bootstrap,
                               cfg.sweep.seed)
     misses = {str(c): c.miss(val_r, base_val) for c in target.constraints}

@@ -131,10 +131,10 @@ class RunDir:
     def check_base(self, model, name: str) -> str:
         """Record the base weights' fingerprint in base.json on first use; afterwards refuse different weights
         (a checkpoint replaced in place, e.g. by `combine --out` into the model folder). Returns the fingerprint."""
-        from .train.logprobs import model_fingerprint
+        return self.check_fingerprint(*base_identity(model), name)
 
-        now = model_fingerprint(model)
-        dtype = str(next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)).removeprefix("torch.")
+    def check_fingerprint(self, now: str, dtype: str, name: str, where: str = "here") -> str:
+        """`check_base` for a model loaded elsewhere (a Ray worker): its fingerprint and dtype (`base_identity`)."""
         path = self.base_path
         if not path.is_file():
             record = json.dumps({"model": name, "fingerprint": now, "dtype": dtype}, indent=2)
@@ -147,12 +147,12 @@ class RunDir:
             raise ConfigError(f"{path}: unreadable ({e!r}); if the base model did not change, delete it and re-run") from None
         if was != now and saved.get("dtype", dtype) != dtype:
             raise BaseChangedError(
-                f"{name}: the base model is loaded as {dtype} here but this run was made with {saved['dtype']} ({path}); "
+                f"{name}: the base model is loaded as {dtype} {where} but this run was made with {saved['dtype']} ({path}); "
                 f"set model.dtype: {saved['dtype']} to carry on with this run (model.dtype auto means bfloat16 on CUDA, "
                 "float32 elsewhere), or use a new run_dir")
         if was != now:
             raise BaseChangedError(
-                f"{name}: the base model's weights changed since this run was made (fingerprint {now[:12]}…, {path} "
+                f"{name}: the base model's weights changed since this run was made (fingerprint {now[:12]}… {where}, {path} "
                 f"records {was[:12]}…); its adapters and points belong to the old weights. Restore the original model "
                 "or use a new run_dir")
         return now
@@ -236,6 +236,14 @@ class RunDir:
                 write_atomic(path, "the run's record of its config",
                              lambda tmp, content=content: tmp.write_text(content, encoding="utf-8"))
         return self
+
+
+def base_identity(model) -> tuple[str, str]:
+    """(fingerprint, dtype) of a loaded base model's weights, LoRA parameters excluded (what base.json records)."""
+    from .train.logprobs import model_fingerprint
+
+    dtype = str(next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)).removeprefix("torch.")
+    return model_fingerprint(model), dtype
 
 
 def _identity(dump: dict, device: str) -> dict:

@@ -4,11 +4,14 @@
     ─────────────────────                      ───────────────────────────────────────────────
     the sweep's tasks (mixed-ω groups of  ───▶ each loads the base model and the method's adapters ONCE
     candidates, or one candidate alone)        (`CombinedModel`, and `MixedLoRA` when mixed batching is on)
-    score every point, write the store   ◀───  and generates the tasks it is given (`sweep.run_task`)
+    check each worker's base weights     ◀───  and reports its base weights' fingerprint, then generates
+    score every point, write the store   ◀───  the tasks it is given (`sweep.run_task`)
 
-The driver is the only process that writes the run's store, scores (with the reward models it already holds) and
-keeps the bookkeeping, so a Ray sweep stores exactly what the local backend stores: with greedy decoding, workers
-generate each task as the local backend would (same grouping of rows), so the points are identical. A task whose
+The driver loads no language model, only the judges. Every worker's base weights are checked against the run's
+base.json (the fingerprint the run was trained on), so a worker whose machine sees another checkpoint is refused
+before it generates anything. The driver is the only process that writes the run's store, scores and keeps the
+bookkeeping, so a Ray sweep stores exactly what the local backend stores: with greedy decoding, workers generate
+each task as the local backend would (same grouping of rows), so the points are identical. A task whose
 worker dies (killed, out of memory, its machine gone) is re-queued on a live worker; a replacement worker is started
 in the dead one's place, up to `sweep.ray.restarts` times in one sweep. Points already stored are never sent out,
 so a killed driver resumes like a local sweep.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .config import ConfigError, MVAConfig
 from .errors import MvalignError
@@ -55,6 +58,14 @@ class SweepWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def identity(self) -> tuple[str, str, str]:
+        """(fingerprint, dtype, host) of the base model this worker loaded: the driver checks it against base.json."""
+        import socket
+
+        from .rundir import base_identity
+
+        return (*base_identity(self.combined.model), socket.gethostname())
+
     def run(self, task: Task, prompts, generation, use_chat_template: bool) -> Generated:
         from .faults import reached
         from .sweep import run_task
@@ -76,7 +87,10 @@ def loopback_only(ray) -> None:
 class RayBackend:
     """Generation on Ray workers; `run` yields each task's result as it arrives (re-queueing a dead worker's)."""
 
-    def __init__(self, cfg: MVAConfig, adapters: Sequence[tuple[str, str]], mixed: tuple | None) -> None:
+    def __init__(self, cfg: MVAConfig, adapters: Sequence[tuple[str, str]], mixed: tuple | None,
+                 check: Callable[[str, str, str], None] | None = None) -> None:
+        """`check(fingerprint, dtype, where)`: called with every worker's base model once it is loaded (the driver
+        loads no model itself, so this is how a run's base.json is enforced across processes and machines)."""
         try:
             import ray
         except ImportError:
@@ -96,8 +110,27 @@ class RayBackend:
                      max(1, int(self.settings.cpus_per_worker)))
         self.env = env
         self.actor = ray.remote(SweepWorker)
-        self.restarts = 0
+        self.restarts, self.check = 0, check
         self.workers = [self._start(i) for i in range(self.settings.workers)]
+        for i, worker in enumerate(self.workers):
+            self._checked(worker, i)
+
+    def _checked(self, worker, index: int):
+        """Wait until `worker` has loaded its model and pass its identity to `check`; one clear error if it failed."""
+        try:
+            fingerprint, dtype, host = self.ray.get(worker.identity.remote())
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as e:
+            self.close()
+            lines = [x for x in str(e).strip().splitlines() if x.strip()]
+            raise WorkerError(f"Ray worker {index} could not load the model and adapters: "
+                              f"{lines[-1] if lines else type(e).__name__}") from None
+        if self.check is not None:
+            try:
+                self.check(fingerprint, dtype, f"on Ray worker {index} ({host})")
+            except Exception:
+                self.close()
+                raise
+        return worker
 
     def _start(self, index: int):
         """A worker; MVALIGN_FAULT (the reliability tests' kill switch) reaches only worker 0, never a replacement."""
@@ -132,7 +165,7 @@ class RayBackend:
                                           "kept: re-run to finish the sweep") from None
                     continue
                 self.restarts += 1
-                worker = self._start(len(self.workers) + self.restarts)
+                worker = self._checked(self._start(len(self.workers) + self.restarts), len(self.workers) + self.restarts)
                 self.workers.append(worker)
                 idle.append(worker)
                 continue

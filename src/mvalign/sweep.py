@@ -98,7 +98,8 @@ class Passes:
     """Mixed-ω batching (`mvalign.mixed`): `rows` (point, prompt) rows per generate call (the KV-cache rows held
     at once), `points` points generated together before they are scored and stored (what a kill can lose)."""
 
-    mixed: MixedLoRA
+    mixed: MixedLoRA | None
+    """None in a process that only plans the passes (the Ray driver); the process that generates holds the hooks."""
     rows: int = 64
     points: int = 16
 
