@@ -115,6 +115,9 @@ def test_modpo_implicit_margins_match_peft_log_probs(tmp_path, tiny_model_dir):
         rc, rr = compute_logprobs(peft, tok, tokenizer.pad_token_id)
     expected = 0.7 * cfg.dpo.beta * ((pc - rc) - (pr - rr))
     assert torch.allclose(got, expected, atol=1e-5) and expected.abs().max() > 0
+    # only the pairs a step-limited training visits: the same numbers there, NaN elsewhere
+    part = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c", [4, 1])
+    assert torch.allclose(part[[1, 4]], expected[[1, 4]], atol=1e-5) and part[[0, 2, 3, 5]].isnan().all()
 
 
 def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
@@ -187,3 +190,5 @@ def test_modpo_reward_margins_are_the_other_judges_score_gaps(tmp_path, tiny_mod
     prompts = [p.prompt for p in pairs]
     gap = judge.score(prompts, [p.chosen for p in pairs]) - judge.score(prompts, [p.rejected for p in pairs])
     assert torch.allclose(got, 0.4 * torch.as_tensor(gap, dtype=torch.float32), atol=1e-6) and gap.std() > 0
+    part = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c", [3, 0])
+    assert torch.allclose(part[[0, 3]], got[[0, 3]], atol=1e-6) and part[[1, 2, 4]].isnan().all()

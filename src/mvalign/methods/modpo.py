@@ -27,27 +27,32 @@ from .perweight import per_weight_models, train_per_weight
 
 
 def margins(cfg: MVAConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pad: int, pairs: Sequence[PreferencePair],
-            others: Sequence[str], w: dict[str, float], cache) -> torch.Tensor:
-    """m_i = Σ_j w_j (r_j(x, y_w) − r_j(x, y_l)) over the other values j, computed on the plain base `model`."""
+            others: Sequence[str], w: dict[str, float], cache, only: Sequence[int] | None = None) -> torch.Tensor:
+    """m_i = Σ_j w_j (r_j(x, y_w) − r_j(x, y_l)) over the other values j, computed on the plain base `model`;
+    `only`: for these pairs (those the training visits), NaN for the others."""
+    idx = list(range(len(pairs))) if only is None else sorted(set(only))
     cols_c, cols_r = [], []
     if cfg.baselines.modpo_margin == "reward":
         from ..rewards import load_reward_models
 
         rewards = load_reward_models(cfg)
-        text = [p.prompt for p in pairs]
+        text = [pairs[i].prompt for i in idx]
         for j in others:
-            cols_c.append(torch.as_tensor(rewards[j].score(text, [p.chosen for p in pairs]), dtype=torch.float32))
-            cols_r.append(torch.as_tensor(rewards[j].score(text, [p.rejected for p in pairs]), dtype=torch.float32))
+            cols_c.append(torch.as_tensor(rewards[j].score(text, [pairs[i].chosen for i in idx]), dtype=torch.float32))
+            cols_r.append(torch.as_tensor(rewards[j].score(text, [pairs[i].rejected for i in idx]), dtype=torch.float32))
     else:
         d = cfg.dpo
         autocast = torch.bfloat16 if d.precision == "bf16" else None
-        ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast)
+        ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast, only)
         for j in others:
             with attached(model, run.adapter("dpo", j)) as pj:
-                pol_c, pol_r = compute_logprobs(pj, tok, pad, d.batch_size * 2, autocast, desc=f"implicit {j} rewards")
-            cols_c.append(d.beta * (pol_c - ref_c))
-            cols_r.append(d.beta * (pol_r - ref_r))
-    return modpo_margins(torch.stack(cols_c, 1), torch.stack(cols_r, 1), [w[j] for j in others])
+                pol_c, pol_r = compute_logprobs(pj, [tok[i] for i in idx], pad, d.batch_size * 2, autocast,
+                                                desc=f"implicit {j} rewards")
+            cols_c.append(d.beta * (pol_c - ref_c[idx]))
+            cols_r.append(d.beta * (pol_r - ref_r[idx]))
+    out = torch.full((len(pairs),), float("nan"))
+    out[idx] = modpo_margins(torch.stack(cols_c, 1), torch.stack(cols_r, 1), [w[j] for j in others])
+    return out
 
 
 def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
@@ -65,7 +70,7 @@ def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progr
 
         def build(ctx):
             tok = ctx.tokenize(pairs)
-            m = margins(cfg, run, ctx.model, tok, ctx.pad, pairs, others, w, ctx.cache)
+            m = margins(cfg, run, ctx.model, tok, ctx.pad, pairs, others, w, ctx.cache, ctx.visited(len(tok)))
             return ctx.dpo(pairs, margins=m, scale=1.0 / w[first], tokenized=tok)
 
         job.build = build

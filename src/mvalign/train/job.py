@@ -75,9 +75,14 @@ class JobContext:
         """DPO on `pairs` against the cached reference (computed only for the pairs the training will visit), with
         optional per-pair weights / margins / logit scale."""
         tok = list(tokenized) if tokenized is not None else self.tokenize(pairs)
-        used = visited_pairs(self.settings, len(tok), process_state(self.cfg.model.device).num_processes)
-        return dpo_objective(tok, *self.reference(tok, None if len(used) == len(tok) else used), self.settings.beta,
+        return dpo_objective(tok, *self.reference(tok, self.visited(len(tok))), self.settings.beta,
                              weights=weights, margins=margins, scale=scale, extra=extra)
+
+    def visited(self, n_pairs: int) -> list[int] | None:
+        """Indices of the pairs (of `n_pairs`) this training reads, all processes together; None when it reads every
+        one. Per-pair quantities (reference log-probs, MODPO's margins) are computed for these only."""
+        used = visited_pairs(self.settings, n_pairs, process_state(self.cfg.model.device).num_processes)
+        return None if len(used) == n_pairs else used
 
 
 @dataclasses.dataclass
