@@ -143,6 +143,32 @@ def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
 
+def test_a_non_finite_step_is_refused_and_not_applied(tmp_path, tokenizer, tiny_llama):
+    """A loss that turns NaN at step 3 stops training with one line naming the step; the weights stay those after
+    step 2 (equal to a 2-step run) and the checkpoint of step 2 is intact."""
+    from mvalign.train.trainer import DivergedError
+
+    settings = DPOSettings(lr=1e-2, max_steps=2, batch_size=2, save_every=2, scheduler="constant")
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
+    train_adapter(model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "two", tokenizer.pad_token_id,
+                  progress=False)
+    two = trainable_state(model)
+
+    def nan_at_step_3(m, micro):
+        return torch.tensor(float("nan") if micro == 2 else 0.0), {}
+
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
+    longer = settings.model_copy(update={"max_steps": 4})
+    with pytest.raises(DivergedError, match=r"step 3 of 4 gave non-finite loss = nan.*last checkpoint: step 2"):
+        train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(nan_at_step_3)]), longer,
+                      tmp_path / "nan", tokenizer.pad_token_id, progress=False)
+    now = trainable_state(model)
+    for name in two:
+        torch.testing.assert_close(now[name], two[name], atol=1e-6, rtol=0, msg=name)
+        assert torch.isfinite(now[name]).all()
+    assert json.loads((tmp_path / "nan" / "checkpoint" / "state.json").read_text())["step"] == 2
+
+
 def test_gradient_accumulation_matches_large_batch(tmp_path, tokenizer, tiny_llama):
     states = []
     for batch, accum in [(4, 1), (2, 2)]:

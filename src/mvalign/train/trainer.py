@@ -92,6 +92,10 @@ class CheckpointError(MvalignError, RuntimeError):
     """A training checkpoint that cannot be resumed from."""
 
 
+class DivergedError(MvalignError, FloatingPointError):
+    """A training step whose loss or gradient is not finite: it is not applied."""
+
+
 def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     missing = [f for f in ("trainable.safetensors", "optimizer.pt", "state.json") if not (folder / f).is_file()]
     if missing:
@@ -185,6 +189,14 @@ def train_adapter(
                 sums["tokens"] *= acc.num_processes
             if settings.max_grad_norm is not None:
                 sums["grad_norm"] = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
+            bad = {k: v for k, v in sums.items() if not math.isfinite(v)}  # after the reduction: every process agrees
+            if bad:
+                saved = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else 0
+                raise DivergedError(
+                    f"{out}: step {step + 1} of {steps} gave non-finite {', '.join(f'{k} = {v}' for k, v in bad.items())}; "
+                    f"the step was not applied and nothing was saved (last checkpoint: step {saved}). Usual causes: a "
+                    "learning rate too high for this model (dpo.lr), bf16 overflow (dpo.precision: fp32), non-finite "
+                    "inputs (reference log-probs, margins, pair weights)")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
