@@ -124,6 +124,17 @@ class Evaluator:
         if self.combined is not None:
             self.combined.reset()
 
+    def close(self) -> None:
+        """Stop the Ray workers, if any (the local model is freed with the evaluator)."""
+        if self.common["backend"] is not None:
+            self.common["backend"].close()
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def racing(self, cands: Sequence[Candidate]) -> bool:
         mode = self.cfg.sweep.racing
         return mode == "on" or (mode == "auto" and isinstance(self.plan.source, FixedCandidates) and len(cands) >= 16)
@@ -149,6 +160,7 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
     s = cfg.sweep
     mixed = s.mixed_batching and s.combination == "exact" and not s.do_sample
+    prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
     combined, tokenizer, backend = None, None, None
     if s.backend == "ray":  # the workers load the model; this process only groups tasks, scores and stores
         from .scaleout import RayBackend
@@ -166,7 +178,6 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     common = dict(rewards=rewards, generation=generation_settings(cfg), store=run.store(), cache=cache,
                   bootstrap=cfg.sweep.bootstrap, use_chat_template=cfg.model.chat_template == "auto", progress=progress,
                   passes=passes, backend=backend)
-    prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
     return Evaluator(cfg, plan, combined, tokenizer, common, prompts, plan.vectors + suffix)
 
 
@@ -181,12 +192,8 @@ def evaluate_method(cfg: MVAConfig, method: str, progress: bool = True, primary:
 
 
 def _evaluate(cfg: MVAConfig, method: str, progress: bool, primary: bool, rewards) -> dict:
-    ev = evaluator(cfg, method, progress, rewards)
-    try:
+    with evaluator(cfg, method, progress, rewards) as ev:
         return _evaluate_with(ev, cfg, method, primary)
-    finally:
-        if ev.common["backend"] is not None:
-            ev.common["backend"].close()
 
 
 def _evaluate_with(ev: Evaluator, cfg: MVAConfig, method: str, primary: bool) -> dict:

@@ -166,28 +166,28 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     sp = spreads([p["rewards"] for _, p in cands], values)
     method, point = max(cands, key=lambda mp: target.rank(mp[1]["rewards"], base_val, sp))
     m = get_method(method)
-    ev = evaluator(cfg, method, progress)
-    label, val_r, spent = dict(point["weights"]), point["rewards"], 0
-    if refine_budget and m.kind == "value-vectors":
-        known = [(dict(p["weights"]), p["rewards"]) for mm, p in cands if mm == method]
-        label, val_r, spent = refine(ev, target, label, base_val, refine_budget, cfg.sweep.grid, known)
-    fixed = {tuple(sorted(c.label.items())): c for c in getattr(ev.plan.source, "points", [])}
-    cand = fixed.get(tuple(sorted(label.items())))
-    if cand is None:
-        if m.kind != "value-vectors":
-            raise ConfigError(f"{method}: point {label} is not one of its candidates")
-        cand = Candidate.combination(label)
-    rec, base = ev.points([cand], "test")[0], ev.base("test")
-    ev.reset()
-    prob = paired_probability(target, ev.scores(rec, "test"), ev.scores(base, "test"), cfg.sweep.bootstrap,
-                              cfg.sweep.seed)
-    misses = {str(c): c.miss(val_r, base_val) for c in target.constraints}
-    return {"feasible": all(x <= 0 for x in misses.values()), "method": method, "vectors": ev.plan.vectors,
-            "weights": label, "exportable": m.kind == "value-vectors", "objective": target.maximize or target.weights,
-            "constraints": [str(c) for c in target.constraints], "val": {"rewards": val_r, "base": base_val},
-            "test": {"rewards": rec.rewards, "ci95": rec.ci95, "base": base.rewards, "base_ci95": base.ci95,
-                     "prompts": rec.n_prompts},
-            "p_constraints_hold_test": prob, "misses_val": misses, "refine_evaluations": spent}
+    with evaluator(cfg, method, progress) as ev:  # closes the Ray workers, if any
+        label, val_r, spent = dict(point["weights"]), point["rewards"], 0
+        if refine_budget and m.kind == "value-vectors":
+            known = [(dict(p["weights"]), p["rewards"]) for mm, p in cands if mm == method]
+            label, val_r, spent = refine(ev, target, label, base_val, refine_budget, cfg.sweep.grid, known)
+        fixed = {tuple(sorted(c.label.items())): c for c in getattr(ev.plan.source, "points", [])}
+        cand = fixed.get(tuple(sorted(label.items())))
+        if cand is None:
+            if m.kind != "value-vectors":
+                raise ConfigError(f"{method}: point {label} is not one of its candidates")
+            cand = Candidate.combination(label)
+        rec, base = ev.points([cand], "test")[0], ev.base("test")
+        ev.reset()
+        prob = paired_probability(target, ev.scores(rec, "test"), ev.scores(base, "test"), cfg.sweep.bootstrap,
+                                  cfg.sweep.seed)
+        misses = {str(c): c.miss(val_r, base_val) for c in target.constraints}
+        return {"feasible": all(x <= 0 for x in misses.values()), "method": method, "vectors": ev.plan.vectors,
+                "weights": label, "exportable": m.kind == "value-vectors", "objective": target.maximize or target.weights,
+                "constraints": [str(c) for c in target.constraints], "val": {"rewards": val_r, "base": base_val},
+                "test": {"rewards": rec.rewards, "ci95": rec.ci95, "base": base.rewards, "base_ci95": base.ci95,
+                         "prompts": rec.n_prompts},
+                "p_constraints_hold_test": prob, "misses_val": misses, "refine_evaluations": spent}
 
 
 def describe(answer: dict) -> str:
