@@ -250,3 +250,25 @@ def test_simulated_enospc_at_each_write_names_the_file(tmp_path, tiny_model_dir,
     assert CliRunner().invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0
     rec = RunStore(tmp_path / "run").get_vector("helpful", "dpo")
     assert rec.steps == 3
+
+
+def test_a_run_made_by_another_version_says_so(tmp_path, tiny_model_dir):
+    """A run's config.yaml with a field this version does not know: the error names the field and, when versions.json
+    records another mvalign version, that version (the likely cause) and what to do."""
+    import yaml
+
+    from mvalign.config import ConfigError
+    from mvalign.rundir import RunDir, package_versions
+
+    cfg = yaml.safe_load(write_builtin_config(tmp_path, tiny_model_dir, 8).read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "sweep": {"retired_option": 1}}))
+    ours = package_versions()["mvalign"]
+    (run / "versions.json").write_text(json.dumps({"mvalign": ours}))
+    with pytest.raises(ConfigError, match="sweep.retired_option") as same:
+        RunDir(run).load_config()
+    assert "made by" not in str(same.value)
+    (run / "versions.json").write_text(json.dumps({"mvalign": "0.0.1"}))
+    with pytest.raises(ConfigError, match=rf"sweep.retired_option(.|\n)*made by mvalign 0.0.1 .* this is mvalign {ours}"):
+        RunDir(run).load_config()

@@ -172,7 +172,17 @@ class RunDir:
             raise ConfigError(f"{self.root} is a file; give the run directory (the config's run_dir) instead")
         if not self.config_path.is_file():
             raise ConfigError(f"{self.root}: not an mvalign run directory (no config.yaml); train a value vector first")
-        cfg = load_config(self.config_path)
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as e:  # written by mvalign itself: most likely by another version of it
+            made = "an unknown version"
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                made = "mvalign " + json.loads(self.versions_path.read_text(encoding="utf-8"))["mvalign"]
+            now = package_versions().get("mvalign", "?")
+            if made == f"mvalign {now}":
+                raise
+            raise ConfigError(f"{e}\n  this run was made by {made} ({self.versions_path}), this is mvalign {now}: use "
+                              "that version for this run, or edit the fields named above in its config.yaml") from None
         cfg.run_dir = str(self.root.resolve())  # the run may have been moved since config.yaml was written
         return cfg
 
