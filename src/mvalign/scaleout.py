@@ -112,25 +112,24 @@ class RayBackend:
         self.actor = ray.remote(SweepWorker)
         self.restarts, self.check = 0, check
         self.workers = [self._start(i) for i in range(self.settings.workers)]
-        for i, worker in enumerate(self.workers):
-            self._checked(worker, i)
+        try:
+            for i, worker in enumerate(self.workers):
+                self._verify(worker, i)
+        except BaseException:
+            self.close()
+            raise
 
-    def _checked(self, worker, index: int):
-        """Wait until `worker` has loaded its model and pass its identity to `check`; one clear error if it failed."""
+    def _verify(self, worker, index: int) -> None:
+        """Wait until `worker` has loaded its model and pass its identity to `check`: WorkerError (one line) when it
+        could not load, `check`'s error when its base weights are not the run's."""
         try:
             fingerprint, dtype, host = self.ray.get(worker.identity.remote())
         except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as e:
-            self.close()
             lines = [x for x in str(e).strip().splitlines() if x.strip()]
             raise WorkerError(f"Ray worker {index} could not load the model and adapters: "
                               f"{lines[-1] if lines else type(e).__name__}") from None
         if self.check is not None:
-            try:
-                self.check(fingerprint, dtype, f"on Ray worker {index} ({host})")
-            except Exception:
-                self.close()
-                raise
-        return worker
+            self.check(fingerprint, dtype, f"on Ray worker {index} ({host})")
 
     def _start(self, index: int):
         """A worker; MVALIGN_FAULT (the reliability tests' kill switch) reaches only worker 0, never a replacement."""
@@ -165,7 +164,14 @@ class RayBackend:
                                           "kept: re-run to finish the sweep") from None
                     continue
                 self.restarts += 1
-                worker = self._checked(self._start(len(self.workers) + self.restarts), len(self.workers) + self.restarts)
+                index = len(self.workers) + self.restarts
+                worker = self._start(index)
+                try:
+                    self._verify(worker, index)
+                except WorkerError:  # the replacement did not come up: carry on with the live workers, if any
+                    if not self.workers:
+                        raise
+                    continue
                 self.workers.append(worker)
                 idle.append(worker)
                 continue
