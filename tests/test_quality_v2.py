@@ -91,3 +91,24 @@ def test_markdown_verdicts_and_the_answered_tally(results):
     same["cells"].update({k.replace("mva", "dpo"): v for k, v in same["cells"].items()})
     row = next(line for line in qv.markdown(same).splitlines() if line.startswith("| HV(mva) − HV(dpo) |"))
     assert "| not shown |" in row
+
+
+def test_per_seed_detectable_difference_has_80_percent_power():
+    """For claims with one number per seed: 'detectable' is the true difference a two-sided 5% t-test over the seeds
+    finds with 80% power (checked by simulating 20000 t-tests at that difference), and 'seeds_needed' is the fewest
+    seeds whose detectable difference is within the estimate."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for diffs in ([-0.13, -0.15], [0.2, 0.5, 0.1], [1.0, 1.4, 0.7, 1.9, 1.1, 0.4]):
+        seeds = {i: {"mva": {"x": d}, "dpo": {"x": 0.0}} for i, d in enumerate(diffs)}
+        d = qv.per_seed_t(seeds, lambda c: c["x"])
+        n, sd = len(diffs), np.std(diffs, ddof=1)
+        draws = rng.normal(d["detectable"], sd, (20000, n))
+        t = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / np.sqrt(n))
+        power = np.mean(np.abs(t) > stats.t.ppf(0.975, n - 1))
+        assert abs(power - 0.80) < 0.015, (diffs, power)
+        k = d["seeds_needed"]
+        assert qv.t_power(k) * sd / np.sqrt(k) <= abs(np.mean(diffs))
+        assert k == 2 or qv.t_power(k - 1) * sd / np.sqrt(k - 1) > abs(np.mean(diffs))
+        assert qv._budget(d, "not shown") == f"{k} seeds"

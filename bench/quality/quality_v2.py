@@ -15,7 +15,9 @@ per seed: t-interval over seeds, as in v1.
 Verdicts: held / reversed when the 95% interval excludes 0 (on the claimed / other side), else not shown;
 'detectable' = 2.80 × bootstrap se: the smallest true difference these settings detect with 80% power; for a claim
 not shown, 'prompts ×' = (detectable / |estimate|)²: how many times the prompts (per seed) it would take to detect a
-difference of the size estimated (se shrinks as 1/√prompts).
+difference of the size estimated (se shrinks as 1/√prompts). For the claims with one number per seed (interference,
+held-out accuracy) 'detectable' uses t quantiles over the seeds, (t_0.975 + t_0.80)(n − 1 df) · sd / √n, and the
+column gives the seeds it would take instead.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 from quality_table import judges_line
+from scipy import optimize, stats
 
 from mvalign.compare import mean_interval
 from mvalign.methods import method_names
 from mvalign.stats import (
-    DETECTABLE,
     difference_from_replicates,
     front_hv,
     pooled_differences,
@@ -108,8 +110,20 @@ def per_seed_t(seeds: dict[int, dict[str, dict]], key) -> dict | None:
     m = mean_interval(diffs)
     if m["n"] < 2:
         return {**m, "ci95": None, "per_seed": diffs, "seeds": 1}
-    return {**m, "detectable": DETECTABLE * float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))), "per_seed": diffs,
-            "seeds": m["n"]}
+    sd, n = float(np.std(diffs, ddof=1)), m["n"]
+    return {**m, "detectable": t_power(n) * sd / np.sqrt(n), "per_seed": diffs, "seeds": n,
+            "seeds_needed": next((k for k in range(2, 1001) if t_power(k) * sd / np.sqrt(k) <= abs(m["mean"])), None)}
+
+
+def t_power(n: int) -> float:
+    """The noncentrality δ√n/sd at which a two-sided 5% t-test over n seeds rejects with 80% power (noncentral t,
+    solved exactly): the smallest true difference it detects is t_power(n) · sd / √n (2.80 for many seeds)."""
+    df, crit = n - 1, stats.t.ppf(0.975, n - 1)
+
+    def short(nc: float) -> float:
+        lower = np.nan_to_num(stats.nct.cdf(-crit, df, nc))  # ~0 here; scipy returns NaN far out in the tail
+        return float(stats.nct.sf(crit, df, nc) + lower) - 0.80
+    return float(optimize.brentq(short, 0.0, 50.0))
 
 
 def _agree(d: dict) -> str:
@@ -120,6 +134,8 @@ def _agree(d: dict) -> str:
 def _budget(d: dict, v: str) -> str:
     if v not in ("not shown", "no loss detected") or "detectable" not in d or not d["mean"]:
         return ""
+    if "seeds_needed" in d:  # a number per seed: more seeds, not more prompts, answer it
+        return f"{d['seeds_needed']} seeds" if d["seeds_needed"] else "> 1000 seeds"
     k = (d["detectable"] / abs(d["mean"])) ** 2
     return f"{k:.1f}×" if k <= 100 else "> 100×"
 
@@ -151,7 +167,7 @@ def markdown(results: dict) -> str:
              "How each claim is estimated: `bench/quality/quality_v2.py` (paired over prompts within a seed, pooled "
              "over seeds). Columns: estimate [95% interval]; seeds whose own difference has the estimate's sign; "
              "detectable (80% power); verdict; for claims not shown, how many times the prompts it would take to detect "
-             "the estimated difference.", ""]
+             "the estimated difference (for the two claims with one number per seed: how many seeds).", ""]
     tally = {}
     for setting, seeds in settings.items():
         cells = [c for fronts in seeds.values() for c in fronts.values()]
