@@ -119,3 +119,15 @@ def test_workers_seeing_other_base_weights_are_refused(trained, tmp_path, fresh_
     with pytest.raises(BaseChangedError, match=r"weights changed since this run was made .*on Ray worker 0 \("):
         evaluate_method(cfg, "soup", progress=False)
     assert stored(tmp_path / "ray" / "run") == before
+
+
+def test_a_replacement_that_cannot_load_is_dropped(trained, tmp_path, fresh_ray, monkeypatch):
+    """Worker 0 is killed at its second task and its replacement is killed while loading the model
+    (MVALIGN_FAULT=task@2,load): the sweep finishes on the one live worker, identical to a local sweep."""
+    local = copy_run(trained, tmp_path / "local")
+    evaluate_method(local, "soup", progress=False)
+    monkeypatch.setenv("MVALIGN_FAULT", "task@2,load")
+    remote = copy_run(trained, tmp_path / "ray", backend="ray")
+    front = evaluate_method(remote, "soup", progress=False)
+    assert front["settings"]["backend"]["replaced_workers"] == 1
+    assert stored(tmp_path / "local" / "run") == stored(tmp_path / "ray" / "run")

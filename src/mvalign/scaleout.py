@@ -44,11 +44,13 @@ class SweepWorker:
         import torch
 
         from .combine import CombinedModel
+        from .faults import reached
         from .lora import load_lora_adapter
         from .mixed import MixedLoRA
         from .models import cache_root, load_model
         from .sweep import Passes
 
+        reached("load")
         torch.set_num_threads(threads)
         cfg = MVAConfig.model_validate(cfg_json)
         model, self.tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
@@ -132,10 +134,11 @@ class RayBackend:
             self.check(fingerprint, dtype, f"on Ray worker {index} ({host})")
 
     def _start(self, index: int):
-        """A worker; MVALIGN_FAULT (the reliability tests' kill switch) reaches only worker 0, never a replacement."""
-        env = {**self.env, "MVALIGN_FAULT": ""}  # set, so that no worker inherits the driver's
-        if index == 0 and os.environ.get("MVALIGN_FAULT", "").startswith("task"):
-            env["MVALIGN_FAULT"] = os.environ["MVALIGN_FAULT"]
+        """A worker. MVALIGN_FAULT (the reliability tests' kill switch, `mvalign.faults`): its `task` part reaches
+        worker 0 only, its `load` part the replacements only."""
+        role = "task" if index == 0 else "load" if index >= self.settings.workers else None
+        mine = [f.strip() for f in os.environ.get("MVALIGN_FAULT", "").split(",") if f.strip().partition("@")[0] == role]
+        env = {**self.env, "MVALIGN_FAULT": ",".join(mine)}  # set, so that no worker inherits the driver's
         actor = self.actor.options(
             num_cpus=self.settings.cpus_per_worker, num_gpus=self.settings.gpus_per_worker, max_restarts=0,
             runtime_env={"env_vars": env})
