@@ -168,6 +168,17 @@ def test_a_non_finite_step_is_refused_and_not_applied(tmp_path, tokenizer, tiny_
         assert torch.isfinite(now[name]).all()
     assert json.loads((tmp_path / "nan" / "checkpoint" / "state.json").read_text())["step"] == 2
 
+    def nan_gradient_at_step_3(m, micro):  # a finite loss (0) whose gradient is NaN: d√u/du = ∞ at u = 0, times 0
+        lora = sum((p.float() ** 2).sum() for n, p in m.named_parameters() if "lora_A" in n)
+        return torch.sqrt(lora * 0.0) if micro == 2 else torch.zeros(()), {}
+
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
+    unclipped = longer.model_copy(update={"max_grad_norm": None})
+    with pytest.raises(DivergedError, match=r"step 3 of 4 gave non-finite gradient"):
+        train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(nan_gradient_at_step_3)]),
+                      unclipped, tmp_path / "nan-grad", tokenizer.pad_token_id, progress=False)
+    assert all(torch.isfinite(v).all() for v in trainable_state(model).values())
+
 
 def test_gradient_accumulation_matches_large_batch(tmp_path, tokenizer, tiny_llama):
     states = []

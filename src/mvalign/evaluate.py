@@ -160,7 +160,7 @@ def evaluator(cfg: MVAConfig, method: str, progress: bool = True,
     suffix = "" if cfg.sweep.combination == "exact" else "-factorwise"
     s = cfg.sweep
     mixed = s.mixed_batching and s.combination == "exact" and not s.do_sample
-    prompts = {s: eval_prompts(cfg, s, getattr(cfg.sweep, f"{s}_prompts")) for s in ("val", "test")}
+    prompts = {split: eval_prompts(cfg, split, getattr(s, f"{split}_prompts")) for split in ("val", "test")}
     combined, tokenizer, backend = None, None, None
     if s.backend == "ray":  # the workers load the model; this process only groups tasks, scores and stores
         from .scaleout import RayBackend

@@ -189,7 +189,10 @@ def train_adapter(
                 sums["tokens"] *= acc.num_processes
             if settings.max_grad_norm is not None:
                 sums["grad_norm"] = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
-            bad = {k: v for k, v in sums.items() if not math.isfinite(v)}  # after the reduction: every process agrees
+            # after the reduction (loss) and the all-reduce (gradients), every process takes the same decision
+            bad = {k: sums[k] for k in ("loss", "grad_norm") if k in sums and not math.isfinite(sums[k])}
+            if "grad_norm" not in sums and not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+                bad["gradient"] = float("nan")
             if bad:
                 saved = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else 0
                 raise DivergedError(
