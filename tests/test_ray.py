@@ -92,12 +92,15 @@ def test_cluster_listens_on_loopback_only(trained, tmp_path, fresh_ray):
         backend.close()
 
 
-def test_a_worker_killed_mid_sweep_has_its_points_requeued(trained, tmp_path, fresh_ray, monkeypatch):
+@pytest.mark.parametrize("fault", ["task@2", "task@2,load"])
+def test_a_worker_killed_mid_sweep_has_its_points_requeued(trained, tmp_path, fresh_ray, monkeypatch, fault):
     """Worker 0 is SIGKILLed as it starts its second task (MVALIGN_FAULT=task@2); its task goes to a live worker, a
-    replacement worker is started, and the sweep stores every point, identical to an uninterrupted local sweep."""
+    replacement worker is started, and the sweep stores every point, identical to an uninterrupted local sweep.
+    With `load` too, the replacement is killed while loading the model: it is dropped and the sweep finishes on the
+    one live worker, again identical."""
     local = copy_run(trained, tmp_path / "local")
     evaluate_method(local, "soup", progress=False)
-    monkeypatch.setenv("MVALIGN_FAULT", "task@2")
+    monkeypatch.setenv("MVALIGN_FAULT", fault)
     remote = copy_run(trained, tmp_path / "ray", backend="ray")
     front = evaluate_method(remote, "soup", progress=False)
     assert front["settings"]["backend"]["replaced_workers"] == 1
@@ -120,14 +123,3 @@ def test_workers_seeing_other_base_weights_are_refused(trained, tmp_path, fresh_
         evaluate_method(cfg, "soup", progress=False)
     assert stored(tmp_path / "ray" / "run") == before
 
-
-def test_a_replacement_that_cannot_load_is_dropped(trained, tmp_path, fresh_ray, monkeypatch):
-    """Worker 0 is killed at its second task and its replacement is killed while loading the model
-    (MVALIGN_FAULT=task@2,load): the sweep finishes on the one live worker, identical to a local sweep."""
-    local = copy_run(trained, tmp_path / "local")
-    evaluate_method(local, "soup", progress=False)
-    monkeypatch.setenv("MVALIGN_FAULT", "task@2,load")
-    remote = copy_run(trained, tmp_path / "ray", backend="ray")
-    front = evaluate_method(remote, "soup", progress=False)
-    assert front["settings"]["backend"]["replaced_workers"] == 1
-    assert stored(tmp_path / "local" / "run") == stored(tmp_path / "ray" / "run")
