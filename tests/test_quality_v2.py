@@ -112,3 +112,13 @@ def test_per_seed_detectable_difference_has_80_percent_power():
         assert qv.t_power(k) * sd / np.sqrt(k) <= abs(np.mean(diffs))
         assert k == 2 or qv.t_power(k - 1) * sd / np.sqrt(k - 1) > abs(np.mean(diffs))
         assert qv._budget(d, "not shown") == f"{k} seeds"
+
+
+def test_a_pooled_answer_needs_every_seed_on_its_side():
+    """The pooled interval resamples prompts, not seeds: a claim it answers is reported only when every seed's own
+    difference has the pooled sign."""
+    d = {"mean": 1.0, "ci95": [0.2, 1.8], "detectable": 0.5}
+    assert "| held |" in qv._row("c", {**d, "per_seed": [1.5, 0.5]}, "m")[0]
+    row, verdict = qv._row("c", {**d, "per_seed": [2.1, -0.1]}, "m")
+    assert verdict == "seeds disagree" and verdict not in qv.ANSWERED and "| 1/2 |" in row
+    assert qv._row("c", {**d, "mean": -1.0, "ci95": [-1.8, -0.2], "per_seed": [-2.1, 0.1]}, "m")[1] == "seeds disagree"

@@ -12,7 +12,9 @@ estimate is the mean of the per-seed differences and its replicates the mean of 
 score cancels from both gains), pooled the same way. Interference (CKA) and held-out pair accuracy have one number
 per seed: t-interval over seeds, as in v1.
 
-Verdicts: held / reversed when the 95% interval excludes 0 (on the claimed / other side), else not shown;
+Verdicts: held / reversed when the 95% interval excludes 0 (on the claimed / other side), else not shown; but
+'seeds disagree' (not an answer) when some seed's own difference has the other sign: the pooled interval resamples
+prompts within the seeds, not the seeds, so it does not cover training-seed variation by itself;
 'detectable' = 2.80 × bootstrap se: the smallest true difference these settings detect with 80% power; for a claim
 not shown, 'prompts ×' = (detectable / |estimate|)²: how many times the prompts (per seed) it would take to detect a
 difference of the size estimated (se shrinks as 1/√prompts). For the claims with one number per seed (interference,
@@ -156,6 +158,8 @@ def _row(label: str, d: dict | None, meaning: str, digits: int = 3, want: str = 
     if d is None:
         return f"| {label} | — | — | — | — | — | {meaning} |", "—"
     v = _verdict(d, want)
+    if v in ANSWERED and any(np.sign(x) != np.sign(d["mean"]) for x in d.get("per_seed", [])):
+        v = "seeds disagree"
     det = f"{d['detectable']:.{digits}f}" if "detectable" in d else "—"
     ci = f"[{d['ci95'][0]:+.{digits}f}, {d['ci95'][1]:+.{digits}f}]" if d.get("ci95") else "[—]"
     return (f"| {label} | {d['mean']:+.{digits}f} {ci} | {_agree(d)} | {det} | {v} | {_budget(d, v)} | {meaning} |", v)
@@ -166,7 +170,8 @@ def markdown(results: dict) -> str:
     lines = ["# Quality benchmark v2", "", f"Budget and settings: `{json.dumps(results.get('budget', {}))}`", "",
              "How each claim is estimated: `bench/quality/quality_v2.py` (paired over prompts within a seed, pooled "
              "over seeds). Columns: estimate [95% interval]; seeds whose own difference has the estimate's sign; "
-             "detectable (80% power); verdict; for claims not shown, how many times the prompts it would take to detect "
+             "detectable (80% power); verdict ('seeds disagree': the pooled interval excludes 0 but a seed's own "
+             "difference has the other sign); for claims not shown, how many times the prompts it would take to detect "
              "the estimated difference (for the two claims with one number per seed: how many seeds).", ""]
     tally = {}
     for setting, seeds in settings.items():
