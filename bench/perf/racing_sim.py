@@ -78,6 +78,14 @@ def replay(cands, full, values, scores, order, rule) -> dict:
     return {"token_fraction": res.token_fraction, "front_recall": recall, "hv_ratio": hv, "survivors": len(res.survivors)}
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Mean and minimum of each race measure over `runs` (replays), and the share of runs with recall ≥ 0.95."""
+    out = {k: {"mean": float(np.mean([r[k] for r in runs])), "min": float(np.min([r[k] for r in runs]))}
+           for k in ("token_fraction", "front_recall", "hv_ratio")}
+    out["recall_at_least_0.95"] = float(np.mean([r["front_recall"] >= 0.95 for r in runs]))
+    return out
+
+
 def populations(cands, full, values, scores, sizes, resamples) -> list[dict]:
     """The shipped rule on populations of `sizes` prompts resampled (with replacement, paired) from the stored ones."""
     stacked = np.stack(scores)  # candidates × values × prompts
@@ -92,9 +100,7 @@ def populations(cands, full, values, scores, sizes, resamples) -> list[dict]:
                 recs = [dataclasses.replace(r, rewards={v: float(s[i, j].mean()) for j, v in enumerate(values)})
                         for i, r in enumerate(full)]
                 runs.append(replay(cands, recs, values, list(s), np.arange(size), rule))
-            row = {k: {"mean": float(np.mean([r[k] for r in runs])), "min": float(np.min([r[k] for r in runs]))}
-                   for k in ("token_fraction", "front_recall", "hv_ratio")}
-            row["recall_at_least_0.95"] = float(np.mean([r["front_recall"] >= 0.95 for r in runs]))
+            row = summarize(runs)
             out.append({"prompts": size, "resamples": resamples, "rule": rule, **row})
             print(f"population {size:>4} z {z:.2f} | tokens {row['token_fraction']['mean']:.3f} recall "
                   f"{row['front_recall']['mean']:.3f} (min {row['front_recall']['min']:.2f}, ≥0.95 in "
@@ -147,9 +153,7 @@ def main() -> None:
     for rule in RULES:
         stored = replay(cands, full, values, scores, np.arange(n), rule)
         shuffled = [replay(cands, full, values, scores, o, rule) for o in orders]
-        summary = {k: {"mean": float(np.mean([s[k] for s in shuffled])), "min": float(np.min([s[k] for s in shuffled]))}
-                   for k in ("token_fraction", "front_recall", "hv_ratio")}
-        summary["recall_at_least_0.95"] = float(np.mean([s["front_recall"] >= 0.95 for s in shuffled]))
+        summary = summarize(shuffled)
         rows.append({"rule": rule, "stored_order": stored, "random_orders": summary})
         print(f"first {rule['first']:>2} z {rule['z']:.2f} keep {rule['keep']:.2f} double {rule['double']:d} "
               f"finite {rule['finite']:d} | stored: tokens "

@@ -191,8 +191,10 @@ def train_adapter(
                 sums["grad_norm"] = float(acc.clip_grad_norm_(params, settings.max_grad_norm))
             # after the reduction (loss) and the all-reduce (gradients), every process takes the same decision
             bad = {k: sums[k] for k in ("loss", "grad_norm") if k in sums and not math.isfinite(sums[k])}
-            if "grad_norm" not in sums and not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
-                bad["gradient"] = float("nan")
+            if "grad_norm" not in sums:  # clipping off: every gradient, in one device sync
+                grads = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+                if grads and not bool(torch.stack(grads).all()):
+                    bad["gradient"] = float("nan")
             if bad:
                 saved = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else 0
                 raise DivergedError(
