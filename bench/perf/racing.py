@@ -4,6 +4,8 @@
     .venv/bin/python bench/perf/racing.py --method mva    # the grid racing_z was chosen on (racing_sim.py)
     .venv/bin/python bench/perf/racing.py --method mva --full-only   # only its full evaluation, for racing_sim.py
     .venv/bin/python bench/perf/racing.py --quick               # smoke run
+    .venv/bin/python bench/perf/racing.py --setting hh --val-prompts 512 --full-only   # HH grid, 512 val prompts
+                                                                # (hours on 2 cores; resumes through the store)
 
 Setting: the quality benchmark v2's TruthfulQA cell, seed 0 (honest vs helpful, SmolLM2, BT judges on MiniLM, 60
 DPO steps per vector): its run is copied to runs/bench-racing/tqa/seed0 (trained there if the quality run is
@@ -13,7 +15,10 @@ dpo vectors; the default, because racing's z was chosen by replaying races on th
 First every point is evaluated on every val prompt (racing off: the reference), then the same grid is raced with
 the configured rule (`mvalign.race`). Both runs use one store: the race's chunks are separate records
 (`val[a:b]`), and its survivors' joined val records are those of the reference by construction
-(tests/test_race.py). If the reference is already in the store (an earlier `--full-only`), its cost is the sum of
+(tests/test_race.py). `--setting hh`: HH-RLHF single-turn helpful vs harmless with a split of 40% val prompts
+(~545), so racing can be measured with --val-prompts 512 (what racing_sim.py's populations say half the rows needs);
+its judges and dpo vectors are trained under runs/bench-racing/hh (v2 budget, seed 0) and its result is perf.json
+"racing_hh". If the reference is already in the store (an earlier `--full-only`), its cost is the sum of
 its records' generation + scoring seconds ("full_evaluation_in_store").
 
 The authors' loop (bench/perf/sweep_cost.py's reference: reload, PEFT merge with ω-scaled alpha, batch-1
@@ -50,6 +55,13 @@ from mvalign.rundir import package_versions  # noqa: E402
 QUALITY = ROOT / "runs" / "bench-quality-v2"
 GRIDS = {"full": [round(0.2 * i, 1) for i in range(1, 11)], "quick": [0.5, 1.0, 1.5, 2.0]}
 PROMPTS = {"full": 64, "quick": 16}
+# HH (helpful vs harmless, single-turn): 700 + 662 prompts; 40% val gives ~545 (>= 512), 45% train leaves the 240
+# pairs per value that 60 steps of batch 4 read
+HH_SPLIT = {"train": 0.45, "val": 0.4, "test": 0.15}
+
+
+DATA_NAMES = {"tqa": "TruthfulQA (honest vs helpful), quality-benchmark v2 seed 0 vectors",
+              "hh": f"HH-RLHF single-turn (helpful vs harmless), split {HH_SPLIT}, v2 budget, seed 0 vectors"}
 
 
 def reuse_quality_run(root: Path) -> None:
@@ -62,23 +74,27 @@ def reuse_quality_run(root: Path) -> None:
     shutil.copytree(src, root / "tqa" / "seed0", ignore=shutil.ignore_patterns("front-*.json"))
 
 
-def setup(mode: str, method: str):
+def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None = None):
     """(config, evaluator, candidates, training seconds) of the raced grid."""
     b = BUDGET["quick" if mode == "quick" else "v2"]
     root = ROOT / "runs" / ("bench-racing" if mode == "full" else "bench-racing-quick")
-    if mode == "full":  # the quality run's judges (read only) and a copy of its seed-0 run
+    split = HH_SPLIT if setting == "hh" else None
+    if mode == "full" and setting == "tqa":  # the quality run's judges (read only) and a copy of its seed-0 run
         reuse_quality_run(root)
         cfg = make_config("tqa", 0, b, QUALITY, "v2")
         cfg.run_dir = str(root / "tqa" / "seed0")
-    else:
-        cfg = make_config("tqa", 0, b, root, mode)
+    else:  # hh: judges and vectors trained under this root (the quality benchmark's HH split has too few val prompts)
+        cfg = make_config(setting, 0, b, root, "v2" if mode == "full" else mode, split)
     cfg.sweep.grid = GRIDS[mode]
-    cfg.sweep.val_prompts = PROMPTS[mode]
+    cfg.sweep.val_prompts = val_prompts or PROMPTS[mode]
     cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
     t0 = time.perf_counter()
     train_method(cfg, method)
     trained = time.perf_counter() - t0
     ev = evaluator(cfg, method)
+    if len(ev.prompts["val"]) < cfg.sweep.val_prompts:
+        sys.exit(f"{setting}: {len(ev.prompts['val'])} val prompts in the split, fewer than --val-prompts "
+                 f"{cfg.sweep.val_prompts}")
     return cfg, ev, ev.plan.source.run(lambda cs: ev.points(cs, "val")), trained
 
 
@@ -99,9 +115,13 @@ def main() -> None:
     ap.add_argument("--method", default="mva-nohsic", help="Whose vectors span the grid (mva-nohsic: the dpo vectors).")
     ap.add_argument("--reference-points", type=int, default=2, help="Points timed with the authors' loop.")
     ap.add_argument("--full-only", action="store_true", help="Stop after the full evaluation (it is stored).")
+    ap.add_argument("--setting", choices=["tqa", "hh"], default="tqa", help="tqa: the quality run's TruthfulQA seed-0 "
+                    "vectors; hh: HH-RLHF helpful vs harmless, judges and vectors trained here (enough val prompts "
+                    "for --val-prompts 512).")
+    ap.add_argument("--val-prompts", type=int, help="Val prompts (default 64; --quick 16).")
     args = ap.parse_args()
     mode = "quick" if args.quick else "full"
-    cfg, ev, cands, trained = setup(mode, args.method)
+    cfg, ev, cands, trained = setup(mode, args.method, args.setting, args.val_prompts)
     values = [v.name for v in cfg.values]
     t0 = time.perf_counter()
     full = ev.points(cands, "val", progress=True)
@@ -138,15 +158,15 @@ def main() -> None:
                        "reference_loop_points_timed": ref_times},
            "speedup_vs_reference_loop": reference_seconds / race_seconds,
            "racing_speedup_vs_full": stored / race_seconds,
-           "setting": {"mode": mode, "data": f"TruthfulQA (honest vs helpful), quality-benchmark v2 seed 0 vectors "
-                       f"({args.method})", "grid": cfg.sweep.grid, "val_prompts": len(ev.prompts["val"]),
+           "setting": {"mode": mode, "data": DATA_NAMES[args.setting] + f" ({args.method})", "grid": cfg.sweep.grid,
+                       "val_prompts": len(ev.prompts["val"]),
                        "tokens": cfg.sweep.max_new_tokens, "racing_first": cfg.sweep.racing_first,
                        "racing_z": cfg.sweep.racing_z,
                        "rows_per_pass": cfg.sweep.rows_per_pass, "points_per_pass": cfg.sweep.points_per_pass,
                        "versions": package_versions()}}
     path = ROOT / "bench" / "results" / ("perf.json" if mode == "full" else "perf-quick.json")
     perf = json.loads(path.read_text()) if path.is_file() else {}
-    perf["racing"] = out
+    perf["racing" if args.setting == "tqa" else f"racing_{args.setting}"] = out
     path.write_text(json.dumps(perf, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k != "setting"}, indent=2))
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/perf/racing_sim.py                      # the mva grid of bench/perf/racing.py
     .venv/bin/python bench/perf/racing_sim.py --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
     .venv/bin/python bench/perf/racing_sim.py --pool runs/bench-quality-v2/builtin/seed0   # a run's pooled val points
+    .venv/bin/python bench/perf/racing_sim.py --setting hh --method mva-nohsic --val-prompts 512   # racing.py's HH grid
 
 Needs bench/perf/racing.py's full evaluation in its store (`racing.py --full-only` makes it; nothing is generated
 here). Rules: the earlier one (doubling shares, no finite-population correction), the shipped one over z, and a
@@ -127,6 +128,8 @@ def main() -> None:
     ap.add_argument("--populations", type=int, nargs="*", default=[], help="Instead of the rules: the shipped rule "
                     "on resampled populations of these many val prompts (e.g. 64 128 256 512).")
     ap.add_argument("--resamples", type=int, default=20)
+    ap.add_argument("--setting", choices=["tqa", "hh"], default="tqa", help="Whose grid (bench/perf/racing.py).")
+    ap.add_argument("--val-prompts", type=int, help="As given to racing.py (default 64).")
     ap.add_argument("--pool", type=Path, help="Instead: every val point of this run directory evaluated with the "
                     "base model's val settings (all its methods' candidates and the base, one pool).")
     args = ap.parse_args()
@@ -135,10 +138,11 @@ def main() -> None:
         name, n, grid, tokens = f"pool:{args.pool.relative_to(ROOT) if args.pool.is_absolute() else args.pool}", \
             len(full[0].responses), None, full[0].generation.get("max_new_tokens")
     else:
-        cfg, ev, cands, _ = setup("full", args.method)
+        cfg, ev, cands, _ = setup("full", args.method, args.setting, args.val_prompts)
         values = [v.name for v in cfg.values]
         full = ev.points(cands, "val")
-        name, n, grid, tokens = args.method, len(ev.prompts["val"]), cfg.sweep.grid, cfg.sweep.max_new_tokens
+        name = args.method if args.setting == "tqa" else f"{args.setting}:{args.method}"
+        n, grid, tokens = len(ev.prompts["val"]), cfg.sweep.grid, cfg.sweep.max_new_tokens
     scores = [np.array([r.scores[v] for v in values]) for r in full]  # stacked once, sliced per order
     rng = np.random.default_rng(0)
     orders = [rng.permutation(n) for _ in range(args.orders)]

@@ -104,9 +104,10 @@ def values_for(setting: str, b: dict, root: Path) -> list[dict]:
              "reward": {**judge(v), "data": {**tqa, "value": v, "limit": b["rm_limit"]}}} for v in ("honest", "helpful")]
 
 
-def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full") -> MVAConfig:
+def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full", split: dict | None = None) -> MVAConfig:
+    """The cell's config; `split` (fractions) overrides the mode's split (bench/perf/racing.py's HH grid)."""
     values = values_for(setting, b, root)
-    split = SPLITS.get(mode, {}).get(setting)
+    split = split or SPLITS.get(mode, {}).get(setting)
     names = [v["name"] for v in values]
     return MVAConfig.model_validate({
         "values": values,
