@@ -122,3 +122,16 @@ def test_a_pooled_answer_needs_every_seed_on_its_side():
     row, verdict = qv._row("c", {**d, "per_seed": [2.1, -0.1]}, "m")
     assert verdict == "seeds disagree" and verdict not in qv.ANSWERED and "| 1/2 |" in row
     assert qv._row("c", {**d, "mean": -1.0, "ci95": [-1.8, -0.2], "per_seed": [-2.1, 0.1]}, "m")[1] == "seeds disagree"
+
+
+def test_an_accuracy_at_its_ceiling_in_every_seed_is_not_an_answer():
+    """Both vectors rank every held-out pair right in every seed: the difference is 0 by saturation, reported as
+    'at ceiling' (not 'no loss detected' with a zero-width interval); one seed below the ceiling gives the t-row."""
+    acc = {0: (1.0, 1.0), 1: (1.0, 1.0), 2: (1.0, 1.0)}
+    seeds = {s: {"mva": {"x": a}, "dpo": {"x": b}} for s, (a, b) in acc.items()}
+    d = qv.per_seed_t(seeds, lambda c: c["x"], ceiling=1.0)
+    row, verdict = qv._row("acc", d, "m", 3, "not-negative")
+    assert verdict == "at ceiling" and verdict not in qv.ANSWERED and "both 1.000 in all 3 seeds" in row
+    seeds[1]["dpo"]["x"] = 0.95
+    d = qv.per_seed_t(seeds, lambda c: c["x"], ceiling=1.0)
+    assert "ceiling" not in d and d["ci95"] is not None and qv._row("acc", d, "m", 3, "not-negative")[1] != "at ceiling"

@@ -103,12 +103,17 @@ def single_value_generations(seeds: dict[int, dict[str, dict]], n_boot: int = 10
             "per_seed": diffs}
 
 
-def per_seed_t(seeds: dict[int, dict[str, dict]], key) -> dict | None:
-    """mva − dpo of a per-seed number, t-interval over seeds (as v1)."""
-    diffs = [key(f["mva"]) - key(f["dpo"]) for _, f in sorted(seeds.items()) if "mva" in f and "dpo" in f]
-    diffs = [d for d in diffs if np.isfinite(d)]
+def per_seed_t(seeds: dict[int, dict[str, dict]], key, ceiling: float | None = None) -> dict | None:
+    """mva − dpo of a per-seed number, t-interval over seeds (as v1). `ceiling`: the number's maximum (an accuracy's
+    1.0); when mva and dpo both reach it in every seed the difference is 0 by saturation, not by measurement, and
+    the result says so ("ceiling": a harder held-out set would be needed to see a loss)."""
+    pairs = [(key(f["mva"]), key(f["dpo"])) for _, f in sorted(seeds.items()) if "mva" in f and "dpo" in f]
+    pairs = [(a, b) for a, b in pairs if np.isfinite(a - b)]
+    diffs = [a - b for a, b in pairs]
     if not diffs:
         return None
+    if ceiling is not None and all(a >= ceiling and b >= ceiling for a, b in pairs):
+        return {"mean": 0.0, "ci95": None, "per_seed": diffs, "seeds": len(diffs), "ceiling": ceiling}
     m = mean_interval(diffs)
     if m["n"] < 2:
         return {**m, "ci95": None, "per_seed": diffs, "seeds": 1}
@@ -157,6 +162,9 @@ def _verdict(d: dict, want: str) -> str:
 def _row(label: str, d: dict | None, meaning: str, digits: int = 3, want: str = "positive") -> tuple[str, str]:
     if d is None:
         return f"| {label} | — | — | — | — | — | {meaning} |", "—"
+    if "ceiling" in d:  # saturated: no interval, not an answer
+        return (f"| {label} | both {d['ceiling']:.{digits}f} in all {d['seeds']} seeds | — | — | at ceiling | harder "
+                f"held-out pairs | {meaning} |", "at ceiling")
     v = _verdict(d, want)
     if v in ANSWERED and any(np.sign(x) != np.sign(d["mean"]) for x in d.get("per_seed", [])):
         v = "seeds disagree"
@@ -215,7 +223,7 @@ def markdown(results: dict) -> str:
                  per_seed_t(seeds, lambda c: c["interference"]["cka"] if c.get("interference") else float("nan")),
                  "more interference (claim: negative)", 4, "negative"),
                 ("single value, held-out pairs: accuracy of the later vector, mva − dpo",
-                 per_seed_t(seeds, lambda c, k=later: c["vectors"].get(k, {}).get("val_accuracy", float("nan"))),
+                 per_seed_t(seeds, lambda c, k=later: c["vectors"].get(k, {}).get("val_accuracy", float("nan")), 1.0),
                  f"the {later} vector's pair accuracy (claim: not hurt)", 3, "not-negative"),
                 ("single value, generations: own-value score at ω = e_k, mva − dpo", single_value_generations(seeds),
                  f"the {later} vector alone raises {later} more (claim: not hurt)", 3, "not-negative")):
@@ -225,7 +233,7 @@ def markdown(results: dict) -> str:
         tally[setting] = (sum(v in ANSWERED for v in verdicts), len(verdicts))
         lines.append("")
     head = ["## Claims answered", "", "A claim is answered when its verdict is held, reversed or hurt ('no loss "
-            "detected' and 'not shown' are not answers). v1 (bench/results/quality.md): 2 of 15 per setting.", ""]
+            "detected', 'at ceiling' and 'not shown' are not answers). v1 (bench/results/quality.md): 2 of 15 per setting.", ""]
     head += [f"- {s}: {a} of {n} answered" for s, (a, n) in tally.items()] + [""]
     return "\n".join(lines[:6] + head + lines[6:]) + "\n"
 
