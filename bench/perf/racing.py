@@ -16,7 +16,7 @@ First every point is evaluated on every val prompt (racing off: the reference), 
 the configured rule (`mvalign.race`). Both runs use one store: the race's chunks are separate records
 (`val[a:b]`), and its survivors' joined val records are those of the reference by construction
 (tests/test_race.py). `--setting hh`: HH-RLHF single-turn helpful vs harmless with a split of 40% val prompts
-(~545), so racing can be measured with --val-prompts 512 (what racing_sim.py's populations say half the rows needs);
+(556), so racing can be measured with --val-prompts 512 (what racing_sim.py's populations say half the rows needs);
 its judges and dpo vectors are trained under runs/bench-racing/hh (v2 budget, seed 0) and its result is perf.json
 "racing_hh". If the reference is already in the store (an earlier `--full-only`), its cost is the sum of
 its records' generation + scoring seconds ("full_evaluation_in_store").
@@ -55,7 +55,7 @@ from mvalign.rundir import package_versions  # noqa: E402
 QUALITY = ROOT / "runs" / "bench-quality-v2"
 GRIDS = {"full": [round(0.2 * i, 1) for i in range(1, 11)], "quick": [0.5, 1.0, 1.5, 2.0]}
 PROMPTS = {"full": 64, "quick": 16}
-# HH (helpful vs harmless, single-turn): 700 + 662 prompts; 40% val gives ~545 (>= 512), 45% train leaves the 240
+# HH (helpful vs harmless, single-turn): 700 + 662 prompts; 40% val gives 556 (>= 512), 45% train leaves the 240
 # pairs per value that 60 steps of batch 4 read
 HH_SPLIT = {"train": 0.45, "val": 0.4, "test": 0.15}
 
