@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench" / "perf"))
 
 from run import BUDGET, make_config  # noqa: E402
 
-from mvalign.evaluate import evaluator  # noqa: E402
+from mvalign.evaluate import eval_prompts, evaluator  # noqa: E402
 from mvalign.methods import train_method  # noqa: E402
 from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
 from mvalign.rundir import package_versions  # noqa: E402
@@ -58,8 +58,6 @@ PROMPTS = {"full": 64, "quick": 16}
 # HH (helpful vs harmless, single-turn): 700 + 662 prompts; 40% val gives 556 (>= 512), 45% train leaves the 240
 # pairs per value that 60 steps of batch 4 read
 HH_SPLIT = {"train": 0.45, "val": 0.4, "test": 0.15}
-
-
 DATA_NAMES = {"tqa": "TruthfulQA (honest vs helpful), quality-benchmark v2 seed 0 vectors",
               "hh": f"HH-RLHF single-turn (helpful vs harmless), split {HH_SPLIT}, v2 budget, seed 0 vectors"}
 
@@ -88,13 +86,13 @@ def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None 
     cfg.sweep.grid = GRIDS[mode]
     cfg.sweep.val_prompts = val_prompts or PROMPTS[mode]
     cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
+    held_out = len(eval_prompts(cfg, "val", cfg.sweep.val_prompts))  # checked before the training it would waste
+    if held_out < cfg.sweep.val_prompts:
+        sys.exit(f"{setting}: {held_out} val prompts in the split, fewer than --val-prompts {cfg.sweep.val_prompts}")
     t0 = time.perf_counter()
     train_method(cfg, method)
     trained = time.perf_counter() - t0
     ev = evaluator(cfg, method)
-    if len(ev.prompts["val"]) < cfg.sweep.val_prompts:
-        sys.exit(f"{setting}: {len(ev.prompts['val'])} val prompts in the split, fewer than --val-prompts "
-                 f"{cfg.sweep.val_prompts}")
     return cfg, ev, ev.plan.source.run(lambda cs: ev.points(cs, "val")), trained
 
 

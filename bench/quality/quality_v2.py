@@ -18,8 +18,9 @@ prompts within the seeds, not the seeds, so it does not cover training-seed vari
 'detectable' = 2.80 × bootstrap se: the smallest true difference these settings detect with 80% power; for a claim
 not shown, 'prompts ×' = (detectable / |estimate|)²: how many times the prompts (per seed) it would take to detect a
 difference of the size estimated (se shrinks as 1/√prompts). For the claims with one number per seed (interference,
-held-out accuracy) 'detectable' uses t quantiles over the seeds, (t_0.975 + t_0.80)(n − 1 df) · sd / √n, and the
-column gives the seeds it would take instead.
+held-out accuracy) 'detectable' is t_power(n) · sd / √n over the n seeds (the exact noncentral-t value for 80% power
+of a two-sided 5% t-test), and the column gives the seeds it would take instead; an accuracy that both vectors reach
+at its maximum (1.0) in every seed reads 'at ceiling' (saturated, not an answer).
 """
 
 from __future__ import annotations
