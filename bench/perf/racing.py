@@ -72,7 +72,8 @@ def reuse_quality_run(root: Path) -> None:
     shutil.copytree(src, root / "tqa" / "seed0", ignore=shutil.ignore_patterns("front-*.json"))
 
 
-def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None = None):
+def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None = None,
+          points_per_pass: int | None = None):
     """(config, evaluator, candidates, training seconds) of the raced grid."""
     b = BUDGET["quick" if mode == "quick" else "v2"]
     root = ROOT / "runs" / ("bench-racing" if mode == "full" else "bench-racing-quick")
@@ -86,6 +87,7 @@ def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None 
     cfg.sweep.grid = GRIDS[mode]
     cfg.sweep.val_prompts = val_prompts or PROMPTS[mode]
     cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
+    cfg.sweep.points_per_pass = points_per_pass or cfg.sweep.points_per_pass
     held_out = len(eval_prompts(cfg, "val", cfg.sweep.val_prompts))  # checked before the training it would waste
     if held_out < cfg.sweep.val_prompts:
         sys.exit(f"{setting}: {held_out} val prompts in the split, fewer than --val-prompts {cfg.sweep.val_prompts}")
@@ -117,9 +119,11 @@ def main() -> None:
                     "vectors; hh: HH-RLHF helpful vs harmless, judges and vectors trained here (enough val prompts "
                     "for --val-prompts 512).")
     ap.add_argument("--val-prompts", type=int, help="Val prompts (default 64; --quick 16).")
+    ap.add_argument("--points-per-pass", type=int, help="Points generated (and stored) together; fewer loses less "
+                    "work when a long evaluation is killed (default: the config's).")
     args = ap.parse_args()
     mode = "quick" if args.quick else "full"
-    cfg, ev, cands, trained = setup(mode, args.method, args.setting, args.val_prompts)
+    cfg, ev, cands, trained = setup(mode, args.method, args.setting, args.val_prompts, args.points_per_pass)
     values = [v.name for v in cfg.values]
     t0 = time.perf_counter()
     full = ev.points(cands, "val", progress=True)
