@@ -4,6 +4,8 @@
     .venv/bin/python bench/perf/racing_sim.py --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
     .venv/bin/python bench/perf/racing_sim.py --pool runs/bench-quality-v2/builtin/seed0   # a run's pooled val points
     .venv/bin/python bench/perf/racing_sim.py --setting hh --method mva-nohsic --val-prompts 512   # racing.py's HH grid
+    .venv/bin/python bench/perf/racing_sim.py --setting hh --method mva-nohsic --val-prompts 512 --stored-only
+        # the same on the grid points stored so far (a full evaluation still under way); result "hh:mva-nohsic:partial"
 
 Needs bench/perf/racing.py's full evaluation in its store (`racing.py --full-only` makes it; nothing is generated
 here). Rules: the earlier one (doubling shares, no finite-population correction), the shipped one over z, and a
@@ -40,6 +42,7 @@ from mvalign.candidates import Candidate  # noqa: E402
 from mvalign.pareto import non_dominated  # noqa: E402
 from mvalign.race import dominance, race  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
+from mvalign.sweep import point_key, settings_key  # noqa: E402
 
 # the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
 # over z, and a successive-halving cut on top of the shipped rule (keep < 1, not shipped: see mvalign.race)
@@ -121,6 +124,17 @@ def pooled(run_dir: Path):
     return [Candidate({"candidate": float(i)}, {}) for i in range(len(full))], full, list(base[0].rewards)
 
 
+def in_store(ev, cands) -> tuple[list, list]:
+    """(candidates, records) of the grid points whose full val evaluation is already in the store."""
+    key = settings_key(ev.prompts["val"], ev.common["generation"], ev.common["rewards"])
+    got = [(c, ev.common["store"].get_point(ev.key, dict(c.label), "val", point_key(key, c))) for c in cands]
+    got = [(c, r) for c, r in got if r is not None]
+    if len(got) < 2:
+        sys.exit(f"{len(got)} of {len(cands)} grid points are in the store; run racing.py --full-only first")
+    print(f"{len(got)} of {len(cands)} grid points stored", flush=True)
+    return [c for c, _ in got], [r for _, r in got]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="mva")
@@ -130,6 +144,8 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=20)
     ap.add_argument("--setting", choices=["tqa", "hh"], default="tqa", help="Whose grid (bench/perf/racing.py).")
     ap.add_argument("--val-prompts", type=int, help="As given to racing.py (default 64).")
+    ap.add_argument("--stored-only", action="store_true", help="Replay on the grid points already in the store "
+                    "(a full evaluation still running or killed; nothing is generated); stored as '<name>:partial'.")
     ap.add_argument("--pool", type=Path, help="Instead: every val point of this run directory evaluated with the "
                     "base model's val settings (all its methods' candidates and the base, one pool).")
     args = ap.parse_args()
@@ -140,8 +156,12 @@ def main() -> None:
     else:
         cfg, ev, cands, _ = setup("full", args.method, args.setting, args.val_prompts)
         values = [v.name for v in cfg.values]
-        full = ev.points(cands, "val")
         name = args.method if args.setting == "tqa" else f"{args.setting}:{args.method}"
+        if args.stored_only:
+            cands, full = in_store(ev, cands)
+            name += ":partial"
+        else:
+            full = ev.points(cands, "val")
         n, grid, tokens = len(ev.prompts["val"]), cfg.sweep.grid, cfg.sweep.max_new_tokens
     scores = [np.array([r.scores[v] for v in values]) for r in full]  # stacked once, sliced per order
     rng = np.random.default_rng(0)
