@@ -87,7 +87,7 @@ def setup(mode: str, method: str, setting: str = "tqa", val_prompts: int | None 
     cfg.sweep.grid = GRIDS[mode]
     cfg.sweep.val_prompts = val_prompts or PROMPTS[mode]
     cfg.sweep.max_new_tokens = 32 if mode == "full" else 8
-    cfg.sweep.points_per_pass = points_per_pass or cfg.sweep.points_per_pass
+    cfg.sweep.points_per_pass = points_per_pass if points_per_pass is not None else cfg.sweep.points_per_pass
     held_out = len(eval_prompts(cfg, "val", cfg.sweep.val_prompts))  # checked before the training it would waste
     if held_out < cfg.sweep.val_prompts:
         sys.exit(f"{setting}: {held_out} val prompts in the split, fewer than --val-prompts {cfg.sweep.val_prompts}")
@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--points-per-pass", type=int, help="Points generated (and stored) together; fewer loses less "
                     "work when a long evaluation is killed (default: the config's).")
     args = ap.parse_args()
+    if args.points_per_pass is not None and args.points_per_pass < 1:
+        ap.error(f"--points-per-pass must be at least 1, got {args.points_per_pass}")
     mode = "quick" if args.quick else "full"
     cfg, ev, cands, trained = setup(mode, args.method, args.setting, args.val_prompts, args.points_per_pass)
     values = [v.name for v in cfg.values]
