@@ -201,6 +201,20 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
     a = next(p for p in stores["on"].points("mva", "val") if p.weights == one)
     b = next(p for p in stores["off"].points("mva", "val") if p.weights == one)
     assert a.responses == b.responses and a.settings_key == b.settings_key
+    # Evaluator.stored: the survivors' joined records are found under the run's settings, the dropped are not
+    from mvalign.candidates import Candidate
+    from mvalign.evaluate import evaluator
+
+    cfg = load_config(tmp_path / "on" / "config.yaml")
+    with evaluator(cfg, "mva", progress=False, rewards=judges) as ev:
+        for p in raced.values():
+            assert ev.stored(Candidate.combination(p["weights"]), "val").responses == \
+                next(r for r in stores["on"].points("mva", "val") if r.weights == p["weights"]).responses
+        assert all(ev.stored(Candidate.combination(d["weights"]), "val") is None for d in info["dropped"])
+        cfg.sweep.max_new_tokens += 1  # other generation settings: nothing stored under them
+        assert ev.stored(Candidate.combination(one), "val") is not None
+    with evaluator(cfg, "mva", progress=False, rewards=judges) as ev:
+        assert ev.stored(Candidate.combination(one), "val") is None
 
 
 def json_key(point):

@@ -42,7 +42,6 @@ from mvalign.candidates import Candidate  # noqa: E402
 from mvalign.pareto import non_dominated  # noqa: E402
 from mvalign.race import dominance, race  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
-from mvalign.sweep import point_key, settings_key  # noqa: E402
 
 # the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
 # over z, and a successive-halving cut on top of the shipped rule (keep < 1, not shipped: see mvalign.race)
@@ -126,8 +125,7 @@ def pooled(run_dir: Path):
 
 def in_store(ev, cands) -> tuple[list, list]:
     """(candidates, records) of the grid points whose full val evaluation is already in the store."""
-    key = settings_key(ev.prompts["val"], ev.common["generation"], ev.common["rewards"])
-    got = [(c, ev.common["store"].get_point(ev.key, dict(c.label), "val", point_key(key, c))) for c in cands]
+    got = [(c, ev.stored(c, "val")) for c in cands]
     got = [(c, r) for c, r in got if r is not None]
     if len(got) < 2:
         sys.exit(f"{len(got)} of {len(cands)} grid points are in the store; run racing.py --full-only first")

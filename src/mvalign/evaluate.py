@@ -92,7 +92,7 @@ class Evaluator:
         result = race(cands, prompts, self.points_on, scores, s.racing_first, s.racing_z)
         key = settings_key(prompts, self.common["generation"], rewards)
         for cand in result.survivors:
-            if store.get_point(self.key, dict(cand.label), "val", point_key(key, cand)) is None:
+            if self.stored(cand, "val") is None:
                 parts = [self.points_on([cand], *r["prompts"])[0] for r in result.rounds]
                 responses = [x for p in parts for x in p.responses]
                 full = {n: np.asarray(cache.score(rm, prompts, responses)) for n, rm in rewards.items()}
@@ -113,6 +113,12 @@ class Evaluator:
                         "vs_base": change_vs_base(scores, {v: s[:n] for v, s in base_scores.items()}, n_boot=1000, seed=0)
                         if set(base_scores) == set(scores) else {}})
         return out
+
+    def stored(self, cand: Candidate, split: Split) -> PointRecord | None:
+        """The candidate's full record on `split` if the store holds it under this evaluator's settings (nothing is
+        generated)."""
+        key = settings_key(self.prompts[split], self.common["generation"], self.common["rewards"])
+        return self.common["store"].get_point(self.key, dict(cand.label), split, point_key(key, cand))
 
     def points_on(self, cands: Sequence[Candidate], a: int, b: int) -> list[PointRecord]:
         """The candidates' records on val prompts [a, b) (a race's chunks; through the store)."""
