@@ -40,7 +40,7 @@ from racing import front_kept, setup  # noqa: E402
 import mvalign.race as racing_module  # noqa: E402
 from mvalign.candidates import Candidate  # noqa: E402
 from mvalign.pareto import non_dominated  # noqa: E402
-from mvalign.race import dominance, race  # noqa: E402
+from mvalign.race import dominance, race, shares  # noqa: E402
 from mvalign.store import RunStore  # noqa: E402
 
 # the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
@@ -123,6 +123,33 @@ def pooled(run_dir: Path):
     return [Candidate({"candidate": float(i)}, {}) for i in range(len(full))], full, list(base[0].rewards)
 
 
+def separation(full, values, scores, first: int = 8, z: float = 2.5) -> dict:
+    """How far apart the grid's points are, against the noise racing must see through: the front's size; per
+    dominated point, t (`mvalign.race.dominance`: how confidently its best dominator beats it in every value) on all
+    N prompts without the finite-population correction, and how many the shipped rule could drop at its last
+    dropping round; the per-prompt sd and the sd of the point means per value; the median paired standard error over
+    all pairs on N prompts; and the rows of an oracle race that drops every dominated point after the first share."""
+    s = np.stack(scores)  # candidates × values × prompts
+    c, n = s.shape[0], s.shape[2]
+    front = np.array(non_dominated([[p.rewards[v] for v in values] for p in full]))
+    if front.all():
+        return {"front": int(front.sum()), "dominated": 0}
+    cuts = shares(n, first)
+    t_all = dominance(list(s))[~front]
+    t_last = dominance(list(s[:, :, : cuts[-2]]), n)[~front] if len(cuts) > 1 else np.full((~front).sum(), -np.inf)
+    iu = np.triu_indices(c, 1)
+    se = np.stack([(s[iu[0], j] - s[iu[1], j]).std(axis=1, ddof=1) / np.sqrt(n) for j in range(len(values))])
+    return {"front": int(front.sum()), "dominated": int((~front).sum()),
+            "dominated_t_all_prompts": {q: float(np.quantile(t_all, x)) for q, x in
+                                        (("min", 0), ("q25", .25), ("median", .5), ("q75", .75), ("max", 1))},
+            f"dominated_t_above_{z}_all_prompts": int((t_all > z).sum()),
+            f"dominated_dropped_at_{cuts[-2] if len(cuts) > 1 else n}_prompts_z_{z}": int((t_last > z).sum()),
+            "per_prompt_sd": {v: float(s[:, j].std(axis=1, ddof=1).mean()) for j, v in enumerate(values)},
+            "sd_of_point_means": {v: float(s[:, j].mean(axis=1).std(ddof=1)) for j, v in enumerate(values)},
+            "median_paired_se": {v: float(np.median(se[j])) for j, v in enumerate(values)},
+            "oracle_token_fraction": float((front.sum() + (~front).sum() * cuts[0] / n) / c)}
+
+
 def in_store(ev, cands) -> tuple[list, list]:
     """(candidates, records) of the grid points whose full val evaluation is already in the store."""
     got = [(c, ev.stored(c, "val")) for c in cands]
@@ -144,6 +171,8 @@ def main() -> None:
     ap.add_argument("--val-prompts", type=int, help="As given to racing.py (default 64).")
     ap.add_argument("--stored-only", action="store_true", help="Replay on the grid points already in the store "
                     "(a full evaluation still running or killed; nothing is generated); stored as '<name>:partial'.")
+    ap.add_argument("--separation-only", action="store_true", help="Only the grid's separation (see `separation`), "
+                    "stored beside the rules, which stay as they are (every rules run also stores it).")
     ap.add_argument("--pool", type=Path, help="Instead: every val point of this run directory evaluated with the "
                     "base model's val settings (all its methods' candidates and the base, one pool).")
     args = ap.parse_args()
@@ -166,6 +195,12 @@ def main() -> None:
     orders = [rng.permutation(n) for _ in range(args.orders)]
     path = ROOT / "bench" / "results" / "racing-sim.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
+    sep = separation(full, values, scores)
+    print(json.dumps(sep), flush=True)
+    if args.separation_only:
+        out.setdefault(name, {})["separation"] = sep
+        path.write_text(json.dumps(out, indent=2))
+        return
     if args.populations:  # stored beside the rules of the same candidate set, which stay as they are
         out.setdefault(name, {})["populations"] = populations(cands, full, values, scores, args.populations,
                                                               args.resamples)
@@ -185,7 +220,7 @@ def main() -> None:
               f"hv {summary['hv_ratio']['mean']:.4f} (min {summary['hv_ratio']['min']:.4f})", flush=True)
     kept = {k: v for k, v in out.get(name, {}).items() if k == "populations"}
     out[name] = {**kept, "candidates": len(cands), "val_prompts": n, "orders": args.orders, "grid": grid, "tokens": tokens,
-                 "front": int(sum(non_dominated([[p.rewards[v] for v in values] for p in full]))), "rules": rows}
+                 "front": sep["front"], "separation": sep, "rules": rows}
     path.write_text(json.dumps(out, indent=2))
 
 

@@ -21,7 +21,9 @@ and z = 2.5 generated 0.800 / 0.758 and kept 0.988 / 0.986. A successive-halving
 fraction by t_c) generated 0.46 of the rows but kept only 0.71 / 0.81 of the front, so it is not offered. What
 limits racing there is the per-prompt spread of the paired score differences (also with near-exact judges: the
 built-in setting's pooled candidates save no more): neighbouring grid points differ by less than two paired
-standard errors even on all 64 prompts.
+standard errors even on all 64 prompts. On the HH helpful/harmless grid (512 val prompts, 27 of 100 points on the
+front) the shipped rule generated 0.958 of the rows at recall 1.0: no dominated point there is beaten with t > 2.5
+even on all 512 prompts, so only the finite-population correction drops any (bench/README.md, racing).
 
 After the last round the survivors have been generated on every val prompt; their chunks are joined into the
 ordinary `val` record (responses in prompt order, mean and bootstrap interval over all N prompts, the same settings
