@@ -37,8 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +111,16 @@ def front_kept(full, kept_keys, values) -> tuple[float, float, int]:
     return len(front & kept_keys) / len(front), hypervolume(kept, ref) / hypervolume(matrix, ref), len(front)
 
 
+def race_chunks(ev, delete: bool = False) -> int:
+    """The race chunk records (split `val[a:b]`) of the grid's method in this bench's own run store; `delete`: remove
+    them (a timed race must generate its chunks; the store has no delete, so this bench-owned copy is edited here)."""
+    store = ev.common["store"]
+    if not delete:
+        return sum(p.split.startswith("val[") for p in store.points(ev.key))
+    with closing(sqlite3.connect(store.path)) as con, con:
+        return con.execute("DELETE FROM points WHERE method = ? AND split LIKE 'val[%'", (ev.key,)).rowcount
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -119,6 +131,8 @@ def main() -> None:
                     "vectors; hh: HH-RLHF helpful vs harmless, judges and vectors trained here (enough val prompts "
                     "for --val-prompts 512).")
     ap.add_argument("--val-prompts", type=int, help="Val prompts (default 64; --quick 16).")
+    ap.add_argument("--fresh-race", action="store_true", help="Delete an earlier race's chunk records first (a race "
+                    "that finds them only reads the store, so its time would mean nothing); the full evaluation stays.")
     ap.add_argument("--points-per-pass", type=int, help="Points generated (and stored) together; fewer loses less "
                     "work when a long evaluation is killed (default: the config's).")
     args = ap.parse_args()
@@ -134,6 +148,13 @@ def main() -> None:
     if args.full_only:
         print(json.dumps({"full_evaluation_seconds": full_seconds, "points": len(full)}))
         return
+    chunks = race_chunks(ev)
+    if chunks and not args.fresh_race:
+        sys.exit(f"{ev.common['store'].path}: {chunks} race chunk records of {ev.key} from an earlier race are stored; "
+                 "a race would read them instead of generating, so its timing would mean nothing. Re-run with "
+                 "--fresh-race to delete them first (the full evaluation's records are kept).")
+    if chunks:
+        print(f"deleted {race_chunks(ev, delete=True)} race chunk records of {ev.key}", flush=True)
     t0 = time.perf_counter()
     raced = ev.race(cands)
     race_seconds = time.perf_counter() - t0

@@ -52,7 +52,10 @@ class MixedLoRA:
             if output.shape[0] != s.shape[0]:
                 raise RuntimeError(f"mixed-ω batch has {output.shape[0]} rows but {s.shape[0]} row weights were set")
             x = inputs[0]
-            u = (x @ a_t) * s.view(s.shape[0], *([1] * (x.dim() - 2)), s.shape[1])
+            u = (x @ a_t).mul_(s.view(s.shape[0], *([1] * (x.dim() - 2)), s.shape[1]))
+            if output.is_contiguous():  # Y += U B_catᵀ in place, one fused GEMM (no second output-sized tensor)
+                output.view(-1, output.shape[-1]).addmm_(u.view(-1, u.shape[-1]), b_t)
+                return output
             return output + u @ b_t
         return add_update
 
