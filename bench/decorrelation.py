@@ -1,7 +1,7 @@
 """Decorrelation benchmark (issue: MVA value decorrelation) on the embedded SmolLM2 with HH-RLHF helpful + harmless.
 
-    .venv/bin/python bench/decorrelation.py --seeds 0 1   # full CPU setting (about 13 minutes per seed on 2 cores)
-    .venv/bin/python bench/decorrelation.py --quick    # tiny setting, a few minutes
+    .venv/bin/python -m bench.decorrelation --seeds 0 1   # full CPU setting (about 13 minutes per seed on 2 cores)
+    .venv/bin/python -m bench.decorrelation --quick    # tiny setting, a few minutes
 
 Trains the helpful vector once with plain DPO, then the harmless vector three ways with the same seed, data and
 steps: without decorrelation (plain DPO), with the CKA penalty on ΔW rows (`delta_w`), and with the CKA penalty on
@@ -26,22 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvalign.combine import load_lora_adapter
+from mvalign.config import RunConfig
+from mvalign.data import load_value_splits
+from mvalign.diagnose import interference_report
+from mvalign.lora import add_value_adapter
+from mvalign.methods import train_method
+from mvalign.models import cache_root, load_model
+from mvalign.rundir import RunDir, package_versions, value_seed
+from mvalign.store import RunStore
+from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec
+from mvalign.train.dpo import dpo_loss
+from mvalign.train.logprobs import pair_logprobs
+from mvalign.train.tokenize import collate_pairs, tokenize_pairs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "hh-rlhf"
-
-from mvalign.combine import load_lora_adapter  # noqa: E402
-from mvalign.config import MVAConfig  # noqa: E402
-from mvalign.data import load_value_splits  # noqa: E402
-from mvalign.diagnose import interference_report  # noqa: E402
-from mvalign.lora import add_value_adapter  # noqa: E402
-from mvalign.methods import train_method  # noqa: E402
-from mvalign.models import cache_root, load_model  # noqa: E402
-from mvalign.rundir import RunDir, package_versions, value_seed  # noqa: E402
-from mvalign.store import RunStore  # noqa: E402
-from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec  # noqa: E402
-from mvalign.train.dpo import dpo_loss  # noqa: E402
-from mvalign.train.logprobs import pair_logprobs  # noqa: E402
-from mvalign.train.tokenize import collate_pairs, tokenize_pairs  # noqa: E402
 
 SETTINGS = {
     "full": {"limit": 160, "steps": 40, "eval_pairs": 128, "timing_reps": 5},
@@ -52,14 +52,14 @@ VARIANTS = {"plain": None, "cka-delta_w": ("cka", "delta_w", 1.0), "cka-delta_w-
             "cka-lora_A": ("cka", "lora_A", 1.0)}
 
 
-def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> MVAConfig:
+def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> RunConfig:
     values = [
         {"name": name, "data": {"format": "hh-rlhf", "path": [str(SHARED / folder / "test.jsonl.gz")], "limit": s["limit"],
                                 "single_turn_only": True, "on_invalid": "skip"}}
         for name, folder in (("helpful", "helpful-base"), ("harmless", "harmless-base"))
     ]
     kind, target, alpha = VARIANTS[variant] or ("cka", "delta_w", 1.0)
-    return MVAConfig.model_validate({
+    return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
@@ -69,7 +69,7 @@ def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> MVAConf
     })
 
 
-def seed_first_vector(src_cfg: MVAConfig, dst_cfg: MVAConfig) -> None:
+def seed_first_vector(src_cfg: RunConfig, dst_cfg: RunConfig) -> None:
     """Give a variant's run the already-trained plain helpful vector (identical config for it), so it is not retrained."""
     src, dst = RunStore(src_cfg.run_dir), RunStore(dst_cfg.run_dir)
     rec = src.get_vector("helpful", "dpo")
@@ -80,7 +80,7 @@ def seed_first_vector(src_cfg: MVAConfig, dst_cfg: MVAConfig) -> None:
         dst.put_vector(rec)
 
 
-def penalty_timing(cfg: MVAConfig, reps: int) -> dict:
+def penalty_timing(cfg: RunConfig, reps: int) -> dict:
     """Median seconds of one DPO micro-step (fwd+bwd, batch 4) and of the penalty's fwd+bwd, interleaved."""
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
     frozen = load_lora_adapter(RunDir(cfg.run_dir).adapter("dpo", "helpful"), "helpful")

@@ -1,7 +1,7 @@
 """VC-soup benchmark on HH-RLHF helpful + harmless (../shared/data) with the embedded SmolLM2 and trained BT heads.
 
-    .venv/bin/python bench/vcsoup.py            # CPU setting, about 20 minutes on 2 cores
-    .venv/bin/python bench/vcsoup.py --quick    # smoke run, a few minutes
+    .venv/bin/python -m bench.vcsoup            # CPU setting, about 20 minutes on 2 cores
+    .venv/bin/python -m bench.vcsoup --quick    # smoke run, a few minutes
 
 Reward heads (BT on all-MiniLM-L6-v2): helpful on helpful-online + helpful-rejection-sampled, harmless on the first 300
 valid single-turn harmless-base pairs; DPO uses helpful-base and the harmless-base pairs after those (disjoint). Two soups,
@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mvalign.config import RunConfig
+from mvalign.consistency import plot_consistency, summary
+from mvalign.evaluate import evaluate_method
+from mvalign.methods import train_method
+from mvalign.pareto import default_reference_point, hypervolume, non_dominated
+from mvalign.rewards import load_reward_models
+from mvalign.rundir import package_versions
+from mvalign.store import RunStore
+
 ROOT = Path(__file__).resolve().parents[1]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
-
-from mvalign.config import MVAConfig  # noqa: E402
-from mvalign.consistency import plot_consistency, summary  # noqa: E402
-from mvalign.evaluate import evaluate_method  # noqa: E402
-from mvalign.methods import train_method  # noqa: E402
-from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
-from mvalign.rewards import load_reward_models  # noqa: E402
-from mvalign.rundir import package_versions  # noqa: E402
-from mvalign.store import RunStore  # noqa: E402
 
 SETTINGS = {
     "full": {"limit": 320, "steps": 40, "eval_pairs": 64, "prompts": 32, "tokens": 32, "rm_epochs": 30},
@@ -39,7 +39,7 @@ SETTINGS = {
 }
 
 
-def make_config(s: dict, variant: str, root: Path) -> MVAConfig:
+def make_config(s: dict, variant: str, root: Path) -> RunConfig:
     def hh(*folders, rows=None, **extra):
         return {"format": "hh-rlhf", "path": [str(HH / f / "test.jsonl.gz") for f in folders], "single_turn_only": True,
                 "on_invalid": "skip", "rows": rows, **extra}
@@ -51,7 +51,7 @@ def make_config(s: dict, variant: str, root: Path) -> MVAConfig:
          "reward": {"kind": "bt-head", "path": str(root / "rewards" / "harmless"), "epochs": s["rm_epochs"],
                     "data": hh("harmless-base", rows=[0, 300])}},
     ]
-    return MVAConfig.model_validate({
+    return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,

@@ -1,12 +1,11 @@
 """Helpers shared by the tests (no test module imports another): tiny random causal LMs (2-layer Llama and GPT-2)
-with a character-level tokenizer, toy preference pairs, builtin-data configs, independent references (float64
-merged weights, unpadded log-probs, 2-D hypervolume)."""
+with a character-level tokenizer and builtin-data configs (from `mvalign.testing`, which the benchmarks use too), toy
+preference pairs, independent references (float64 merged weights, unpadded log-probs, 2-D hypervolume)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -14,67 +13,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.numpy import load_file as load_numpy
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mvalign.data.pairs import PreferencePair
+from mvalign.testing import CHAT_TEMPLATE, make_gpt2, make_llama, make_tokenizer, write_builtin_config  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPECIALS = ["<pad>", "<eos>", "<unk>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
-
-
-def make_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    chars = list(dict.fromkeys(string.printable))
-    vocab = {t: i for i, t in enumerate(SPECIALS + ["<user>", "<assistant>", "<system>"] + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("<[a-z]+>|."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    fast.add_special_tokens({"additional_special_tokens": ["<user>", "<assistant>", "<system>"]})
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def make_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def make_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512, pad_token_id=0, eos_token_id=1)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def write_builtin_config(folder: Path, model_dir: Path, train_limit: int, **sections) -> Path:
-    """A tiny-model run config on the built-in helpful/harmless data with BT reward heads; `sections` add or
-    replace top-level blocks (sweep, consistency, ...). Returns the YAML path (run dir: folder/run)."""
-    import yaml
-
-    cfg = {
-        "model": {"name": str(model_dir)},
-        "values": [{"name": v, "data": {"format": "builtin", "limit": train_limit},
-                    "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward", "limit": 60}, "epochs": 5}}
-                   for v in ("helpful", "harmless")],
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
-        "run_dir": "run",
-        **sections,
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def shared_data(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

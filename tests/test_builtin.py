@@ -29,8 +29,8 @@ def test_builtin_through_data_config():
 
 def test_full_demo_evaluates_at_least_twice_the_prompts_it_used_to():
     """The demo's split gives its sweep 45 val / 48 test prompts (issue 14: ≥ 2× the 16 / 22 it had), disjoint."""
+    from mvalign.data import eval_prompts
     from mvalign.demo import demo_config
-    from mvalign.evaluate import eval_prompts
 
     cfg = demo_config()
     val, test = eval_prompts(cfg, "val", cfg.sweep.val_prompts), eval_prompts(cfg, "test", cfg.sweep.test_prompts)

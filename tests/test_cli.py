@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from common import assert_weights, expected_weights, write_builtin_config
 from mvalign.cli import app
-from mvalign.config import ConfigError, MVAConfig, load_config
+from mvalign.config import ConfigError, RunConfig, load_config
 from mvalign.models import ModelLoadError, format_prompt, load_model
 from mvalign.store import RunStore
 
@@ -43,7 +43,7 @@ def test_config_show_is_valid_yaml_config():
     result = runner.invoke(app, ["config", "--show"])
     assert result.exit_code == 0
     assert "# DPO temperature beta." in result.output
-    cfg = MVAConfig.model_validate(yaml.safe_load(result.output))
+    cfg = RunConfig.model_validate(yaml.safe_load(result.output))
     assert cfg.dpo.beta == 0.1 and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 

@@ -158,7 +158,7 @@ def test_every_stage_runs_on_the_configured_device(tmp_path, tiny_model_dir, mon
         merged.sweep.max_new_tokens = 2  # new points: the merged path generates rather than reusing stored ones
         from mvalign.evaluate import evaluate_method
 
-        assert evaluate_method(merged, "vcsoup", progress=False, primary=False)["settings"]["mixed_batching"] is None
+        assert evaluate_method(merged, "vcsoup", progress=False, primary=False).settings.mixed_batching is None
         combine_run(tmp_path / "run", "helpful=0.5,harmless=1.5", tmp_path / "export", method="mva")
     finally:
         handle.remove()

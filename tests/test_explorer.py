@@ -216,9 +216,9 @@ def test_paired_view_sorting_filtering_paging_and_serving(run, browser, tmp_path
 
 
 def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(tmp_path, browser):
-    """A synthetic 3-value run (points written through the real store and build_front): choosing the y axis plots
+    """A synthetic 3-value run (points written through the real store and Front.build): choosing the y axis plots
     that value, the hover text gives ω, means and intervals, and markup in responses stays text."""
-    from mvalign.report import build_front, write_front
+    from mvalign.front import Front, PerSplit
     from mvalign.store import PointRecord
 
     values, rng = ["a", "b", "c"], np.random.default_rng(0)
@@ -236,9 +236,9 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
     base = {s: point("base", dict.fromkeys(values, 0.0), s) for s in ("val", "test")}
     val = [point("m", {"a": a, "b": b, "c": c}, "val") for a, b, c in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0.5)]]
     test = [point("m", dict(p.weights), "test") for p in val[:2]]
-    front = build_front(values, "m", val, test, base["val"], base["test"])
-    front["prompts"] = {s: [f"{s} prompt {i}" for i in range(6)] for s in ("val", "test")}
-    write_front(run, front, "m", primary=True)
+    front = Front.build(values, "m", val, test, base["val"], base["test"])
+    front.prompts = PerSplit(*([f"{s} prompt {i}" for i in range(6)] for s in ("val", "test")))
+    run.write_front(front, "m", primary=True)
     page, errors = open_page(browser, write_explorer([run]).as_uri())
     assert page.locator("#yaxis option").all_inner_texts() == values
     page.select_option("#yaxis", "2")

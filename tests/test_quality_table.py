@@ -1,28 +1,20 @@
 """The quality benchmark's table: shared reference, paired differences by seed, verdicts (bench/quality/quality_table.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from bench.quality import quality_table as qt
 from scipy import stats
 
 from common import hypervolume_2d
-
-SPEC = importlib.util.spec_from_file_location(
-    "quality_table", Path(__file__).resolve().parents[1] / "bench" / "quality" / "quality_table.py"
-)
-qt = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(qt)
 
 VALUES = ["a", "b"]
 
 
 def cell(points: list[tuple[float, float]], cka: float = 0.5, acc: float = 0.6) -> dict:
     return {
-        "values": VALUES,
-        "base": {"rewards": {"a": 0.0, "b": 0.0}},
-        "points": [{"split": "test", "rewards": {"a": x, "b": y}} for x, y in points]
-        + [{"split": "val", "rewards": {"a": 99.0, "b": 99.0}}],  # val points never count
+        "method": "m", "values": VALUES, "own_reference_point": [0.0, 0.0], "hypervolume_own_reference": {"val": 0, "test": 0},
+        "base": {"rewards": {"a": 0.0, "b": 0.0}, "rewards_val": {"a": 0.0, "b": 0.0}},
+        "points": [{"split": "test", "weights": {"a": x, "b": y}, "rewards": {"a": x, "b": y}} for x, y in points]
+        + [{"split": "val", "weights": {"a": 9, "b": 9}, "rewards": {"a": 99.0, "b": 99.0}}],  # val points never count
         "training": {"steps": 2, "tokens": 10, "seconds": 1.0},
         "interference": {"cka": cka},
         "vectors": {"a": {"val_accuracy": acc}, "b": {"val_accuracy": acc}},

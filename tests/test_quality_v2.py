@@ -1,20 +1,11 @@
 """The v2 quality tables (bench/quality/quality_v2.py): paired-over-prompts claims pooled over seeds, checked against
 direct computations on synthetic cells with a known difference."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench.quality import quality_v2 as qv
 
 from common import hypervolume_2d
-
-HERE = Path(__file__).resolve().parents[1] / "bench" / "quality"
-sys.path.insert(0, str(HERE))
-SPEC = importlib.util.spec_from_file_location("quality_v2", HERE / "quality_v2.py")
-qv = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(qv)
 
 VALUES = ["a", "b"]
 N_VAL, N_TEST = 40, 60
@@ -32,10 +23,13 @@ def cell(rng, difficulty: dict, shift: float, weights: list[tuple[float, float]]
                 "scores": s, "pareto": True}
 
     base = {"rewards": {v: float(np.mean(difficulty["test"][j])) for j, v in enumerate(VALUES)},
+            "rewards_val": {v: float(np.mean(difficulty["val"][j])) for j, v in enumerate(VALUES)},
             "scores": {v: difficulty["test"][j].tolist() for j, v in enumerate(VALUES)},
             "scores_val": {v: difficulty["val"][j].tolist() for j, v in enumerate(VALUES)}}
     points = [point("val", w) for w in weights] + [point("test", w) for w in weights]
-    return {"values": VALUES, "base": base, "points": points, "settings": {"val_prompts": N_VAL, "test_prompts": N_TEST},
+    return {"method": "m", "values": VALUES, "own_reference_point": [0.0, 0.0],
+            "hypervolume_own_reference": {"val": 0.0, "test": 0.0}, "base": base, "points": points,
+            "settings": {"val_prompts": N_VAL, "test_prompts": N_TEST},
             "training": {"steps": 10}, "cell_wall_seconds": 1.0, "interference": {"cka": 0.1},
             "vectors": {"b": {"val_accuracy": 0.7}}}
 

@@ -159,7 +159,7 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
         cfg = load_config(folder / "config.yaml")
         cfg.sweep.racing = mode
         judges = {"helpful": CallableReward(vowels, "helpful"), "harmless": CallableReward(consonants, "harmless")}
-        fronts[mode] = evaluate_method(cfg, "mva", progress=False, rewards=judges)
+        fronts[mode] = evaluate_method(cfg, "mva", progress=False, rewards=judges).to_json()  # the published form
         stores[mode] = RunStore(folder / "run")
     full = {json_key(p): p for p in fronts["off"]["points"] if p["split"] == "val"}
     raced = {json_key(p): p for p in fronts["on"]["points"] if p["split"] == "val"}

@@ -54,7 +54,7 @@ def test_ray_workers_store_what_the_local_backend_stores(trained, tmp_path, fres
     responses and rewards; the driver alone writes the store and loads no language model, in `run` and in `pick`
     (whose refinement generates new points on the workers: the same answer as locally)."""
     local = copy_run(trained, tmp_path / "local")
-    front_local = evaluate_method(local, "soup", progress=False)
+    front_local = evaluate_method(local, "soup", progress=False).to_json()
 
     def refuse(*args, **kwargs):
         raise AssertionError("the Ray driver loaded the language model")
@@ -62,7 +62,7 @@ def test_ray_workers_store_what_the_local_backend_stores(trained, tmp_path, fres
     with monkeypatch.context() as patch:
         patch.setattr("mvalign.evaluate.load_model", refuse)  # this process only; the workers load theirs
         remote = copy_run(trained, tmp_path / "ray", backend="ray")
-        front_ray = evaluate_method(remote, "soup", progress=False)
+        front_ray = evaluate_method(remote, "soup", progress=False).to_json()
         assert front_ray["settings"]["backend"] == {"kind": "ray", "workers": 2, "replaced_workers": 0}
         assert front_local["settings"]["backend"] == {"kind": "local"}
         a, b = stored(tmp_path / "local" / "run"), stored(tmp_path / "ray" / "run")
@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_sweep_has_its_points_requeued(trained, tmp_path, fr
     evaluate_method(local, "soup", progress=False)
     monkeypatch.setenv("MVALIGN_FAULT", fault)
     remote = copy_run(trained, tmp_path / "ray", backend="ray")
-    front = evaluate_method(remote, "soup", progress=False)
+    front = evaluate_method(remote, "soup", progress=False).to_json()
     assert front["settings"]["backend"]["replaced_workers"] == 1
     assert stored(tmp_path / "local" / "run") == stored(tmp_path / "ray" / "run")
     assert json.loads((tmp_path / "ray" / "run" / "front-soup.json").read_text())["points"]

@@ -1,4 +1,5 @@
-"""Paired statistics (mvalign.stats), judge quality (mvalign.judging) and callable judges, against direct computations."""
+"""Paired statistics (mvalign.stats, mvalign.hvstats), judge quality (mvalign.judging) and callable judges, against
+direct computations."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from common import write_builtin_config
+from common import hypervolume_2d, write_builtin_config
 from mvalign.config import ConfigError, load_config
+from mvalign.front import Front
+from mvalign.hvstats import hv_differences, hv_replicates, shared_reference
 from mvalign.judges import refusal
 from mvalign.judging import pair_ece, wilson_interval
-from mvalign.report import build_front
-from mvalign.stats import front_hv, hv_differences, hv_replicates, paired_difference, unpaired_difference
+from mvalign.stats import paired_difference, unpaired_difference
 from mvalign.store import PointRecord
 
 
@@ -61,29 +63,30 @@ def synthetic_front(rng, shift, n_val=12, n_test=10):
         mean = {"a": w + shift, "b": 1 - w + shift}
         val.append(record("val", {"a": w, "b": 1 - w}, {v: mean[v] + rng.normal(0, 0.2, n_val) for v in values}))
         test.append(record("test", {"a": w, "b": 1 - w}, {v: mean[v] + rng.normal(0, 0.2, n_test) for v in values}))
-    return build_front(values, "m", val, test, base["val"], base["test"])
+    return Front.build(values, "m", val, test, base["val"], base["test"])
 
 
 def test_front_carries_paired_changes_from_the_base_on_the_same_prompts():
     front = synthetic_front(np.random.default_rng(0), 0.0)
-    base = front["base"]["scores"]
-    for p in (p for p in front["points"] if p["split"] == "test"):
+    base = front.base.test.scores
+    for p in front.on("test"):
         for v in ("a", "b"):
-            assert p["vs_base"][v]["mean"] == pytest.approx(np.mean(np.subtract(p["scores"][v], base[v])))
+            assert p.vs_base[v]["mean"] == pytest.approx(np.mean(np.subtract(p.scores[v], base[v])))
 
 
 def test_hv_replicates_on_the_original_prompts_give_the_front_hypervolume():
     front = synthetic_front(np.random.default_rng(1), 0.0)
     ref = [-3.0, -3.0]
     reps = hv_replicates(front, ref, np.arange(12)[None, :], np.arange(10)[None, :])
-    assert reps[0] == pytest.approx(front_hv(front, ref))
+    pts = [tuple(p.rewards[v] for v in front.values) for p in front.on("test")]
+    assert reps[0] == pytest.approx(hypervolume_2d(pts, ref)) == pytest.approx(front.hv_with(ref))
 
 
 def test_hv_differences_say_held_for_a_clearly_better_method_and_not_shown_for_a_copy():
     rng = np.random.default_rng(2)
     better, worse = synthetic_front(rng, 0.5), synthetic_front(rng, 0.0)
     for f in (better, worse):  # one base model: the same prompts and base scores
-        f["base"] = better["base"]
+        f.base = better.base
     ref = [-3.0, -3.0]
     d = hv_differences({"better": better, "worse": worse, "copy": better}, ref, n_boot=300)
     assert d["better", "worse"]["verdict"] == "held" and d["better", "worse"]["mean"] > 0
@@ -128,29 +131,31 @@ def test_callable_judge_loads_from_config_and_its_identity_follows_its_version(t
 def test_compare_pools_paired_differences_over_runs():
     """Two runs (seeds) of the same two methods: the pooled difference is the mean of the per-run differences."""
     from mvalign.compare import compare, markdown
-    from mvalign.stats import front_hv
 
     entries = []
     for seed in range(2):
         rng = np.random.default_rng(10 + seed)
         better, worse = synthetic_front(rng, 0.5), synthetic_front(rng, 0.0)
-        worse["base"] = better["base"]
+        worse.base = better.base
         entries += [{"run": f"r{seed}", "method": "better", "front": better},
                     {"run": f"r{seed}", "method": "worse", "front": worse}]
     table = compare(entries)
     (d,) = table["paired"]["differences"]
     ref = table["reference_point"]
-    per_run = [front_hv(entries[2 * k]["front"], ref) - front_hv(entries[2 * k + 1]["front"], ref) for k in range(2)]
+    per_run = [entries[2 * k]["front"].hv_with(ref) - entries[2 * k + 1]["front"].hv_with(ref) for k in range(2)]
     assert d["per_seed"] == pytest.approx(per_run) and d["mean"] == pytest.approx(np.mean(per_run))
     assert d["seeds"] == 2 and d["verdict"] == "held" and "| better − worse |" in markdown(table)
 
 
 def test_flagged_test_points_count_neither_for_the_reference_nor_for_compare():
-    from mvalign.compare import test_matrix
-    from mvalign.stats import shared_reference
+    from mvalign.compare import compare
 
-    good = {"split": "test", "rewards": {"a": 1.0, "b": 2.0}}
-    flagged = {"split": "test", "rewards": {"a": float("nan"), "b": -50.0}, "flag": "all responses empty"}
-    front = {"values": ["a", "b"], "base": {"rewards": {"a": 0.5, "b": 0.0}}, "points": [good, flagged]}
+    good = {"weights": {"a": 1.0, "b": 0.0}, "split": "test", "rewards": {"a": 1.0, "b": 2.0}, "pareto": True}
+    flagged = {"weights": {"a": 99.0, "b": 0.0}, "split": "test", "rewards": {"a": float("nan"), "b": -50.0},
+               "flag": "all responses empty"}
+    front = Front.from_json({"values": ["a", "b"], "reference_point": [0.0, 0.0], "points": [good, flagged],
+                             "base": {"rewards": {"a": 0.5, "b": 0.0}, "rewards_val": {"a": 0.5, "b": 0.0}}}, "m")
     assert shared_reference([front]) == [0.5, 0.0]
-    assert test_matrix(front).tolist() == [[1.0, 2.0]]
+    assert front.matrix("test").tolist() == [[1.0, 2.0]]
+    (row,) = compare([{"run": "r", "method": "m", "front": front}])["rows"]
+    assert row["non_dominated"] == 1 and row["hypervolume_test"] == pytest.approx((1.0 - 0.5) * (2.0 - 0.0))

@@ -5,12 +5,13 @@ import copy
 import pytest
 
 from common import save_random_adapter
+from mvalign.candidates import grid_points, simplex_points, strategy_points
 from mvalign.combine import CombinedModel, load_lora_adapter
 from mvalign.config import ConfigError, SweepSettings
 from mvalign.generate import GenerationSettings, generate_responses
 from mvalign.rewards import CallableReward
 from mvalign.store import RunStore
-from mvalign.sweep import evaluate_points, grid_points, simplex_points, strategy_points
+from mvalign.sweep import SweepContext, evaluate_points
 
 PROMPTS = ["Tell me about tea.", "How do I fix a bike?", "What is rain?", "Name a colour."]
 
@@ -54,9 +55,9 @@ def _sweep(tmp_path, tokenizer, model, store, scorers):
     combined = CombinedModel(copy.deepcopy(model), [load_lora_adapter(d) for d in dirs])
     rewards = {"x": CallableReward(scorers[0], "x"), "y": CallableReward(scorers[1], "y")}
     points = grid_points(["x", "y"], [0.5, 1.0, 2.0])
-    return lambda: evaluate_points(combined, tokenizer, points, method="mva", split="val", prompts=PROMPTS,
-                                   rewards=rewards, generation=GenerationSettings(max_new_tokens=5, batch_size=2),
-                                   store=store, bootstrap=200, progress=False)
+    ctx = SweepContext(rewards, GenerationSettings(max_new_tokens=5, batch_size=2), store, bootstrap=200)
+    return lambda: evaluate_points(ctx, combined, tokenizer, points, method="mva", split="val", prompts=PROMPTS,
+                                   progress=False)
 
 
 def length_score(p, r):
@@ -90,26 +91,27 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path, tokenizer, tiny_llam
 def test_degenerate_models_are_flagged_and_never_selected(tmp_path, tokenizer, tiny_llama):
     """A ω whose weights overflow is stored with a flag (no generation on non-finite weights) and left out of the
     front's Pareto set, hypervolume and reference point; later points are unaffected."""
-    from mvalign.report import build_front
+    from mvalign.front import Front
 
     dirs = [save_random_adapter(tiny_llama, tmp_path / n, i) for i, n in enumerate(["x", "y"])]
     combined = CombinedModel(copy.deepcopy(tiny_llama), [load_lora_adapter(d) for d in dirs])
     store = RunStore(tmp_path / "run")
     rewards = {"x": CallableReward(length_score, "x"), "y": CallableReward(vowel_score, "y")}
-    common = dict(method="mva", prompts=PROMPTS, rewards=rewards, store=store, bootstrap=200, progress=False,
-                  generation=GenerationSettings(max_new_tokens=5, batch_size=2))
+    ctx = SweepContext(rewards, GenerationSettings(max_new_tokens=5, batch_size=2), store, bootstrap=200)
+    common = dict(method="mva", prompts=PROMPTS, progress=False)
     points = [{"x": 1.0, "y": 0.5}, {"x": 3e38, "y": 3e38}, {"x": 0.5, "y": 1.0}]
-    val = evaluate_points(combined, tokenizer, points, split="val", **common)
+    val = evaluate_points(ctx, combined, tokenizer, points, split="val", **common)
     assert [p.flag for p in val] == ["", "non-finite weights", ""] and val[1].responses == [""] * 4
     assert [p.flag for p in store.points("mva", "val")] == ["", "non-finite weights", ""]  # stored with the flag
-    again = evaluate_points(combined, tokenizer, points[2:], split="val", **common)
+    again = evaluate_points(ctx, combined, tokenizer, points[2:], split="val", **common)
     assert again[0].responses == val[2].responses  # from the store
-    base = evaluate_points(combined, tokenizer, [{"x": 0.0, "y": 0.0}], method="base", split="val",
-                           **{k: v for k, v in common.items() if k != "method"})[0]
-    front = build_front(["x", "y"], "mva", val, [val[0]], base, base)
-    bad = [p for p in front["points"] if p.get("flag")]
-    assert len(bad) == 1 and not bad[0]["pareto"] and bad[0]["weights"]["x"] == 3e38
-    assert all(abs(r) < 1e6 for r in front["reference_point"])
+    base = evaluate_points(ctx, combined, tokenizer, [{"x": 0.0, "y": 0.0}], method="base", split="val",
+                           prompts=PROMPTS, progress=False)[0]
+    front = Front.build(["x", "y"], "mva", val, [val[0]], base, base)
+    bad = [p for p in front.points if p.flag]
+    assert len(bad) == 1 and not bad[0].pareto and bad[0].weights["x"] == 3e38
+    assert all(abs(r) < 1e6 for r in front.reference_point)
+    assert len(front.on("val")) == 2 and len(front.on("val", usable=False)) == 3
 
 
 def test_mixed_passes_give_the_records_of_the_one_point_path(tmp_path, tokenizer, tiny_llama):
@@ -144,9 +146,9 @@ def test_mixed_passes_give_the_records_of_the_one_point_path(tmp_path, tokenizer
         p = Passes(Counted(combined.model, adapters), rows=5, points=4) if passes else None
         if p:
             p.mixed.tag = name
-        run = lambda cs, store=store, combined=combined, p=p: evaluate_points(  # noqa: E731
-            combined, tokenizer, cs, method="mva", split="val", prompts=PROMPTS, rewards=rewards, store=store,
-            generation=GenerationSettings(max_new_tokens=5, batch_size=2), bootstrap=200, progress=False, passes=p)
+        ctx = SweepContext(rewards, GenerationSettings(max_new_tokens=5, batch_size=2), store, bootstrap=200, passes=p)
+        run = lambda cs, ctx=ctx, combined=combined: evaluate_points(  # noqa: E731
+            ctx, combined, tokenizer, cs, method="mva", split="val", prompts=PROMPTS, progress=False)
         if name == "resumed":
             run(cands[2:5])  # a pass of three points stored, the rest not
         results[name] = [(r.weights, r.rewards, r.responses, r.flag) for r in run(cands)]

@@ -1,8 +1,8 @@
 """DPO optimizer-step time: mvalign's trainer (cached reference log-probs) vs trl's DPOTrainer, same everything.
 
     .venv/bin/pip install -e '.[bench]'                 # trl, bench-only
-    .venv/bin/python bench/perf/dpo_step.py             # ~8 min on 2 cores; merges the "dpo" block into perf.json
-    .venv/bin/python bench/perf/dpo_step.py --quick     # smoke run (3 steps per variant)
+    .venv/bin/python -m bench.perf.dpo_step             # ~8 min on 2 cores; merges the "dpo" block into perf.json
+    .venv/bin/python -m bench.perf.dpo_step --quick     # smoke run (3 steps per variant)
 
 Same model (embedded SmolLM2-135M-Instruct, fp32 weights), LoRA (r 16, alpha 32, q/k/v/o, dropout 0: trl
 disables dropout by default), batch of 4 pairs, AdamW lr 5e-4, bf16 autocast, no gradient checkpointing (trl
@@ -31,18 +31,17 @@ from pathlib import Path
 
 import torch
 
+from mvalign.config import DataSourceConfig, DPOSettings, LoraSettings, ModelConfig
+from mvalign.data import load_pairs
+from mvalign.lora import add_value_adapter
+from mvalign.models import cache_root, format_prompt, load_model
+from mvalign.train.logprobs import reference_logprobs
+from mvalign.train.losses import dpo_objective
+from mvalign.train.tokenize import tokenize_pairs
+from mvalign.train.trainer import train_adapter
+
 ROOT = Path(__file__).resolve().parents[2]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
-sys.path.insert(0, str(ROOT / "bench"))
-
-from mvalign.config import DataSourceConfig, DPOSettings, LoraSettings, ModelConfig  # noqa: E402
-from mvalign.data import load_pairs  # noqa: E402
-from mvalign.lora import add_value_adapter  # noqa: E402
-from mvalign.models import cache_root, format_prompt, load_model  # noqa: E402
-from mvalign.train.logprobs import reference_logprobs  # noqa: E402
-from mvalign.train.losses import dpo_objective  # noqa: E402
-from mvalign.train.tokenize import tokenize_pairs  # noqa: E402
-from mvalign.train.trainer import train_adapter  # noqa: E402
 
 LORA = LoraSettings(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 MAX_LEN = 192
@@ -112,7 +111,7 @@ def penalty_share() -> dict | None:
     run = ROOT / "runs" / "bench-decorrelation-full"
     if not (run / "cka-delta_w" / "adapters" / "mva" / "harmless").is_dir():
         return None
-    import decorrelation
+    from bench import decorrelation
 
     cfg = decorrelation.make_config(decorrelation.SETTINGS["full"], "cka-delta_w", run, 0)
     timing = decorrelation.penalty_timing(cfg, 7)["cka-delta_w"]

@@ -1,7 +1,7 @@
 """How large a run the front explorer stays responsive for (issue 16) → bench/results/explorer.json.
 
-    .venv/bin/python bench/perf/explorer_size.py           # medium and large synthetic runs (~3 min, nothing else running)
-    .venv/bin/python bench/perf/explorer_size.py --quick   # one small run, bench/results/explorer-quick.json
+    .venv/bin/python -m bench.perf.explorer_size           # medium and large synthetic runs (~3 min, nothing else running)
+    .venv/bin/python -m bench.perf.explorer_size --quick   # one small run, bench/results/explorer-quick.json
 
 A synthetic run directory per size: `methods` methods, each with a `grid`×`grid` val grid (every point scored on the
 val prompts) and `test_points` selected points (on the test prompts), two values, every response distinct (the worst
@@ -17,7 +17,6 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -107,7 +106,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
     from mvalign.explorer import write_explorer
     from mvalign.rundir import RunDir
 

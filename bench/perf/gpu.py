@@ -1,7 +1,7 @@
 """Sweep cost on a GPU (issue 18 item 1, issue 14's GPU line): one process, nothing else running, CUDA synchronised.
 
-    python bench/perf/gpu.py [--quick] [--out FILE]      # default: bench/results/gpu.json ("sweep")
-    python bench/perf/gpu.py --demo-runs runs/demo-quick runs/demo   # adds "demo": steps/s and sweep points/min
+    python -m bench.perf.gpu [--quick] [--out FILE]      # default: bench/results/gpu.json ("sweep")
+    python -m bench.perf.gpu --demo-runs runs/demo-quick runs/demo   # adds "demo": steps/s and sweep points/min
 
 On the embedded SmolLM2-135M-Instruct held at model.dtype auto (bfloat16 on a CUDA device that supports it), two
 random LoRA value vectors (r=16 on q/k/v/o, B ~ N(0, 0.02²)), greedy decoding, N built-in policy prompts, T new
@@ -56,7 +56,7 @@ def timed(fn, repeats: int):
 
 
 def random_adapters(model_cfg, work: Path) -> list[Path]:
-    from sweep_cost import save_random_adapter  # bench/perf is on sys.path when this file runs as a script
+    from bench.perf.sweep_cost import save_random_adapter
 
     return [save_random_adapter(model_cfg, work / "adapters" / name, i) for i, name in enumerate(("helpful", "harmless"))]
 

@@ -1,10 +1,10 @@
 """Racing on a 10×10 grid of trained value vectors (issue 14): how much generation it saves and what it loses.
 
-    .venv/bin/python bench/perf/racing.py                 # ~45 min on 2 cores: perf.json "racing" (dpo vectors)
-    .venv/bin/python bench/perf/racing.py --method mva    # the grid racing_z was chosen on (racing_sim.py)
-    .venv/bin/python bench/perf/racing.py --method mva --full-only   # only its full evaluation, for racing_sim.py
-    .venv/bin/python bench/perf/racing.py --quick               # smoke run
-    .venv/bin/python bench/perf/racing.py --setting hh --val-prompts 512 --full-only   # HH grid, 512 val prompts
+    .venv/bin/python -m bench.perf.racing                 # ~45 min on 2 cores: perf.json "racing" (dpo vectors)
+    .venv/bin/python -m bench.perf.racing --method mva    # the grid racing_z was chosen on (racing_sim.py)
+    .venv/bin/python -m bench.perf.racing --method mva --full-only   # only its full evaluation, for racing_sim.py
+    .venv/bin/python -m bench.perf.racing --quick               # smoke run
+    .venv/bin/python -m bench.perf.racing --setting hh --val-prompts 512 --full-only   # HH grid, 512 val prompts
                                                                 # (hours on 2 cores; resumes through the store)
 
 Setting: the quality benchmark v2's TruthfulQA cell, seed 0 (honest vs helpful, SmolLM2, BT judges on MiniLM, 60
@@ -43,16 +43,15 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from bench.quality.run import BUDGET, make_config
+from mvalign.data import eval_prompts
+from mvalign.evaluate import evaluator
+from mvalign.methods import train_method
+from mvalign.pareto import default_reference_point, hypervolume, non_dominated
+from mvalign.race import race_val
+from mvalign.rundir import package_versions
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench" / "quality"))
-sys.path.insert(0, str(ROOT / "bench" / "perf"))
-
-from run import BUDGET, make_config  # noqa: E402
-
-from mvalign.evaluate import eval_prompts, evaluator  # noqa: E402
-from mvalign.methods import train_method  # noqa: E402
-from mvalign.pareto import default_reference_point, hypervolume, non_dominated  # noqa: E402
-from mvalign.rundir import package_versions  # noqa: E402
 
 QUALITY = ROOT / "runs" / "bench-quality-v2"
 GRIDS = {"full": [round(0.2 * i, 1) for i in range(1, 11)], "quick": [0.5, 1.0, 1.5, 2.0]}
@@ -114,7 +113,7 @@ def front_kept(full, kept_keys, values) -> tuple[float, float, int]:
 def race_chunks(ev, delete: bool = False) -> int:
     """The race chunk records (split `val[a:b]`) of the grid's method in this bench's own run store; `delete`: remove
     them (a timed race must generate its chunks; the store has no delete, so this bench-owned copy is edited here)."""
-    store = ev.common["store"]
+    store = ev.ctx.store
     if not delete:
         return sum(p.split.startswith("val[") for p in store.points(ev.key))
     with closing(sqlite3.connect(store.path)) as con, con:
@@ -150,13 +149,13 @@ def main() -> None:
         return
     chunks = race_chunks(ev)
     if chunks and not args.fresh_race:
-        sys.exit(f"{ev.common['store'].path}: {chunks} race chunk records of {ev.key} from an earlier race are stored; "
+        sys.exit(f"{ev.ctx.store.path}: {chunks} race chunk records of {ev.key} from an earlier race are stored; "
                  "a race would read them instead of generating, so its timing would mean nothing. Re-run with "
                  "--fresh-race to delete them first (the full evaluation's records are kept).")
     if chunks:
         print(f"deleted {race_chunks(ev, delete=True)} race chunk records of {ev.key}", flush=True)
     t0 = time.perf_counter()
-    raced = ev.race(cands)
+    raced = race_val(ev, cands)
     race_seconds = time.perf_counter() - t0
     # the authors' loop (reload, PEFT merge with scaled alpha, batch-1 generation, scoring) on a few of the same
     # points and prompts: its cost per point does not depend on the point, so the whole grid's is n × that
@@ -169,10 +168,10 @@ def main() -> None:
     ref_times = []
     for cand in cands[: args.reference_points]:
         t0 = time.perf_counter()
-        resp = reference_responses(folder, adapters, [cand.adapters[n] for n in adapters], ev.prompts["val"],
+        resp = reference_responses(folder, adapters, [cand.adapters[n] for n in adapters], ev.prompts.val,
                                    cfg.sweep.max_new_tokens)
-        for rm in ev.common["rewards"].values():
-            rm.score(ev.prompts["val"], resp)
+        for rm in ev.ctx.rewards.values():
+            rm.score(ev.prompts.val, resp)
         ref_times.append(time.perf_counter() - t0)
     reference_seconds = len(cands) * sum(ref_times) / len(ref_times)
     recall, hv_ratio, front = front_kept(full, {tuple(sorted(c.label.items())) for c in raced.survivors}, values)
@@ -184,7 +183,7 @@ def main() -> None:
            "speedup_vs_reference_loop": reference_seconds / race_seconds,
            "racing_speedup_vs_full": stored / race_seconds,
            "setting": {"mode": mode, "data": DATA_NAMES[args.setting] + f" ({args.method})", "grid": cfg.sweep.grid,
-                       "val_prompts": len(ev.prompts["val"]),
+                       "val_prompts": len(ev.prompts.val),
                        "tokens": cfg.sweep.max_new_tokens, "racing_first": cfg.sweep.racing_first,
                        "racing_z": cfg.sweep.racing_z,
                        "rows_per_pass": cfg.sweep.rows_per_pass, "points_per_pass": cfg.sweep.points_per_pass,

@@ -1,10 +1,10 @@
 """Racing's rule replayed on a stored full evaluation (issue 14) → bench/results/racing-sim.json.
 
-    .venv/bin/python bench/perf/racing_sim.py                      # the mva grid of bench/perf/racing.py
-    .venv/bin/python bench/perf/racing_sim.py --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
-    .venv/bin/python bench/perf/racing_sim.py --pool runs/bench-quality-v2/builtin/seed0   # a run's pooled val points
-    .venv/bin/python bench/perf/racing_sim.py --setting hh --method mva-nohsic --val-prompts 512   # racing.py's HH grid
-    .venv/bin/python bench/perf/racing_sim.py --setting hh --method mva-nohsic --val-prompts 512 --stored-only
+    .venv/bin/python -m bench.perf.racing_sim                      # the mva grid of bench/perf/racing.py
+    .venv/bin/python -m bench.perf.racing_sim --method mva-nohsic  # its dpo-vector grid (held out from the tuning)
+    .venv/bin/python -m bench.perf.racing_sim --pool runs/bench-quality-v2/builtin/seed0   # a run's pooled val points
+    .venv/bin/python -m bench.perf.racing_sim --setting hh --method mva-nohsic --val-prompts 512   # racing.py's HH grid
+    .venv/bin/python -m bench.perf.racing_sim --setting hh --method mva-nohsic --val-prompts 512 --stored-only
         # the same on the grid points stored so far (a full evaluation still under way); result "hh:mva-nohsic:partial"
 
 Needs bench/perf/racing.py's full evaluation in its store (`racing.py --full-only` makes it; nothing is generated
@@ -31,17 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.perf.racing import front_kept, setup
+from mvalign.candidates import Candidate
+from mvalign.pareto import non_dominated
+from mvalign.race import dominance, race, shares
+from mvalign.store import RunStore
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench" / "perf"))
-sys.path.insert(0, str(ROOT / "bench" / "quality"))
-
-from racing import front_kept, setup  # noqa: E402
-
-import mvalign.race as racing_module  # noqa: E402
-from mvalign.candidates import Candidate  # noqa: E402
-from mvalign.pareto import non_dominated  # noqa: E402
-from mvalign.race import dominance, race, shares  # noqa: E402
-from mvalign.store import RunStore  # noqa: E402
 
 # the earlier rule (doubling shares, no finite-population correction), the shipped one (equal shares, corrected)
 # over z, and a successive-halving cut on top of the shipped rule (keep < 1, not shipped: see mvalign.race)
@@ -68,15 +64,9 @@ def replay(cands, full, values, scores, order, rule) -> dict:
     """One race under `rule` on the prompts in `order`; `scores[i]`: full[i]'s values × prompts (stored order)."""
     by_cand = {id(c): r for c, r in zip(cands, full)}
     per = {id(r): m[:, order] for r, m in zip(full, scores)}
-    plain = racing_module.dominated
-    if rule["keep"] < 1:
-        racing_module.dominated = with_cut(rule["keep"])
-    try:
-        res = race(cands, list(order), lambda cs, a, b: [by_cand[id(c)] for c in cs],
-                   lambda r, a, b: per[id(r)][:, a:b], rule["first"], rule["z"], double=rule["double"],
-                   finite=rule["finite"])
-    finally:
-        racing_module.dominated = plain
+    res = race(cands, list(order), lambda cs, a, b: [by_cand[id(c)] for c in cs],
+               lambda r, a, b: per[id(r)][:, a:b], rule["first"], rule["z"], double=rule["double"],
+               finite=rule["finite"], rule=with_cut(rule["keep"]) if rule["keep"] < 1 else None)
     recall, hv, _ = front_kept(full, {tuple(sorted(c.label.items())) for c in res.survivors}, values)
     return {"token_fraction": res.token_fraction, "front_recall": recall, "hv_ratio": hv, "survivors": len(res.survivors)}
 

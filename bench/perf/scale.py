@@ -1,7 +1,7 @@
 """Scale-out on this machine (issue 18): 1 vs 2 training processes, local vs Ray sweep → bench/results/scale.json.
 
-    .venv/bin/python bench/perf/scale.py            # ~8 min on 2 cores, nothing else running
-    .venv/bin/python bench/perf/scale.py --quick    # small settings, bench/results/scale-quick.json
+    .venv/bin/python -m bench.perf.scale            # ~8 min on 2 cores, nothing else running
+    .venv/bin/python -m bench.perf.scale --quick    # small settings, bench/results/scale-quick.json
 
 Training: the embedded SmolLM2, built-in data, DPO on both values with the same global batch (4 pairs per optimizer
 step): one process (batch 2 × 2 accumulation steps, torch's default threads) vs `accelerate launch --multi_gpu

@@ -1,7 +1,7 @@
 """Adaptive front search vs the dense 10×10 reference grid, on the same trained value vectors and judges.
 
-    .venv/bin/python bench/perf/search.py --run runs/bench-quality-full/hh/seed0 --method mva   # ~10 min on 2 cores
-    .venv/bin/python bench/perf/search.py --run RUN --quick                                       # smoke run
+    .venv/bin/python -m bench.perf.search --run runs/bench-quality-full/hh/seed0 --method mva   # ~10 min on 2 cores
+    .venv/bin/python -m bench.perf.search --run RUN --quick                                       # smoke run
 
 Evaluates (on the run's val prompts, greedy, its judges) the dense grid ω ∈ {0.1, ..., 1.0}² (100 points), the
 adaptive search (`mvalign.search`, budget 25 of those grid points) and, as the naive same-budget baseline, the

@@ -1,8 +1,8 @@
 """Sweep cost per evaluated weight vector (issue: performance, part 1), on the embedded SmolLM2 and a tiny model.
 
-    .venv/bin/python bench/perf/sweep_cost.py                # ~10 min on 2 cores; perf.json "sweep"
-    .venv/bin/python bench/perf/sweep_cost.py --model tiny   # ~2 min; perf.json "sweep_tiny"
-    .venv/bin/python bench/perf/sweep_cost.py --quick
+    .venv/bin/python -m bench.perf.sweep_cost                # ~10 min on 2 cores; perf.json "sweep"
+    .venv/bin/python -m bench.perf.sweep_cost --model tiny   # ~2 min; perf.json "sweep_tiny"
+    .venv/bin/python -m bench.perf.sweep_cost --quick
 
 `--model tiny`: a 2-layer random Llama (hidden 64, 4 heads, MLP 128) with SmolLM2's tokenizer, built once under
 runs/bench-perf/tiny/, so that fixed per-point costs (scoring, Python, merge) weigh more than generation does.

@@ -1,6 +1,6 @@
 """Tables of the quality benchmark from bench/results/quality.json (means over seeds with Student-t 95% intervals).
 
-    .venv/bin/python bench/quality/quality_table.py [--quick]   # rewrites bench/results/quality.md (quality-quick.md)
+    .venv/bin/python -m bench.quality.quality_table [--quick]   # rewrites bench/results/quality.md (quality-quick.md)
 
 Per setting, ONE reference point for every method and seed: the per-value minimum over every cell's base and test
 points. HV = hypervolume (moocore) of a cell's non-dominated test points. Claims are paired by seed: the difference
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mvalign.compare import mean_interval, test_matrix
+from mvalign.compare import mean_interval
+from mvalign.front import Front
+from mvalign.hvstats import shared_reference
 from mvalign.methods import method_names
 from mvalign.pareto import hypervolume, non_dominated
-from mvalign.stats import shared_reference
 
 BASELINES = [m for m in method_names() if m != "mva"]  # every registered method MVA is compared with
 
@@ -33,11 +34,11 @@ def setting_tables(cells: dict[str, dict]) -> dict:
     for t in out.values():
         cs = list(t["cells"].values())
         values = cs[0]["values"]
-        ref = shared_reference(list(cs))  # a cell holds its front's values, points and base
+        ref = shared_reference([cell_front(c) for c in cs])  # a cell holds its front's values, points and base
         t["values"], t["reference_point"] = values, ref
         t["per_cell"] = {}
         for (seed, method), c in t["cells"].items():
-            m = test_matrix(c)
+            m = cell_front(c).matrix("test")
             base = np.array([c["base"]["rewards"][v] for v in values])
             t["per_cell"][(seed, method)] = {
                 "hv": hypervolume(m[non_dominated(m)], ref) if len(m) else 0.0,
@@ -45,6 +46,13 @@ def setting_tables(cells: dict[str, dict]) -> dict:
                 "best": m.max(axis=0).tolist() if len(m) else [float("nan")] * len(values),
                 "training": c["training"], "interference": c.get("interference"), "vectors": c["vectors"]}
     return out
+
+
+def cell_front(cell: dict) -> Front:
+    """The front a cell was recorded from (`run.cell_record`: the front's fields, its hypervolume and reference point
+    under other names)."""
+    return Front.from_json({**cell, "reference_point": cell["own_reference_point"],
+                            "hypervolume": cell["hypervolume_own_reference"]}, cell["method"])
 
 
 def paired(t: dict, a: str, b: str, key=lambda x: x["hv"]) -> dict | None:

@@ -1,6 +1,6 @@
 """Quality benchmark v2 tables (issue 17): bench/results/quality-v2.json → quality-v2.md.
 
-    .venv/bin/python bench/quality/quality_v2.py      # rewrites bench/results/quality-v2.md
+    .venv/bin/python -m bench.quality.quality_v2      # rewrites bench/results/quality-v2.md
 
 Every claim is a difference between two methods evaluated on the SAME prompts within a seed, so it is estimated
 paired over prompts (mvalign.stats): for hypervolume claims, each replicate resamples the val and the test prompt
@@ -29,17 +29,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from quality_table import judges_line
 from scipy import optimize, stats
 
+from bench.quality.quality_table import cell_front, judges_line
 from mvalign.compare import mean_interval
+from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import method_names
-from mvalign.stats import (
-    difference_from_replicates,
-    front_hv,
-    pooled_differences,
-    shared_reference,
-)
+from mvalign.stats import difference_from_replicates
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 ANSWERED = {"held", "reversed", "hurt"}
@@ -68,7 +64,8 @@ def pooled_hv(seeds: dict[int, dict[str, dict]], ref, n_boot: int = 1000) -> dic
     """Pooled paired HV differences over the seeds that have both methods, for every claim pair."""
     out = {}
     for _, a, b, _ in hv_claims():
-        per_seed = [{m: fronts[m] for m in (a, b)} for _, fronts in sorted(seeds.items()) if a in fronts and b in fronts]
+        per_seed = [{m: cell_front(fronts[m]) for m in (a, b)} for _, fronts in sorted(seeds.items())
+                    if a in fronts and b in fronts]
         if per_seed:
             out[a, b] = pooled_differences(per_seed, ref, n_boot)[a, b]
     return out
@@ -185,7 +182,7 @@ def markdown(results: dict) -> str:
     tally = {}
     for setting, seeds in settings.items():
         cells = [c for fronts in seeds.values() for c in fronts.values()]
-        ref = shared_reference(cells)
+        ref = shared_reference([cell_front(c) for c in cells])
         values = cells[0]["values"]
         judges = results.get("judges", {}).get(setting, {})
         lines += [f"## {setting}: {' vs '.join(values)} — seeds {sorted(seeds)}", "",
@@ -198,7 +195,7 @@ def markdown(results: dict) -> str:
         for m in dict.fromkeys(m for fronts in seeds.values() for m in fronts):
             cs = [f[m] for f in seeds.values() if m in f]
             s = cs[0]["settings"]
-            lines.append(f"| {m} | {len(cs)} | {np.mean([front_hv(c, ref) for c in cs]):.4f} | "
+            lines.append(f"| {m} | {len(cs)} | {np.mean([cell_front(c).hv_with(ref) for c in cs]):.4f} | "
                          f"{s.get('val_prompts')} / {s.get('test_prompts')} | "
                          f"{np.mean([c['training']['steps'] for c in cs]):.0f} | "
                          f"{np.mean([c['cell_wall_seconds'] for c in cs]):.0f} |")

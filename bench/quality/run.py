@@ -1,12 +1,12 @@
 """Quality benchmark: every method, matched budgets, two real settings, several seeds; resumable cell by cell.
 
-    .venv/bin/python bench/quality/run.py                      # full: hh + tqa, seeds 0 1 2 (see bench/README.md)
-    .venv/bin/python bench/quality/run.py --max-minutes 100    # stop starting new cells after 100 minutes
-    .venv/bin/python bench/quality/run.py --quick              # smoke run (1 seed, 1 step, 3 prompts), a few minutes
-    .venv/bin/python bench/quality/run.py --budget v2 --settings builtin tqa --seeds 0 --max-minutes 100
+    .venv/bin/python -m bench.quality.run                      # full: hh + tqa, seeds 0 1 2 (see bench/README.md)
+    .venv/bin/python -m bench.quality.run --max-minutes 100    # stop starting new cells after 100 minutes
+    .venv/bin/python -m bench.quality.run --quick              # smoke run (1 seed, 1 step, 3 prompts), a few minutes
+    .venv/bin/python -m bench.quality.run --budget v2 --settings builtin tqa --seeds 0 --max-minutes 100
                                                                # v2 (issue 17): 60 steps, 64 val / 128 test prompts,
                                                                # 48 tokens → bench/results/quality-v2.json
-    .venv/bin/python bench/quality/quality_table.py            # rebuild bench/results/quality.md from quality.json
+    .venv/bin/python -m bench.quality.quality_table            # rebuild bench/results/quality.md from quality.json
 
 Settings (../shared/data): `hh` = HH-RLHF helpful vs harmless; `tqa` = TruthfulQA honest vs helpful. Base model:
 the embedded SmolLM2-135M-Instruct. Judges: Bradley-Terry heads on frozen all-MiniLM-L6-v2 (one per value,
@@ -43,21 +43,20 @@ from pathlib import Path
 
 import torch
 
+from bench.quality.quality_table import write_table
+from bench.quality.quality_v2 import write as write_v2
+from mvalign.combine import load_lora_adapter
+from mvalign.config import RunConfig
+from mvalign.diagnose import interference_report
+from mvalign.evaluate import evaluate_method
+from mvalign.front import Front
+from mvalign.methods import get_method, method_names, train_method
+from mvalign.rewards import load_reward_models
+from mvalign.rundir import RunDir, package_versions
+from mvalign.store import RunStore
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from quality_table import write_table  # noqa: E402
-from quality_v2 import write as write_v2  # noqa: E402
-
-from mvalign.combine import load_lora_adapter  # noqa: E402
-from mvalign.config import MVAConfig  # noqa: E402
-from mvalign.diagnose import interference_report  # noqa: E402
-from mvalign.evaluate import evaluate_method  # noqa: E402
-from mvalign.methods import get_method, method_names, train_method  # noqa: E402
-from mvalign.rewards import load_reward_models  # noqa: E402
-from mvalign.rundir import RunDir, package_versions  # noqa: E402
-from mvalign.store import RunStore  # noqa: E402
 
 METHODS = method_names()  # every registered method
 BUDGET = {
@@ -104,12 +103,12 @@ def values_for(setting: str, b: dict, root: Path) -> list[dict]:
              "reward": {**judge(v), "data": {**tqa, "value": v, "limit": b["rm_limit"]}}} for v in ("honest", "helpful")]
 
 
-def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full", split: dict | None = None) -> MVAConfig:
+def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full", split: dict | None = None) -> RunConfig:
     """The cell's config; `split` (fractions) overrides the mode's split (bench/perf/racing.py's HH grid)."""
     values = values_for(setting, b, root)
     split = split or SPLITS.get(mode, {}).get(setting)
     names = [v["name"] for v in values]
-    return MVAConfig.model_validate({
+    return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": b["steps"], "batch_size": 4, "max_length": b["max_length"],
@@ -132,7 +131,7 @@ def lw_steps(b: dict) -> int:
     return max(1, round(2 * b["steps"] / len(WEIGHTS)))
 
 
-def interference(cfg: MVAConfig, source: str) -> dict | None:
+def interference(cfg: RunConfig, source: str) -> dict | None:
     """Similarity of a method's value vectors (None for methods that train no per-value vectors)."""
     if get_method(source).kind != "value-vectors":
         return None
@@ -142,22 +141,23 @@ def interference(cfg: MVAConfig, source: str) -> dict | None:
     return {k: overall[k] for k in ("cos", "mean_abs_cos", "cka")}
 
 
-def cell_record(cfg: MVAConfig, method: str, front: dict, seconds: float) -> dict:
+def cell_record(cfg: RunConfig, method: str, front: Front, seconds: float) -> dict:
     store = RunStore(cfg.run_dir)
     source = get_method(method).source
     vectors = {r.value: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
                | {"steps": r.steps, "train_pairs": r.train_pairs, "seconds_per_step": r.seconds_per_step}
                for r in store.vectors(source)}
+    data = front.to_json()
     return {
         "method": method,
         "torch_threads": torch.get_num_threads(),
-        "values": front["values"],
-        "base": front["base"],
-        "points": front["points"],
-        "hypervolume_own_reference": front["hypervolume"],
-        "own_reference_point": front["reference_point"],
-        "training": front["training"],
-        "settings": front["settings"],
+        "values": data["values"],
+        "base": data["base"],
+        "points": data["points"],
+        "hypervolume_own_reference": data["hypervolume"],
+        "own_reference_point": data["reference_point"],
+        "training": data["training"],
+        "settings": data["settings"],
         "vectors": vectors,
         "interference": interference(cfg, source),
         "cell_wall_seconds": seconds,
@@ -244,7 +244,8 @@ def main() -> None:
                 front = evaluate_method(cfg, method, primary=False, rewards=judges)
                 results["cells"][f"{setting}/{seed}/{method}"] = cell_record(cfg, method, front, time.perf_counter() - t)
                 results = save(results, out, f"{setting}/{seed}/{method}")
-                print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": front["hypervolume"],
+                hv = {"val": front.hypervolume.val, "test": front.hypervolume.test}
+                print(json.dumps({"cell": f"{setting}/{seed}/{method}", "hv_own_ref": hv,
                                   "seconds": round(time.perf_counter() - t, 1)}), flush=True)
     results = save(results, out)
     print(writer(results, out.with_suffix(".md")))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from mvalign.testing import make_llama, make_tokenizer, write_builtin_config
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from common import make_llama, make_tokenizer, write_builtin_config  # noqa: E402
 
 DPO = {"max_steps": 2, "save_every": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4}
 SWEEP = {"strategy": "grid", "grid": [0.5, 2.0], "val_prompts": 3, "test_prompts": 3, "max_new_tokens": 6,

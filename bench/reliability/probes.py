@@ -11,8 +11,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import Workspace, judge
 from safetensors.torch import load_file, save_file
+
+from bench.reliability.harness import Workspace, judge
 
 PROBES: list[tuple[str, str, str, Callable[[Workspace], str]]] = []
 

@@ -9,9 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness import Workspace, judge, safe
-from probes import probe
 from safetensors.torch import load_file
+
+from bench.reliability.harness import Workspace, judge, safe
+from bench.reliability.probes import probe
 
 TIMING = ("seconds", "created")
 

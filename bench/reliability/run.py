@@ -2,8 +2,8 @@
 a huge ω, exports that could overwrite, a changed base model, two processes at once, a full disk, a read-only run)
 run as real `mvalign` processes against two source trees, outcomes side by side.
 
-    .venv/bin/python bench/reliability/run.py                 # before: 4301c07 and a30d993; after: this tree
-    .venv/bin/python bench/reliability/run.py --before 36aad50 --only kill
+    .venv/bin/python -m bench.reliability.run                 # before: 4301c07 and a30d993; after: this tree
+    .venv/bin/python -m bench.reliability.run --before 36aad50 --only kill
 
 Each "before" commit is checked out in a temporary `git worktree`; "after" is this working tree. A probe that a
 tree's CLI cannot express (no such command or option: exit 2) reads n/a for that tree. Both run with this venv's
@@ -18,16 +18,15 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.reliability import probes_work  # noqa: F401  (registers its probes)
+from bench.reliability.harness import LAST_OUTPUT, ROOT, Tree, build_model, fresh, safe, template
+from bench.reliability.probes import PROBES
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import probes_work  # noqa: E402, F401  (registers its probes)
-from harness import LAST_OUTPUT, ROOT, Tree, build_model, fresh, safe, template  # noqa: E402
-from probes import PROBES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_BEFORE = {"4301c07": "the tree issue 13 was filed on", "a30d993": "the last commit before its fixes"}

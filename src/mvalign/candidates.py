@@ -13,10 +13,12 @@ so asking for a candidate twice costs nothing.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
 from .search import adaptive_search
 
@@ -38,6 +40,41 @@ class Candidate:
     def combination(cls, omega: Mapping[str, float]) -> Candidate:
         """W0 + Σ ω_k ΔW_k, reported as ω."""
         return cls(dict(omega), dict(omega))
+
+
+def grid_points(values: Sequence[str], grid: Sequence[float]) -> list[dict[str, float]]:
+    """Every combination: ω_k chosen independently from `grid` for each value (the MVA extrapolation box)."""
+    return [dict(zip(values, combo)) for combo in itertools.product([float(g) for g in grid], repeat=len(values))]
+
+
+def simplex_points(values: Sequence[str], step: float) -> list[dict[str, float]]:
+    """ω on the simplex (ω_k ≥ 0, Σ ω_k = 1) in multiples of `step` (soups)."""
+    n_steps = round(1 / step)
+    if abs(n_steps * step - 1) > 1e-9:
+        raise ConfigError(f"sweep.simplex_step {step} does not divide 1 (use e.g. 0.1, 0.2, 0.25)")
+    out = []
+    for combo in itertools.product(range(n_steps + 1), repeat=len(values)):
+        if sum(combo) == n_steps:
+            out.append({v: round(c * step, 10) for v, c in zip(values, combo)})
+    return out
+
+
+def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict[str, float]]:
+    if settings.strategy == "grid":
+        return grid_points(values, settings.grid)
+    if settings.strategy == "simplex":
+        return simplex_points(values, settings.simplex_step)
+    if settings.strategy == "adaptive":
+        raise ConfigError("sweep.strategy 'adaptive' chooses its points while it evaluates (mvalign.search)")
+    points = []
+    for i, p in enumerate(settings.points):
+        unknown = sorted(set(p) - set(values))
+        if unknown:
+            raise ConfigError(f"sweep.points[{i}] names unknown values {unknown}; known: {list(values)}")
+        points.append({v: float(p.get(v, 0.0)) for v in values})
+    if not points:
+        raise ConfigError("sweep.strategy is 'list' but sweep.points is empty")
+    return points
 
 
 Evaluate = Callable[[list[Candidate]], list]

@@ -10,7 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import yaml
 
-from .config import EMBEDDED_MODEL, ConfigError, MVAConfig
+from .config import EMBEDDED_MODEL, ConfigError, RunConfig
+from .front import Front, FrontPoint
 from .rundir import RunDir
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -23,21 +24,21 @@ def mvalign_version() -> str:
         return "unknown"
 
 
-def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str | None, dict | None, dict | None]:
+def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str | None, FrontPoint | None, Front | None]:
     """(front label, the evaluated point with these weights (test if evaluated there, else val), the front) among
     the run's fronts that use `method`'s vectors."""
-    best: tuple[str | None, dict | None, dict | None] = (None, None, None)
+    best: tuple[str | None, FrontPoint | None, Front | None] = (None, None, None)
     for label in run.fronts():
         try:
             front = run.read_front(label)
         except ConfigError:  # an unreadable front says nothing about this point; `report` names it
             continue
-        if front.get("settings", {}).get("vectors", label) != method:
+        if (front.settings.vectors if front.settings and front.settings.vectors else label) != method:
             continue
-        for p in front.get("points", []):
-            same = set(p["weights"]) >= set(weights) and all(
-                math.isclose(p["weights"].get(v, 0.0), weights.get(v, 0.0), abs_tol=1e-9) for v in p["weights"])
-            if same and (best[1] is None or (p["split"] == "test" and best[1]["split"] != "test")):
+        for p in front.points:
+            same = set(p.weights) >= set(weights) and all(
+                math.isclose(p.weights.get(v, 0.0), weights.get(v, 0.0), abs_tol=1e-9) for v in p.weights)
+            if same and (best[1] is None or (p.split == "test" and best[1].split != "test")):
                 best = (label, p, front)
     return best
 
@@ -46,19 +47,19 @@ def _rewards_section(run: RunDir, info: dict) -> list[str]:
     label, point, front = find_point(run, info["method"], info["weights"])
     if point is None:
         return ["This combination has not been evaluated in the run (`mvalign run` / `mvalign pick` evaluate points).", ""]
-    split = point["split"]
-    base = front["base"]["rewards" if split == "test" else "rewards_val"]
-    base_ci = front["base"].get("ci95", {}) if split == "test" else {}
+    split = point.split
+    base = front.base.of(split).rewards
+    base_ci = front.base.test.ci95 if split == "test" else {}
     lines = [f"Mean reward per value over the run's {split} prompts (front `{label}`; judges as configured in the run), "
              "with bootstrap 95% intervals:", "", "| value | this model | base model |", "|---|---|---|"]
-    for v, r in point["rewards"].items():
-        ci = point.get("ci95", {}).get(v)
+    for v, r in point.rewards.items():
+        ci = (point.ci95 or {}).get(v)
         bci = base_ci.get(v)
         lines.append(f"| {v} | {r:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + f" | {base[v]:.4f}"
                      + (f" [{bci[0]:.4f}, {bci[1]:.4f}]" if bci else "") + " |")
-    hv = front.get("hypervolume", {})
-    lines += ["", f"Front `{label}`: hypervolume val {hv.get('val', float('nan')):.4g}, test "
-              f"{hv.get('test', float('nan')):.4g} (reference point {front.get('reference_point')}).", ""]
+    hv = front.hypervolume
+    lines += ["", f"Front `{label}`: hypervolume val {hv.val:.4g}, test {hv.test:.4g} (reference point "
+              f"{front.reference_point}).", ""]
     return lines
 
 
@@ -69,7 +70,7 @@ def _data_line(v) -> str:
     return f"- **{v.name}**: {d.format} ({where}{extra})"
 
 
-def export_card(run: RunDir, cfg: MVAConfig, info: dict, command: str = "") -> str:
+def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> str:
     """README.md text for an export described by `info` (weights, method, format, base, base_path)."""
     from .methods import REGISTRY
 

@@ -17,14 +17,13 @@ import numpy as np
 from scipy import stats
 
 from .config import ConfigError
+from .hvstats import pooled_differences, shared_reference
 from .pareto import hypervolume, non_dominated
-from .report import dominates_base
 from .rundir import RunDir
-from .stats import pooled_differences, shared_reference
 
 
 def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list[dict]:
-    """[{run, method, front}] for every front-<method>.json in `runs` (only `methods` when given)."""
+    """[{run, method, front (`Front`)}] for every front-<method>.json in `runs` (only `methods` when given)."""
     out = []
     for run in runs:
         files = RunDir(run).fronts()
@@ -35,16 +34,10 @@ def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list
                 out.append({"run": str(run), "method": method, "front": RunDir(run).read_front(method)})
     if not out:
         raise ConfigError(f"none of the runs has a front for the methods {list(methods)}")
-    values = {tuple(e["front"]["values"]) for e in out}
+    values = {tuple(e["front"].values) for e in out}
     if len(values) > 1:
         raise ConfigError(f"the fronts measure different values {sorted(values)}: compare runs of one setting only")
     return out
-
-
-def test_matrix(front: dict) -> np.ndarray:
-    """Mean rewards of a front's usable test points (flagged ones never count), one row per point, one column per value."""
-    pts = [p for p in front["points"] if p["split"] == "test" and not p.get("flag")]
-    return np.array([[p["rewards"][v] for v in front["values"]] for p in pts]).reshape(len(pts), len(front["values"]))
 
 
 def mean_interval(xs: Sequence[float]) -> dict:
@@ -56,22 +49,22 @@ def mean_interval(xs: Sequence[float]) -> dict:
 
 
 def compare(entries: Sequence[dict], reference: Sequence[float] | None = None) -> dict:
-    values = entries[0]["front"]["values"]
+    values = entries[0]["front"].values
     ref = list(reference) if reference is not None else shared_reference([e["front"] for e in entries])
     rows = []
     for e in entries:
         f = e["front"]
-        m = test_matrix(f)
+        m = f.matrix("test")
         mask = non_dominated(m) if len(m) else np.zeros(0, bool)
         rows.append({
             "run": e["run"], "method": e["method"],
             "hypervolume_test": hypervolume(m[mask], ref) if len(m) else 0.0,
             "non_dominated": int(mask.sum()),
             "best": {v: float(m[:, i].max()) if len(m) else float("nan") for i, v in enumerate(values)},
-            "beats_base": len(dominates_base(f, "test")),
-            "base": f["base"]["rewards"],
-            "training": f.get("training", {}),
-            "front": [p for p, keep in zip((p for p in f["points"] if p["split"] == "test"), mask) if keep],
+            "beats_base": len(f.dominates_base("test")),
+            "base": f.base.test.rewards,
+            "training": vars(f.training) if f.training else {},
+            "front": [p.to_json() for p, keep in zip(f.on("test"), mask) if keep],
         })
     methods = list(dict.fromkeys(r["method"] for r in rows))
     summary = {m: {"hypervolume_test": mean_interval([r["hypervolume_test"] for r in rows if r["method"] == m]),
@@ -176,7 +169,7 @@ def compare_runs(runs: Sequence[str | Path], methods: Sequence[str] = (), out: s
             reference = [float(x) for x in reference.split(",")]
         except ValueError:
             raise ConfigError(f"--reference {reference!r}: give one number per value, comma-separated") from None
-    values = entries[0]["front"]["values"]
+    values = entries[0]["front"].values
     if reference is not None and len(reference) != len(values):
         raise ConfigError(f"--reference has {len(reference)} numbers; the fronts measure {values}")
     table = compare(entries, reference)

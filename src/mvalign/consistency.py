@@ -161,14 +161,14 @@ def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair],
 def consistency_report(cfg, run) -> tuple[dict, Path]:
     """`mvalign consistency`: score every value's training pairs with all judges (cached), summarise what the
     `consistency` block keeps, write RUN/consistency/summary.json and consistency.png. Returns (rows, png)."""
-    from .data import load_value_splits
+    from .data import value_splits
     from .rewards import load_reward_models
 
     c = cfg.consistency
     rewards = load_reward_models(cfg)
     results, rows = {}, {}
     for v in cfg.values:
-        pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["train"]
+        pairs = value_splits(cfg, v.name)["train"]
         results[v.name] = consistency_for_value(cfg, v.name, pairs, rewards)
         keep, _ = select(results[v.name]["vc"], c.mode, c.tau, c.quantile)
         rows[v.name] = {**summary(results[v.name]), "mode": c.mode, "tau": c.tau, "kept": int(len(keep)),

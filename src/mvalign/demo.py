@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import MVAConfig
+from .config import RunConfig
 
 FULL = {"limit": None, "steps": 30, "eval_pairs": 32, "head_epochs": 30, "grid": [0.25, 0.5, 0.75, 1.0],
         "val_prompts": 48, "test_prompts": 48, "max_new_tokens": 32,
@@ -23,7 +23,7 @@ QUICK = {"limit": 16, "steps": 2, "eval_pairs": 8, "head_epochs": 10, "grid": [1
          "val_prompts": 8, "test_prompts": 8, "max_new_tokens": 12}
 
 
-def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> MVAConfig:
+def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> RunConfig:
     s = QUICK if quick else FULL
     values = [
         {"name": v,
@@ -31,7 +31,7 @@ def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> MVAConfig:
          "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward"}, "epochs": s["head_epochs"]}}
         for v in ("helpful", "harmless")
     ]
-    return MVAConfig.model_validate({
+    return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 128,

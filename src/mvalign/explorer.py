@@ -30,12 +30,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from .config import ConfigError
+from .data import eval_prompts
 from .errors import write_atomic
-from .pareto import bootstrap_ci
-from .report import run_judges
+from .front import SPLITS, Front
+from .hvstats import shared_reference
+from .rewards import run_judges
 from .rewards.base import prompt_text
 from .rundir import RunDir
-from .stats import change_vs_base, front_hv, shared_reference
+from .stats import change_vs_base
 from .store import PointRecord, weights_key
 
 TEMPLATE = "explorer_page.html"
@@ -55,43 +57,32 @@ class Strings:
         return self._index[text]
 
 
-def store_method(front: dict, method: str) -> str:
-    """The store key a front's points were saved under: its vectors' method (+ '-factorwise')."""
-    if "store_method" in front:
-        return front["store_method"]
-    s = front.get("settings") or {}
-    if "vectors" not in s:
-        return method
-    return s["vectors"] + ("" if s.get("combination", "exact") == "exact" else "-factorwise")
-
-
-def find_record(records: Sequence[PointRecord], point: dict) -> PointRecord | None:
+def find_record(records: Sequence[PointRecord], weights: dict[str, float], settings_key: str | None,
+                rewards: dict[str, float]) -> PointRecord | None:
     """The stored point a front point was made from: same settings key when the front records it, else the same
     weights and exactly the same mean rewards (fronts written before settings keys were recorded)."""
-    key = weights_key(point["weights"])
+    key = weights_key(weights)
     for rec in records:
         if weights_key(rec.weights) != key:
             continue
-        if point.get("settings_key") is not None:
-            if rec.settings_key == point["settings_key"]:
+        if settings_key is not None:
+            if rec.settings_key == settings_key:
                 return rec
-        elif rec.rewards == point["rewards"]:
+        elif rec.rewards == rewards:
             return rec
     return None
 
 
-def split_prompts(run: RunDir, front: dict) -> dict[str, list[str] | None]:
+def split_prompts(run: RunDir, front: Front) -> dict[str, list[str] | None]:
     """Each split's prompt texts of a front: recorded in it, else rebuilt from the run's config (None if neither works)."""
-    if "prompts" in front:
-        return front["prompts"]
-    settings = front.get("settings") or {}
+    if front.prompts is not None:
+        return {s: front.prompts.of(s) for s in SPLITS}
+    counts = {"val": front.settings.val_prompts, "test": front.settings.test_prompts} if front.settings else {}
     out: dict[str, list[str] | None] = {"val": None, "test": None}
     try:
-        from .evaluate import eval_prompts
-
         cfg = run.load_config()
         for split in out:
-            n = settings.get(f"{split}_prompts", getattr(cfg.sweep, f"{split}_prompts"))
+            n = counts.get(split) or getattr(cfg.sweep, f"{split}_prompts")
             out[split] = [prompt_text(p) for p in eval_prompts(cfg, split, n)]
     except Exception:  # noqa: BLE001 - the page still works, with prompts shown by number
         pass
@@ -109,8 +100,7 @@ def run_data(run: RunDir, strings: Strings) -> dict:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first (the explorer shows evaluated "
                           "fronts)")
     fronts = {m: run.read_front(m) for m in names}
-    first = next(iter(fronts.values()))
-    values = first["values"]
+    values = next(iter(fronts.values())).values
     store = run.store() if run.store_path.is_file() else None
     stored = {}
 
@@ -121,42 +111,38 @@ def run_data(run: RunDir, strings: Strings) -> dict:
             stored[method, split] = store.points(method, split)
         return stored[method, split]
 
-    def base_of(front: dict) -> dict:
+    def base_of(front: Front) -> dict:
         """The base model as a front saw it (its own prompts: methods may be evaluated with different settings)."""
         out = {}
-        for split, suffix in (("test", ""), ("val", "_val")):
-            b = front["base"]
-            wanted = {"weights": {v: 0.0 for v in values}, "rewards": b[f"rewards{suffix}"],
-                      "settings_key": b.get(f"settings_key{suffix}")}
-            scores = b.get(f"scores{suffix}") or {}
-            ci95 = b.get(f"ci95{suffix}") or {v: list(bootstrap_ci(s, 1000, 0)) for v, s in scores.items()}  # older
-            out[split] = {"rewards": b[f"rewards{suffix}"], "ci95": ci95, "scores": scores,
-                          "responses": _responses(strings, find_record(records("base", split), wanted))}
+        for split in ("test", "val"):
+            b = front.base.of(split)
+            rec = find_record(records("base", split), {v: 0.0 for v in values}, b.settings_key, b.rewards)
+            out[split] = {"rewards": b.rewards, "ci95": b.ci95, "scores": b.scores, "responses": _responses(strings, rec)}
         return out
 
-    def prompts_of(front: dict) -> dict:
+    def prompts_of(front: Front) -> dict:
         return {s: None if t is None else [strings.add(x) for x in t] for s, t in split_prompts(run, front).items()}
 
     ref = shared_reference(list(fronts.values()))
     methods = []
     for method, front in fronts.items():
-        key = store_method(front, method)
         base = base_of(front)
         points = []
-        for i, p in enumerate(front["points"]):
-            rec = find_record(records(key, p["split"]), p)
-            scores = p.get("scores") or (rec.scores if rec is not None else {})
-            vs_base = p.get("vs_base")
-            if not vs_base and scores and base[p["split"]]["scores"] and not p.get("flag"):
-                vs_base = change_vs_base(scores, base[p["split"]]["scores"], n_boot=1000, seed=0)
-            points.append({"id": f"{method}:{i}", "split": p["split"], "weights": p["weights"], "rewards": p["rewards"],
-                           "ci95": p.get("ci95"), "pareto": bool(p.get("pareto")), "flag": p.get("flag", ""),
-                           "scores": scores, "vs_base": vs_base or {}, "responses": _responses(strings, rec)})
-        for j, d in enumerate((front.get("racing") or {}).get("dropped", [])):  # evaluated on the first n val prompts
-            points.append({"id": f"{method}:raced{j}", "split": "val", "weights": d["weights"], "rewards": d["rewards"],
-                           "ci95": None, "pareto": False, "flag": "", "raced_out": d["prompts"], "scores": d["scores"],
-                           "vs_base": d.get("vs_base") or {}, "responses": [strings.add(r) for r in d["responses"]]})
-        methods.append({"name": method, "hv_test": front_hv(front, ref), "settings": front.get("settings", {}),
+        for i, p in enumerate(front.points):
+            rec = find_record(records(front.store_method, p.split), p.weights, p.settings_key, p.rewards)
+            scores = p.scores or (rec.scores if rec is not None else {})
+            vs_base = p.vs_base
+            if not vs_base and scores and base[p.split]["scores"] and p.usable:
+                vs_base = change_vs_base(scores, base[p.split]["scores"], n_boot=1000, seed=0)
+            points.append({"id": f"{method}:{i}", "split": p.split, "weights": p.weights, "rewards": p.rewards,
+                           "ci95": p.ci95, "pareto": p.pareto, "flag": p.flag, "scores": scores, "vs_base": vs_base,
+                           "responses": _responses(strings, rec)})
+        for j, d in enumerate(front.racing.dropped if front.racing else []):  # evaluated on the first n val prompts
+            points.append({"id": f"{method}:raced{j}", "split": "val", "weights": d.weights, "rewards": d.rewards,
+                           "ci95": None, "pareto": False, "flag": "", "raced_out": d.prompts, "scores": d.scores,
+                           "vs_base": d.vs_base, "responses": [strings.add(r) for r in d.responses]})
+        methods.append({"name": method, "hv_test": front.hv_with(ref),
+                        "settings": front.settings.to_json() if front.settings else {},
                         "points": points, "base": base, "prompts": prompts_of(front)})
     return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,
             "judges": run_judges(run, values), "reference_point": ref, "methods": methods}

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from .card import export_card
 from .combine import CombinedModel, stacked_factors
-from .config import ConfigError, MVAConfig
+from .config import ConfigError, RunConfig
 from .lora import ADAPTER_WEIGHTS, LoraFactors, load_lora_adapter
 from .models import cache_root, load_model, resolve_model_source
 from .rundir import RunDir
@@ -73,7 +73,7 @@ def resolve_method(run: RunDir, method: str | None) -> str:
                       f"{run.root}: no trained value vectors; run `mvalign train` first")
 
 
-def check_destination(out: Path, run: RunDir, cfg: MVAConfig, overwrite: bool) -> None:
+def check_destination(out: Path, run: RunDir, cfg: RunConfig, overwrite: bool) -> None:
     """Refuse a file, the run directory (or a folder inside it), the base model's folder, and a non-empty folder
     unless `overwrite`."""
     out = out.resolve()

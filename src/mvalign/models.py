@@ -152,3 +152,16 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, use_chat_t
     body = "".join(f"\n\n{tag.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
     return body + "\n\nAssistant:"
 
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Identity of the base weights (LoRA parameters excluded): every tensor's name, shape, dtype and a strided
+    sample of its values. Cheap on big models, and changes whenever the base checkpoint does in practice."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
+        h.update(f"{name.removeprefix('base_model.model.')}|{tuple(p.shape)}|{p.dtype}|".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()

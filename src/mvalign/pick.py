@@ -161,15 +161,15 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     if not fronts:
         raise ConfigError(f"{run.root}: no evaluated fronts{' for ' + str(list(methods)) if methods else ''}; "
                           "run `mvalign run CONFIG --method ...` first")
-    base_val = next(iter(fronts.values()))["base"]["rewards_val"]
-    cands = [(m, p) for m, f in fronts.items() for p in f["points"] if p["split"] == "val" and not p.get("flag")]
-    sp = spreads([p["rewards"] for _, p in cands], values)
-    method, point = max(cands, key=lambda mp: target.rank(mp[1]["rewards"], base_val, sp))
+    base_val = next(iter(fronts.values())).base.val.rewards
+    cands = [(m, p) for m, f in fronts.items() for p in f.on("val")]
+    sp = spreads([p.rewards for _, p in cands], values)
+    method, point = max(cands, key=lambda mp: target.rank(mp[1].rewards, base_val, sp))
     m = get_method(method)
     with evaluator(cfg, method, progress) as ev:  # closes the Ray workers, if any
-        label, val_r, spent = dict(point["weights"]), point["rewards"], 0
+        label, val_r, spent = dict(point.weights), point.rewards, 0
         if refine_budget and m.kind == "value-vectors":
-            known = [(dict(p["weights"]), p["rewards"]) for mm, p in cands if mm == method]
+            known = [(dict(p.weights), p.rewards) for mm, p in cands if mm == method]
             label, val_r, spent = refine(ev, target, label, base_val, refine_budget, cfg.sweep.grid, known)
         fixed = {tuple(sorted(c.label.items())): c for c in getattr(ev.plan.source, "points", [])}
         cand = fixed.get(tuple(sorted(label.items())))

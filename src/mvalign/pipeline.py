@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import time
 
-from .config import MVAConfig
+from .config import RunConfig
 from .evaluate import evaluate_method
 from .methods import get_method, prepare_run, train_method
 from .report import write_report, write_run_explorer
 from .rewards import load_reward_models, reward_dir
 
 
-def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: bool = True) -> dict:
+def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: bool = True) -> dict:
     """Train reward heads and every method's adapters (skipping finished work), evaluate each method, write the
     report and summary.json; returns the summary."""
     for m in methods:
@@ -46,7 +46,8 @@ def run_pipeline(cfg: MVAConfig, methods: tuple[str, ...] = ("mva",), progress: 
         "explorer": str(explorer),
         "timings": timings,
         "reward_heads": {k: {"val_accuracy": h.get("val_accuracy"), "val_pairs": h.get("val_pairs")} for k, h in heads.items()},
-        "fronts": {m: {"hypervolume": f["hypervolume"], "reference_point": f["reference_point"]} for m, f in fronts.items()},
+        "fronts": {m: {"hypervolume": {"val": f.hypervolume.val, "test": f.hypervolume.test},
+                       "reference_point": f.reference_point} for m, f in fronts.items()},
     }
     run.summary_path.write_text(json.dumps(summary, indent=2))
     return summary

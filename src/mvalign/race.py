@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .candidates import Candidate
+from .front import DroppedPoint, Racing
+from .stats import change_vs_base
 from .store import PointRecord
 from .sweep import point_key, point_stats
 
@@ -99,10 +101,12 @@ def dominated(scores: Sequence[np.ndarray], z: float, total: int | None = None) 
 
 def race(candidates: Sequence[Candidate], prompts: Sequence, evaluate: Callable[[list[Candidate], int, int], list[PointRecord]],
          scores: Callable[[PointRecord, int, int], np.ndarray], first: int, z: float, *, double: bool = False,
-         finite: bool = True) -> RaceResult:
+         finite: bool = True, rule: Callable[..., list[bool]] | None = None) -> RaceResult:
     """Race `candidates` over `prompts`. `evaluate(cands, a, b)`: their records on prompts [a, b) (through the
     store); `scores(record, a, b)`: its values × (b − a) per-prompt scores. `double` (doubling shares) and
-    `finite` = False (no finite-population correction) give the earlier rule, for comparison."""
+    `finite` = False (no finite-population correction) give the earlier rule, for comparison; `rule(scores, z,
+    total)` replaces the dropping rule (default `dominated`; the benchmark replays other rules through it)."""
+    rule = rule or dominated
     alive = list(range(len(candidates)))
     per_cand: dict[int, list[np.ndarray]] = {i: [] for i in alive}
     result = RaceResult([])
@@ -115,7 +119,7 @@ def race(candidates: Sequence[Candidate], prompts: Sequence, evaluate: Callable[
         usable = [i for i in alive if all(s is not None for s in per_cand[i])]
         before = len(alive)
         if end < len(prompts):  # the last round drops nothing: its survivors are the evaluated set
-            drop = dominated([np.concatenate(per_cand[i], axis=1) for i in usable], z, len(prompts) if finite else None)
+            drop = rule([np.concatenate(per_cand[i], axis=1) for i in usable], z, len(prompts) if finite else None)
             result.dropped += [(candidates[i], end) for i, gone in zip(usable, drop) if gone]
             alive = [i for i, gone in zip(usable, drop) if not gone]
         else:
@@ -139,3 +143,46 @@ def joined(chunks: Sequence[PointRecord], prompts: Sequence, key: str, cand: Can
                        dict(first.generation), responses, flag="" if any(r.strip() for r in responses) else
                        "all responses empty", scores={k: [float(x) for x in v] for k, v in values_scores.items()})
 
+
+
+def race_val(ev, cands: Sequence[Candidate]) -> RaceResult:
+    """Race `cands` on an evaluator's val prompts (`ev`: `mvalign.evaluate.Evaluator`; the rule and z from its
+    config's sweep section); the survivors' chunks are joined into their ordinary val records, so evaluating the
+    survivors on "val" afterwards reads them from the store."""
+    s, ctx, prompts = ev.cfg.sweep, ev.ctx, ev.prompts.val
+
+    def scores(rec, a, b):
+        return np.stack([np.asarray(ctx.cache.score(rm, prompts[a:b], rec.responses)) for rm in ctx.rewards.values()])
+
+    result = race(cands, prompts, ev.points_on, scores, s.racing_first, s.racing_z)
+    key = ctx.key(prompts)
+    for cand in result.survivors:
+        if ev.stored(cand, "val") is None:
+            parts = [ev.points_on([cand], *r["prompts"])[0] for r in result.rounds]
+            responses = [x for p in parts for x in p.responses]
+            full = {n: np.asarray(ctx.cache.score(rm, prompts, responses)) for n, rm in ctx.rewards.items()}
+            ctx.store.put_point(joined(parts, prompts, key, cand, "val", full, s.bootstrap, s.seed))
+    return result
+
+
+def dropped_points(ev, result: RaceResult, base_scores: dict[str, list[float]]) -> list[DroppedPoint]:
+    """What the race saw of each dropped candidate: its mean rewards and per-prompt scores on the val prompts it was
+    evaluated on (the first n: its stored chunks, nothing is generated or scored again), and its paired change from
+    the base model (`base_scores`: the base's val scores) on those prompts."""
+    bounds = [r["prompts"] for r in result.rounds]
+    out = []
+    for cand, n in result.dropped:
+        chunks = [ev.points_on([cand], a, b)[0] for a, b in bounds if b <= n]
+        scores = {v: [float(x) for c in chunks for x in c.scores[v]] for v in chunks[0].scores}
+        out.append(DroppedPoint(dict(cand.label), n, {v: float(np.mean(s)) for v, s in scores.items()}, scores,
+                                [x for c in chunks for x in c.responses],
+                                change_vs_base(scores, {v: s[:n] for v, s in base_scores.items()}, n_boot=1000, seed=0)
+                                if set(base_scores) == set(scores) else {}))
+    return out
+
+
+def racing_record(cfg_sweep, result: RaceResult, dropped: list[DroppedPoint]) -> Racing:
+    """The front's account of a race."""
+    return Racing(result.rounds[0]["evaluated"], len(result.survivors), result.rounds, result.token_fraction,
+                  cfg_sweep.racing_first, cfg_sweep.racing_z,
+                  "equal shares; paired t over all val prompts (finite-population corrected) > z", dropped)

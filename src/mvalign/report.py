@@ -1,118 +1,65 @@
-"""The run's outputs: `front.json` (the contract other tools read), `report.md` and its PNGs.
-
-front.json = {"values": [...], "reference_point": [...], "points": [{"method", "weights", "split", "rewards", "ci95",
-"pareto", "settings_key", "scores", "vs_base"}], "hypervolume": {"val": float, "test": float}, "base": {"rewards": {...},
-"ci95": {...}, "rewards_val": {...}, "ci95_val", "scores", "scores_val", "settings_key", "settings_key_val"}, "prompts": {split:
-[text]}, "store_method": the store key of its points}. `settings_key` finds a point's record (and responses) in the
-store; `scores` are per-prompt scores in the order of `prompts[split]`. Val points are all candidates (pareto =
-non-dominated among them); test points are the selected ones (pareto = non-dominated among the test scores of the
-selection). The reference point is the per-value minimum over the base model and every candidate (both splits) unless
-the config sets one. `explorer.html` (mvalign.explorer) is written beside the report.
-"""
+"""The run's report: `report.md` and its PNGs, from the run's fronts (`mvalign.front`), with `explorer.html` beside it
+(`mvalign.explorer`)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .errors import write_atomic
-from .judging import judge_quality, judges_section
-from .pareto import default_reference_point, hypervolume, non_dominated
+from .explorer import write_explorer
+from .front import Front
+from .hvstats import hv_differences, shared_reference
+from .judging import judges_section
+from .rewards import run_judges
 from .rundir import RunDir
-from .stats import change_vs_base, front_hv, hv_differences, shared_reference
-from .store import PointRecord
-
-
-def build_front(values: Sequence[str], method: str, val: Sequence[PointRecord], test: Sequence[PointRecord],
-                base_val: PointRecord, base_test: PointRecord, reference: Sequence[float] | None = None) -> dict:
-    def mat(points):
-        return np.array([[p.rewards[v] for v in values] for p in points], dtype=float).reshape(-1, len(values))
-
-    flagged = [p for p in (*val, *test) if p.flag]
-    val, test = [p for p in val if not p.flag], [p for p in test if not p.flag]  # never selected nor measured
-    val_m, test_m = mat(val), mat(test)
-    ref = np.asarray(reference, float) if reference is not None else default_reference_point(
-        val_m, test_m, mat([base_val, base_test]))
-    val_mask, test_mask = non_dominated(val_m), non_dominated(test_m)
-    base_of = {"val": base_val, "test": base_test}
-
-    def paired(p, split):  # change from the base model on the same prompts (mvalign.stats)
-        b = base_of[split]
-        if set(p.scores) != set(values) or set(b.scores) != set(values) or len(p.scores[values[0]]) != b.n_prompts:
-            return {}
-        return {"scores": p.scores, "vs_base": change_vs_base(p.scores, b.scores, n_boot=1000, seed=0)}
-
-    points = [
-        {"method": method, "weights": p.weights, "split": split, "rewards": p.rewards, "ci95": p.ci95, "pareto": bool(m),
-         "settings_key": p.settings_key, **paired(p, split)}
-        for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask)) for p, m in zip(pts, mask)
-    ]
-    points += [{"method": method, "weights": p.weights, "split": p.split, "rewards": p.rewards, "ci95": p.ci95,
-                "pareto": False, "flag": p.flag, "settings_key": p.settings_key} for p in flagged]
-    return {
-        "values": list(values),
-        "reference_point": ref.tolist(),
-        "reference_point_rule": "given in config" if reference is not None else "per-value minimum over base and all candidates",
-        "points": points,
-        "hypervolume": {"val": hypervolume(val_m[val_mask], ref), "test": hypervolume(test_m[test_mask], ref)},
-        "base": {"rewards": base_test.rewards, "ci95": base_test.ci95, "rewards_val": base_val.rewards, "ci95_val": base_val.ci95,
-                 "scores": base_test.scores, "scores_val": base_val.scores,
-                 "settings_key": base_test.settings_key, "settings_key_val": base_val.settings_key},
-    }
-
-
-def dominates_base(front: dict, split: str = "test") -> list[dict]:
-    """Points whose mean reward beats the base model's in every value (on `split`)."""
-    base = front["base"]["rewards" if split == "test" else "rewards_val"]
-    return [p for p in front["points"] if p["split"] == split and all(p["rewards"][v] > base[v] for v in front["values"])]
 
 
 def _fmt_w(w: dict) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in w.items())
 
 
-def plot_front(front: dict, path: Path) -> Path:
+def plot_front(front: Front, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = front["values"]
+    values = front.values
     pairs = [(0, 1)] if len(values) == 2 else [(i, j) for i in range(len(values)) for j in range(i + 1, len(values))]
     fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 5.5), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         x, y = values[i], values[j]
         for split, style in (("val", dict(c="0.7", s=18, label="val: all candidates")),
                              ("test", dict(c="tab:blue", marker="s", s=30, label="test: selected"))):
-            pts = [p for p in front["points"] if p["split"] == split]
-            ax.scatter([p["rewards"][x] for p in pts], [p["rewards"][y] for p in pts], **style)
-        front_val = sorted((p for p in front["points"] if p["split"] == "val" and p["pareto"]), key=lambda p: p["rewards"][x])
-        ax.plot([p["rewards"][x] for p in front_val], [p["rewards"][y] for p in front_val], "o-", c="tab:red", ms=5,
+            pts = front.on(split, usable=False)
+            ax.scatter([p.rewards[x] for p in pts], [p.rewards[y] for p in pts], **style)
+        front_val = sorted((p for p in front.on("val", usable=False) if p.pareto), key=lambda p: p.rewards[x])
+        ax.plot([p.rewards[x] for p in front_val], [p.rewards[y] for p in front_val], "o-", c="tab:red", ms=5,
                 label="val: non-dominated")
         for p in front_val:
-            ax.annotate(_fmt_w(p["weights"]), (p["rewards"][x], p["rewards"][y]), fontsize=6, xytext=(3, 3),
+            ax.annotate(_fmt_w(p.weights), (p.rewards[x], p.rewards[y]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
-        b = front["base"]
-        ax.scatter([b["rewards_val"][x]], [b["rewards_val"][y]], marker="*", s=180, c="k", label="base (val)")
-        ax.scatter([b["rewards"][x]], [b["rewards"][y]], marker="*", s=180, c="tab:green", label="base (test)")
+        b = front.base
+        ax.scatter([b.val.rewards[x]], [b.val.rewards[y]], marker="*", s=180, c="k", label="base (val)")
+        ax.scatter([b.test.rewards[x]], [b.test.rewards[y]], marker="*", s=180, c="tab:green", label="base (test)")
         ax.set_xlabel(f"{x} reward (mean)")
         ax.set_ylabel(f"{y} reward (mean)")
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"trade-off front — HV val {front['hypervolume']['val']:.4g}, test {front['hypervolume']['test']:.4g} "
-                 f"(ref {np.round(front['reference_point'], 3).tolist()})", fontsize=9)
+    fig.suptitle(f"trade-off front — HV val {front.hypervolume.val:.4g}, test {front.hypervolume.test:.4g} "
+                 f"(ref {np.round(front.reference_point, 3).tolist()})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_heatmaps(front: dict, path: Path) -> Path | None:
+def plot_heatmaps(front: Front, path: Path) -> Path | None:
     """Reward of each value against (ω_1, ω_2) over the val grid (two values only)."""
-    values = front["values"]
-    pts = [p for p in front["points"] if p["split"] == "val"]
+    values = front.values
+    pts = front.on("val", usable=False)
     if len(values) != 2 or len(pts) < 4:
         return None
     import matplotlib
@@ -120,13 +67,13 @@ def plot_heatmaps(front: dict, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = sorted({p["weights"][values[0]] for p in pts})
-    ys = sorted({p["weights"][values[1]] for p in pts})
+    xs = sorted({p.weights[values[0]] for p in pts})
+    ys = sorted({p.weights[values[1]] for p in pts})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, v in zip(axes, values):
         grid = np.full((len(ys), len(xs)), np.nan)
         for p in pts:
-            grid[ys.index(p["weights"][values[1]]), xs.index(p["weights"][values[0]])] = p["rewards"][v]
+            grid[ys.index(p.weights[values[1]]), xs.index(p.weights[values[0]])] = p.rewards[v]
         im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=7)
         ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys], fontsize=7)
@@ -140,7 +87,7 @@ def plot_heatmaps(front: dict, path: Path) -> Path | None:
     return path
 
 
-def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path | None = None) -> Path:
+def write_report(run: RunDir, fronts: dict[str, Front], settings: dict, out: Path | None = None) -> Path:
     """report.md with one section per method, and the PNGs beside it: in the run dir, or in `out`."""
     dest = RunDir(out) if out is not None else run
     dest.root.mkdir(parents=True, exist_ok=True)
@@ -148,20 +95,20 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
     lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, "",
              "Interactive explorer: [explorer.html](explorer.html) — every evaluated point, the paired change from the "
              "base model, and what each model answered (rebuild with `mvalign view RUN`).", ""]
-    lines += judges_section(run_judges(run, next(iter(fronts.values()))["values"]))
+    lines += judges_section(run_judges(run, next(iter(fronts.values())).values))
     ref = shared_reference(list(fronts.values()))
     lines += [f"One reference point for every hypervolume below: {np.round(ref, 4).tolist()} (per-value minimum over "
               "every method's base and test points).", "",
               "| method | HV test | non-dominated (val) | test points dominating base |", "|---|---|---|---|"]
     for method, front in fronts.items():
-        nd = sum(p["pareto"] for p in front["points"] if p["split"] == "val")
-        lines.append(f"| {method} | {front_hv(front, ref):.4g} | {nd} | {len(dominates_base(front))} |")
+        nd = sum(p.pareto for p in front.on("val", usable=False))
+        lines.append(f"| {method} | {front.hv_with(ref):.4g} | {nd} | {len(front.dominates_base())} |")
     lines += [""] + method_differences(fronts, ref)
     for method, front in fronts.items():
         png = plot_front(front, dest.plot("front", method))
         heat = plot_heatmaps(front, dest.plot("heatmap", method))
-        values = front["values"]
-        base = front["base"]
+        values = front.values
+        base = front.base.test
         lines += [f"## {method}", "", f"![front]({png.name})", ""]
         if heat:
             lines += [f"![reward vs weights]({heat.name})", ""]
@@ -169,15 +116,15 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
                   "paired change from the base model on the same prompts (Δ and its paired bootstrap 95% interval):", "",
                   "| weights | " + " | ".join(values) + " | " + " | ".join(f"Δ {v} vs base" for v in values)
                   + " | dominates base |", "|---|" + "---|" * (2 * len(values) + 1)]
-        lines.append("| base (ω = 0) | " + " | ".join(f"{base['rewards'][v]:.3f} [{base['ci95'][v][0]:.3f}, "
-                                                      f"{base['ci95'][v][1]:.3f}]" for v in values)
+        lines.append("| base (ω = 0) | " + " | ".join(f"{base.rewards[v]:.3f} [{base.ci95[v][0]:.3f}, "
+                                                      f"{base.ci95[v][1]:.3f}]" for v in values)
                      + " |" * (len(values) + 1) + " |")
-        for p in (p for p in front["points"] if p["split"] == "test"):
-            beats = all(p["rewards"][v] > base["rewards"][v] for v in values)
-            delta = [f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if (d := p.get("vs_base", {}).get(v))
+        for p in front.on("test", usable=False):
+            beats = all(p.rewards[v] > base.rewards[v] for v in values)
+            delta = [f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if (d := p.vs_base.get(v))
                      else "—" for v in values]
-            lines.append(f"| {_fmt_w(p['weights'])} | " + " | ".join(
-                f"{p['rewards'][v]:.3f} [{p['ci95'][v][0]:.3f}, {p['ci95'][v][1]:.3f}]" for v in values)
+            lines.append(f"| {_fmt_w(p.weights)} | " + " | ".join(
+                f"{p.rewards[v]:.3f} [{p.ci95[v][0]:.3f}, {p.ci95[v][1]:.3f}]" for v in values)
                 + " | " + " | ".join(delta) + f" | {'yes' if beats else ''} |")
         lines.append("")
     write_atomic(dest.report_path, "the report", lambda tmp: tmp.write_text("\n".join(lines)),
@@ -185,8 +132,8 @@ def write_report(run: RunDir, fronts: dict[str, dict], settings: dict, out: Path
     return dest.report_path
 
 
-def method_differences(fronts: dict[str, dict], ref) -> list[str]:
-    """Markdown: test-HV differences between every two methods, paired over prompts (mvalign.stats)."""
+def method_differences(fronts: dict[str, Front], ref) -> list[str]:
+    """Markdown: test-HV differences between every two methods, paired over prompts (mvalign.hvstats)."""
     if len(fronts) < 2:
         return []
     try:
@@ -203,34 +150,9 @@ def method_differences(fronts: dict[str, dict], ref) -> list[str]:
     return lines + [""]
 
 
-def run_judges(run: RunDir, values) -> dict[str, dict | None]:
-    """Each value's judge quality (mvalign.judging) from its trained head, where the run has one."""
-    folders = {v: run.reward(v) for v in values}
-    try:
-        from .rewards import reward_dir
-
-        cfg = run.load_config()
-        folders = {v: reward_dir(cfg, v) for v in values}
-    except Exception:  # noqa: BLE001 - a report from fronts alone still lists the judges it can find
-        pass
-    return {v: judge_quality(folder) for v, folder in folders.items()}
-
-
-def write_front(run: RunDir, front: dict, method: str, primary: bool = False) -> Path:
-    """RUN/front-<method>.json, and RUN/front.json too for the run's primary method (each written atomically)."""
-    targets = [run.front(method)] + ([run.front()] if primary else [])
-    text = json.dumps(front, indent=1)
-    for path in targets:
-        write_atomic(path, f"the {method} front", lambda tmp: tmp.write_text(text),
-                     "its points are in the store: re-running rewrites it in seconds")
-    return targets[0]
-
-
 def report_run(run: RunDir, out: Path | None = None) -> Path:
     """Rewrite report.md, its PNGs and explorer.html from the run's front-<method>.json files and store (into `out`
     when given, e.g. for a read-only run)."""
-    from .config import ConfigError
-
     fronts = {m: run.read_front(m) for m in run.fronts()}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
@@ -241,6 +163,4 @@ def report_run(run: RunDir, out: Path | None = None) -> Path:
 
 def write_run_explorer(run: RunDir, folder: Path) -> Path:
     """explorer.html for this run, into `folder` (beside its report.md)."""
-    from .explorer import write_explorer
-
     return write_explorer([run], folder / "explorer.html")

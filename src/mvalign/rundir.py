@@ -31,8 +31,9 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from .config import ConfigError, MVAConfig, config_yaml, load_config
+from .config import ConfigError, RunConfig, config_yaml, load_config
 from .errors import MvalignError, write_atomic
+from .front import Front
 from .store import RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
@@ -60,7 +61,7 @@ class RunDir:
         self.root = Path(root)
 
     @classmethod
-    def of(cls, cfg: MVAConfig) -> RunDir:
+    def of(cls, cfg: RunConfig) -> RunDir:
         return cls(cfg.run_dir)
 
     def __repr__(self) -> str:
@@ -103,17 +104,18 @@ class RunDir:
         """{method: path} of every evaluated front-<method>.json."""
         return {p.stem.removeprefix("front-"): p for p in sorted(self.root.glob("front-*.json"))}
 
-    def read_front(self, method: str) -> dict:
-        """A front-<method>.json, or one clear error naming the file when it is unreadable."""
-        path = self.front(method)
-        try:
-            front = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(front, dict) or "points" not in front or "values" not in front:
-                raise ValueError("not a front (no points / values)")
-            return front
-        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ConfigError(f"{path}: unreadable ({e}); rewrite it with `mvalign run CONFIG --method {method}` or "
-                              "move it away") from None
+    def read_front(self, method: str) -> Front:
+        """A front-<method>.json (any format mvalign has written), or one clear error naming the file."""
+        return Front.read(self.front(method), method)
+
+    def write_front(self, front: Front, method: str, primary: bool = False) -> Path:
+        """front-<method>.json, and front.json too for the run's primary method (each written atomically)."""
+        targets = [self.front(method)] + ([self.front()] if primary else [])
+        text = front.dumps()
+        for path in targets:
+            write_atomic(path, f"the {method} front", lambda tmp: tmp.write_text(text),
+                         "its points are in the store: re-running rewrites it in seconds")
+        return targets[0]
 
     @contextlib.contextmanager
     def lock(self, name: str, doing: str) -> Iterator[None]:
@@ -167,7 +169,7 @@ class RunDir:
         root = self.root / "adapters" / method
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.endswith(PARTIAL)) if root.is_dir() else []
 
-    def load_config(self) -> MVAConfig:
+    def load_config(self) -> RunConfig:
         if self.root.is_file():
             raise ConfigError(f"{self.root} is a file; give the run directory (the config's run_dir) instead")
         if not self.config_path.is_file():
@@ -192,7 +194,7 @@ class RunDir:
         return [m for m in methods if (self.root / "adapters" / m).exists() or (self.root / "train" / m).exists()
                 or (store is not None and (store.vectors(m) or store.points(m)))]
 
-    def prepare(self, cfg: MVAConfig, readers: Mapping[str, Sequence[str]]) -> RunDir:
+    def prepare(self, cfg: RunConfig, readers: Mapping[str, Sequence[str]]) -> RunDir:
         """Create the folder, write config.yaml and versions.json; refuse a run dir whose artifacts came from a
         different config.
 
@@ -212,7 +214,7 @@ class RunDir:
             # validated, so fields added (with defaults) by a newer mvalign do not count as changes
             try:
                 raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-                old = MVAConfig.model_validate(raw).model_dump(mode="json")
+                old = RunConfig.model_validate(raw).model_dump(mode="json")
             except (yaml.YAMLError, ValidationError, TypeError) as e:
                 first = str(e).strip().splitlines()[0]
                 raise ConfigError(f"{self.config_path} is not an mvalign run config ({first}); choose another run_dir "
@@ -250,7 +252,7 @@ class RunDir:
 
 def base_identity(model) -> tuple[str, str]:
     """(fingerprint, dtype) of a loaded base model's weights, LoRA parameters excluded (what base.json records)."""
-    from .train.logprobs import model_fingerprint
+    from .models import model_fingerprint
 
     dtype = str(next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)).removeprefix("torch.")
     return model_fingerprint(model), dtype

@@ -27,7 +27,7 @@ import collections
 import os
 from collections.abc import Callable, Iterator, Sequence
 
-from .config import ConfigError, MVAConfig
+from .config import ConfigError, RunConfig
 from .errors import MvalignError
 from .sweep import Generated, Task
 
@@ -52,7 +52,7 @@ class SweepWorker:
 
         reached("load")
         torch.set_num_threads(threads)
-        cfg = MVAConfig.model_validate(cfg_json)
+        cfg = RunConfig.model_validate(cfg_json)
         model, self.tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
         self.combined = CombinedModel(model, [load_lora_adapter(path, name) for name, path in adapters], combination)
         self.passes = None if mixed is None else Passes(MixedLoRA(model, self.combined.adapters), *mixed)
@@ -89,7 +89,7 @@ def loopback_only(ray) -> None:
 class RayBackend:
     """Generation on Ray workers; `run` yields each task's result as it arrives (re-queueing a dead worker's)."""
 
-    def __init__(self, cfg: MVAConfig, adapters: Sequence[tuple[str, str]], mixed: tuple | None,
+    def __init__(self, cfg: RunConfig, adapters: Sequence[tuple[str, str]], mixed: tuple | None,
                  check: Callable[[str, str, str], None] | None = None) -> None:
         """`check(fingerprint, dtype, where)`: called with every worker's base model once it is loaded (the driver
         loads no model itself, so this is how a run's base.json is enforced across processes and machines)."""

@@ -1,4 +1,4 @@
-"""Weight-vector strategies and the sweep engine: evaluate many ω on one loaded model, storing every point.
+"""The sweep engine: evaluate many candidates on one loaded model, storing every point.
 
 For each candidate (`mvalign.candidates`): generate responses to the split's prompts at W0 + Σ ω_k ΔW_k — several
 points per generate call with mixed-ω batching (`mvalign.mixed`, greedy decoding), else one point at a time on the
@@ -12,7 +12,6 @@ stopped and gives identical results.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,6 @@ from tqdm.auto import tqdm
 
 from .candidates import Candidate
 from .combine import SAFE_OMEGA, CombinedModel
-from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
 from .faults import reached
 from .generate import GenerationSettings, format_texts, generate_responses
@@ -32,41 +30,6 @@ from .models import has_chat_template
 from .pareto import bootstrap_ci
 from .rewards.base import RewardModel, ScoreCache, prompt_text
 from .store import PointRecord, RunStore
-
-
-def grid_points(values: Sequence[str], grid: Sequence[float]) -> list[dict[str, float]]:
-    """Every combination: ω_k chosen independently from `grid` for each value (the MVA extrapolation box)."""
-    return [dict(zip(values, combo)) for combo in itertools.product([float(g) for g in grid], repeat=len(values))]
-
-
-def simplex_points(values: Sequence[str], step: float) -> list[dict[str, float]]:
-    """ω on the simplex (ω_k ≥ 0, Σ ω_k = 1) in multiples of `step` (soups)."""
-    n_steps = round(1 / step)
-    if abs(n_steps * step - 1) > 1e-9:
-        raise ConfigError(f"sweep.simplex_step {step} does not divide 1 (use e.g. 0.1, 0.2, 0.25)")
-    out = []
-    for combo in itertools.product(range(n_steps + 1), repeat=len(values)):
-        if sum(combo) == n_steps:
-            out.append({v: round(c * step, 10) for v, c in zip(values, combo)})
-    return out
-
-
-def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict[str, float]]:
-    if settings.strategy == "grid":
-        return grid_points(values, settings.grid)
-    if settings.strategy == "simplex":
-        return simplex_points(values, settings.simplex_step)
-    if settings.strategy == "adaptive":
-        raise ConfigError("sweep.strategy 'adaptive' chooses its points while it evaluates (mvalign.search)")
-    points = []
-    for i, p in enumerate(settings.points):
-        unknown = sorted(set(p) - set(values))
-        if unknown:
-            raise ConfigError(f"sweep.points[{i}] names unknown values {unknown}; known: {list(values)}")
-        points.append({v: float(p.get(v, 0.0)) for v in values})
-    if not points:
-        raise ConfigError("sweep.strategy is 'list' but sweep.points is empty")
-    return points
 
 
 def settings_key(prompts: Sequence[Prompt], generation: GenerationSettings, rewards: Mapping[str, RewardModel]) -> str:
@@ -102,6 +65,26 @@ class Passes:
     """None in a process that only plans the passes (the Ray driver); the process that generates holds the hooks."""
     rows: int = 64
     points: int = 16
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every point of one evaluation is made and kept with: the judges, the generation settings, the store,
+    and how the generation runs. One per evaluator, passed whole to `evaluate_points`."""
+
+    rewards: Mapping[str, RewardModel]
+    generation: GenerationSettings
+    store: RunStore
+    cache: ScoreCache | None = None
+    bootstrap: int = 1000
+    use_chat_template: bool = True
+    passes: Passes | None = None
+    backend: object | None = None
+    """Where tasks are generated: None = in this process (`LocalBackend`), or `mvalign.scaleout.RayBackend`."""
+
+    def key(self, prompts: Sequence[Prompt]) -> str:
+        """The settings key of points on `prompts` under this context (`settings_key`)."""
+        return settings_key(prompts, self.generation, self.rewards)
 
 
 @dataclass
@@ -158,23 +141,21 @@ class LocalBackend:
             yield run_task(self.combined, self.passes, self.tokenizer, task, prompts, generation, use_chat_template)
 
 
-def evaluate_points(
-    combined: CombinedModel, tokenizer, candidates: Sequence[Candidate | Mapping[str, float]], *, method: str,
-    split: str, prompts: Sequence[Prompt], rewards: Mapping[str, RewardModel], generation: GenerationSettings,
-    store: RunStore, cache: ScoreCache | None = None, bootstrap: int = 1000, use_chat_template: bool = True,
-    progress: bool = True, passes: Passes | None = None, backend=None,
-) -> list[PointRecord]:
+def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer,
+                    candidates: Sequence[Candidate | Mapping[str, float]], *, method: str, split: str,
+                    prompts: Sequence[Prompt], progress: bool = True) -> list[PointRecord]:
     """Evaluate (or fetch from the store) every candidate; returns the records in the order given.
 
-    A plain mapping ω stands for `Candidate.combination(ω)`. With `passes` (greedy decoding only), the points not yet
-    stored are generated several per `generate` call, each row at its own ω (`mixed.generate_mixed`); a point with
-    some |ω_k| > SAFE_OMEGA, and every point without `passes`, is generated alone on the model moved in place to its
-    weights. Either way its prompt transform (if any) is applied before generation, every value's judge scores the
-    responses against the original prompts, and the point is stored under `method` and the candidate's label.
-    `backend` generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`: Ray
-    workers); scoring and the store stay here, so this process is the store's only writer.
+    A plain mapping ω stands for `Candidate.combination(ω)`. With `ctx.passes` (greedy decoding only), the points
+    not yet stored are generated several per `generate` call, each row at its own ω (`mixed.generate_mixed`); a
+    point with some |ω_k| > SAFE_OMEGA, and every point without passes, is generated alone on the model moved in
+    place to its weights. Either way its prompt transform (if any) is applied before generation, every value's judge
+    scores the responses against the original prompts, and the point is stored under `method` and the candidate's
+    label. `ctx.backend` generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`:
+    Ray workers); scoring and the store stay here, so this process is the store's only writer.
     """
-    key = settings_key(prompts, generation, rewards)
+    rewards, generation, store, cache, passes = ctx.rewards, ctx.generation, ctx.store, ctx.cache, ctx.passes
+    key = ctx.key(prompts)
 
     def scored(responses: Sequence[str]) -> dict[str, list[float]]:  # every judge, per prompt (through the cache)
         return {name: [float(x) for x in (cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses))]
@@ -203,16 +184,16 @@ def evaluate_points(
     alone = [t for t in todo if t[0] not in mixed_ids]
     step = passes.points if passes else 1
     tasks = [Task(batched[a : a + step], True) for a in range(0, len(batched), step)] + [Task([t], False) for t in alone]
-    backend = backend or LocalBackend(combined, tokenizer, passes)
+    backend = ctx.backend or LocalBackend(combined, tokenizer, passes)
     with tqdm(total=len(candidates), initial=len(found), desc=f"sweep {method}/{split}", disable=not progress,
               dynamic_ncols=True) as bar:
-        for gen in backend.run(tasks, prompts, generation, use_chat_template):
+        for gen in backend.run(tasks, prompts, generation, ctx.use_chat_template):
             for (i, _), responses, finite in zip(gen.task.items, gen.responses, gen.finite):
                 flag = "" if finite and any(r.strip() for r in responses) else (
                     "non-finite weights" if not finite else "all responses empty")
                 t1 = time.perf_counter()
                 scores = scored(responses)
-                means, ci = point_stats(scores, bootstrap, generation.seed)
+                means, ci = point_stats(scores, ctx.bootstrap, generation.seed)
                 w, pkey = pkeys[i]
                 rec = PointRecord(method, w, split, pkey, means, ci, len(prompts), gen.seconds,
                                   time.perf_counter() - t1, generation.as_dict(), responses, flag=flag, scores=scores)

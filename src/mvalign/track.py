@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from accelerate import Accelerator
 
-from .config import ConfigError, MVAConfig
+from .config import ConfigError, RunConfig
 from .devices import accelerator_kwargs, resolve_device
+from .front import Front
 from .rundir import RunDir
 
 
-def make_accelerator(cfg: MVAConfig, run: RunDir, name: str) -> Accelerator:
+def make_accelerator(cfg: RunConfig, run: RunDir, name: str) -> Accelerator:
     """An Accelerator on `model.device` whose trackers (if `cfg.report_to` names any) log to run `name` under RUN/trackers/."""
     device = accelerator_kwargs(resolve_device(cfg.model.device))
     if not cfg.report_to:
@@ -39,19 +40,19 @@ def finish(acc: Accelerator) -> None:
         tracker.finish()
 
 
-def log_front(cfg: MVAConfig, run: RunDir, label: str, front: dict) -> None:
+def log_front(cfg: RunConfig, run: RunDir, label: str, front: Front) -> None:
     """Every point of an evaluated front (one step each: val points, then test) and its hypervolume."""
     if not cfg.report_to:
         return
     acc = make_accelerator(cfg, run, f"eval-{label}")
-    points = sorted(front["points"], key=lambda p: p["split"] != "val")
+    points = sorted(front.points, key=lambda p: p.split != "val")
     for step, p in enumerate(points):
-        row: dict[str, float] = {f"weight/{k}": float(w) for k, w in p["weights"].items()}
-        for v, r in p["rewards"].items():
-            lo, hi = p["ci95"][v]
-            row |= {f"{p['split']}/{v}": r, f"{p['split']}/{v}_ci_low": lo, f"{p['split']}/{v}_ci_high": hi}
-        row[f"{p['split']}/pareto"] = float(p["pareto"])
+        row: dict[str, float] = {f"weight/{k}": float(w) for k, w in p.weights.items()}
+        for v, r in p.rewards.items():
+            lo, hi = p.ci95[v]
+            row |= {f"{p.split}/{v}": r, f"{p.split}/{v}_ci_low": lo, f"{p.split}/{v}_ci_high": hi}
+        row[f"{p.split}/pareto"] = float(p.pareto)
         acc.log(row, step=step)
-    acc.log({"hypervolume/val": front["hypervolume"]["val"], "hypervolume/test": front["hypervolume"]["test"]},
+    acc.log({"hypervolume/val": front.hypervolume.val, "hypervolume/test": front.hypervolume.test},
             step=len(points))
     acc.end_training()

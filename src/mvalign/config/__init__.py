@@ -36,6 +36,7 @@ __all__ = [
     "DecorrelationSettings",
     "LoraSettings",
     "MVAConfig",
+    "RunConfig",
     "ModelConfig",
     "RewardConfig",
     "SplitConfig",
@@ -47,7 +48,7 @@ __all__ = [
     "load_config",
 ]
 
-class MVAConfig(BaseModel):
+class RunConfig(BaseModel):
     """Top-level configuration of one mvalign run."""
 
     model_config = ConfigDict(extra="forbid")
@@ -82,7 +83,7 @@ class MVAConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _unique_values(self) -> MVAConfig:
+    def _unique_values(self) -> RunConfig:
         names = [v.name for v in self.values]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -99,7 +100,11 @@ class MVAConfig(BaseModel):
         raise ConfigError(f"no value named {name!r} in the config; known values: {[v.name for v in self.values]}")
 
 
-def _resolve_paths(cfg: MVAConfig, base: Path) -> MVAConfig:
+MVAConfig = RunConfig
+"""The run config's earlier name (it configures every method, not only MVA); kept so existing code keeps working."""
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     def res(p: str) -> str:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
@@ -117,7 +122,7 @@ def _resolve_paths(cfg: MVAConfig, base: Path) -> MVAConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> MVAConfig:
+def load_config(path: str | Path) -> RunConfig:
     """Read a YAML config; relative paths are taken relative to the file's directory."""
     path = Path(path)
     if not path.is_file():
@@ -129,7 +134,7 @@ def load_config(path: str | Path) -> MVAConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(raw).__name__}")
     try:
-        cfg = MVAConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
         lines = [f"{path}: invalid config"]
         for err in e.errors():
@@ -139,18 +144,18 @@ def load_config(path: str | Path) -> MVAConfig:
     return _resolve_paths(cfg, path.parent.resolve())
 
 
-def config_yaml(cfg: MVAConfig) -> str:
+def config_yaml(cfg: RunConfig) -> str:
     """The config as the YAML text a run directory stores (and `load_config` reads back)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def dump_config(cfg: MVAConfig, path: str | Path) -> None:
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(config_yaml(cfg), encoding="utf-8")
 
 
 def describe_defaults() -> str:
     """The default config as YAML, each field preceded by its description as a comment."""
-    example = MVAConfig(
+    example = RunConfig(
         values=[ValueConfig(name="helpful", data=DataSourceConfig(format="hh-rlhf", path=["data/helpful.jsonl.gz"]))]
     )
     return _commented_yaml(example, indent=0)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator
 from typing import Any
 
-from ..config import DataSourceConfig
+from ..config import ConfigError, DataSourceConfig, RunConfig
 from .builtin import builtin_pairs
 from .generic import collect_generic
 from .hh_rlhf import collect_hh
-from .pairs import DataError, PairCollector, PreferencePair, RowRef, Split, split_of, split_pairs
+from .pairs import DataError, PairCollector, PreferencePair, Prompt, RowRef, Split, split_of, split_pairs
 from .pku import collect_pku
 from .readers import iter_hub_records, iter_records
 from .truthfulqa import collect_truthfulqa
 
-__all__ = ["DataError", "PreferencePair", "Split", "load_pairs", "load_value_splits", "split_of", "split_pairs"]
+__all__ = ["DataError", "PreferencePair", "Split", "eval_prompts", "load_pairs", "load_value_splits", "split_of",
+           "split_pairs", "value_splits"]
 
 
 def _records(cfg: DataSourceConfig) -> Iterator[tuple[RowRef, dict[str, Any]]]:
@@ -64,10 +66,24 @@ def load_value_splits(
     return splits
 
 
-def split_counts(cfg) -> dict[str, dict[str, int]]:
-    """`mvalign data`: load every value's data (validating it) and count pairs per split."""
-    out = {}
+def value_splits(cfg: RunConfig, value: str) -> dict[Split, list[PreferencePair]]:
+    """{"train", "val", "test"} preference pairs of one value of a run config (its data, the run's split)."""
+    return load_value_splits(cfg.value(value).data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
+
+
+def eval_prompts(cfg: RunConfig, split: Split, n: int) -> list[Prompt]:
+    """Held-out prompts: the union of every value's `split` prompts (deduplicated), shuffled by the sweep seed, first n."""
+    seen: dict[str, Prompt] = {}
     for v in cfg.values:
-        splits = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)
-        out[v.name] = {k: len(p) for k, p in splits.items()}
-    return out
+        for p in value_splits(cfg, v.name)[split]:
+            seen.setdefault(p.prompt_key, p.prompt)
+    keys = sorted(seen)
+    random.Random(cfg.sweep.seed).shuffle(keys)
+    if not keys:
+        raise ConfigError(f"no {split} prompts: enlarge split.{split}")
+    return [seen[k] for k in keys[:n]]
+
+
+def split_counts(cfg: RunConfig) -> dict[str, dict[str, int]]:
+    """`mvalign data`: load every value's data (validating it) and count pairs per split."""
+    return {v.name: {k: len(p) for k, p in value_splits(cfg, v.name).items()} for v in cfg.values}

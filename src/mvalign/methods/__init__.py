@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import ConfigError, MVAConfig
+from ..config import ConfigError, RunConfig
 from ..rundir import RunDir
 from ..store import VectorRecord
 from .base import Method
@@ -37,7 +37,7 @@ def readers() -> dict[str, tuple[str, ...]]:
     return out
 
 
-def check_method_blocks(cfg: MVAConfig) -> None:
+def check_method_blocks(cfg: RunConfig) -> None:
     """Every `methods.<name>` block names a known method and validates against its settings."""
     for name in cfg.methods:
         if name not in REGISTRY:
@@ -45,7 +45,7 @@ def check_method_blocks(cfg: MVAConfig) -> None:
         REGISTRY[name].options(cfg)
 
 
-def prepare_run(cfg: MVAConfig) -> RunDir:
+def prepare_run(cfg: RunConfig) -> RunDir:
     """The run directory of `cfg`, created (or checked against the config it was made with); under a multi-process
     launch the main process first, then the others (which find it made)."""
     from ..devices import process_state
@@ -55,7 +55,7 @@ def prepare_run(cfg: MVAConfig) -> RunDir:
         return RunDir.of(cfg).prepare(cfg, readers())
 
 
-def train_method(cfg: MVAConfig, method: str, values: Sequence[str] = (), *, force: bool = False,
+def train_method(cfg: RunConfig, method: str, values: Sequence[str] = (), *, force: bool = False,
                  progress: bool = True) -> list[VectorRecord]:
     """Train what `method` needs (skipping finished adapters); `values` restricts per-value methods. A method that
     evaluates another's vectors trains those."""

@@ -13,16 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..candidates import AdaptiveCandidates, Candidate, Candidates, FixedCandidates
-from ..config import ConfigError, MVAConfig
-from ..data import load_value_splits
+from ..candidates import AdaptiveCandidates, Candidate, Candidates, FixedCandidates, simplex_points, strategy_points
+from ..config import ConfigError, RunConfig
 from ..rundir import RunDir
 from ..store import VectorRecord
-from ..sweep import simplex_points, strategy_points
 
-TrainFn = Callable[[MVAConfig, RunDir, Sequence[str], bool, bool], list[VectorRecord]]
+TrainFn = Callable[[RunConfig, RunDir, Sequence[str], bool, bool], list[VectorRecord]]
 """(config, run dir, values to train (empty: all), force, progress) -> records of the trained adapters."""
-CandidatesFn = Callable[[MVAConfig, RunDir], Candidates]
+CandidatesFn = Callable[[RunConfig, RunDir], Candidates]
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class Method:
         """The method whose adapters (and stored points) this method uses."""
         return self.vectors or self.name
 
-    def options(self, cfg: MVAConfig) -> BaseModel | None:
+    def options(self, cfg: RunConfig) -> BaseModel | None:
         """This method's validated settings (defaults when the config has no `methods.<name>` block)."""
         raw = cfg.methods.get(self.name, {})
         if self.settings is None:
@@ -65,21 +63,16 @@ class Method:
             raise ConfigError("\n".join(lines)) from None
 
 
-def value_names(cfg: MVAConfig) -> list[str]:
+def value_names(cfg: RunConfig) -> list[str]:
     names = [v.name for v in cfg.values]
     if not names:
         raise ConfigError("the config has no values")
     return names
 
 
-def value_splits(cfg: MVAConfig, value: str) -> dict:
-    """{"train", "val", "test"} preference pairs of one value."""
-    return load_value_splits(cfg.value(value).data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
-
-
 def each_alone(vectors: str) -> CandidatesFn:
     """Each of `vectors`' value vectors alone: ω = e_k."""
-    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir) -> Candidates:
         values = value_names(cfg)
         points = [Candidate.combination({u: float(u == v) for u in values}) for v in values]
         return Candidates(vectors, values, FixedCandidates(points), "each vector alone")
@@ -88,7 +81,7 @@ def each_alone(vectors: str) -> CandidatesFn:
 
 def simplex(vectors: str) -> CandidatesFn:
     """Soups of `vectors`' value vectors: ω on the simplex in steps of sweep.simplex_step."""
-    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir) -> Candidates:
         values = value_names(cfg)
         points = [Candidate.combination(p) for p in simplex_points(values, cfg.sweep.simplex_step)]
         return Candidates(vectors, values, FixedCandidates(points), "simplex")
@@ -98,7 +91,7 @@ def simplex(vectors: str) -> CandidatesFn:
 def extrapolation(vectors: str) -> CandidatesFn:
     """W0 + Σ ω_k ΔW_k with ω from sweep.strategy: the grid box (each ω_k independently; the MVA extrapolation),
     the simplex, an explicit list, or the adaptive search over the grid (sweep.budget points)."""
-    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir) -> Candidates:
         values = value_names(cfg)
         s = cfg.sweep
         if s.strategy == "adaptive":
@@ -108,7 +101,7 @@ def extrapolation(vectors: str) -> CandidatesFn:
     return build
 
 
-def in_order(cfg: MVAConfig, values: Sequence[str], force: bool,
+def in_order(cfg: RunConfig, values: Sequence[str], force: bool,
              train_one: Callable[[str, list[str], bool], VectorRecord]) -> list[VectorRecord]:
     """Train values in config order, each after the earlier ones (`train_one(value, earlier values, force)`), up to
     the last of `values` (all when empty); `force` retrains the named values and every value after the first."""

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import MVAConfig
+from ..config import RunConfig
+from ..data import value_splits
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
-from .base import Method, each_alone, extrapolation, simplex, value_names, value_splits
+from .base import Method, each_alone, extrapolation, simplex, value_names
 
 
-def train_vector(cfg: MVAConfig, run: RunDir, value: str, *, force: bool = False, progress: bool = True,
+def train_vector(cfg: RunConfig, run: RunDir, value: str, *, force: bool = False, progress: bool = True,
                  group: str = "dpo") -> VectorRecord:
     """Train (or resume, or skip when finished) the plain DPO vector of one value under adapters/<group>/."""
     done = finished(run, group, value)
@@ -30,7 +31,7 @@ def train_vector(cfg: MVAConfig, run: RunDir, value: str, *, force: bool = False
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     return [train_vector(cfg, run, v, force=force, progress=progress) for v in (values or value_names(cfg))]
 
 

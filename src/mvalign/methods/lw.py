@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import MVAConfig
+from ..config import RunConfig
+from ..data import value_splits
 from ..rundir import RunDir
 from ..store import VectorRecord
 from ..train.dpo import loss_weighting_pair_weights
-from .base import Method, value_names, value_splits
+from .base import Method, value_names
 from .perweight import per_weight_models, train_per_weight
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     names = value_names(cfg)
     splits = {v: value_splits(cfg, v) for v in names}
 

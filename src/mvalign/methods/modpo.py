@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import ConfigError, MVAConfig
+from ..config import ConfigError, RunConfig
+from ..data import value_splits
 from ..data.pairs import PreferencePair
 from ..lora import attached
 from ..rundir import RunDir
@@ -22,11 +23,11 @@ from ..train.dpo import modpo_margins
 from ..train.logprobs import compute_logprobs, reference_logprobs
 from ..train.tokenize import TokenizedPair
 from . import dpo
-from .base import Method, value_names, value_splits
+from .base import Method, value_names
 from .perweight import per_weight_models, train_per_weight
 
 
-def margins(cfg: MVAConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pad: int, pairs: Sequence[PreferencePair],
+def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pad: int, pairs: Sequence[PreferencePair],
             others: Sequence[str], w: dict[str, float], cache, only: Sequence[int] | None = None) -> torch.Tensor:
     """m_i = Σ_j w_j (r_j(x, y_w) − r_j(x, y_l)) over the other values j, computed on the plain base `model`;
     `only`: for these pairs (those the training visits), NaN for the others."""
@@ -55,7 +56,7 @@ def margins(cfg: MVAConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
     return out
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     names = value_names(cfg)
     first, others = names[0], names[1:]
     if cfg.baselines.modpo_margin == "implicit" and not values:

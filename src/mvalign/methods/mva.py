@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import MVAConfig
+from ..config import RunConfig
+from ..data import value_splits
 from ..lora import load_lora_adapter
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
@@ -21,17 +22,17 @@ from ..train.decorrelation import DecorrelationLoss, PenaltySpec
 from ..train.job import AdapterJob, finished, reuse, run_adapter_job
 from ..train.losses import PenaltyTerm
 from . import dpo
-from .base import Method, extrapolation, in_order, simplex, value_splits
+from .base import Method, extrapolation, in_order, simplex
 
 
-def penalty_kind(cfg: MVAConfig, group: str) -> str:
+def penalty_kind(cfg: RunConfig, group: str) -> str:
     p = cfg.decorrelation.penalty
     if group == "mva":
         return p
     return "orth-normalised" if p in ("cka", "orth-normalised") else "orth"
 
 
-def train_decorrelated(cfg: MVAConfig, run: RunDir, group: str, value: str, frozen: list[str], force: bool,
+def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, frozen: list[str], force: bool,
                        progress: bool) -> VectorRecord:
     done = finished(run, group, value)
     if done is not None and not force:
@@ -55,7 +56,7 @@ def train_decorrelated(cfg: MVAConfig, run: RunDir, group: str, value: str, froz
 
 
 def trainer(group: str):
-    def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+    def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
         return in_order(cfg, values, force, lambda v, frozen, f: train_decorrelated(cfg, run, group, v, frozen, f, progress))
     return train
 

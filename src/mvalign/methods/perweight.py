@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from ..candidates import Candidate, Candidates, FixedCandidates
-from ..config import ConfigError, MVAConfig
+from ..candidates import Candidate, Candidates, FixedCandidates, simplex_points
+from ..config import ConfigError, RunConfig
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
-from ..sweep import simplex_points
 from ..train.job import AdapterJob, finished, run_adapter_job
 from .base import CandidatesFn, value_names
 
 
-def preference_weights(cfg: MVAConfig) -> list[dict[str, float]]:
+def preference_weights(cfg: RunConfig) -> list[dict[str, float]]:
     """baselines.weights, or the simplex points (sweep.simplex_step) with every w_k > 0."""
     values = value_names(cfg)
     given = cfg.baselines.weights
@@ -41,7 +40,7 @@ def weight_label(w: dict[str, float]) -> str:
 
 
 def per_weight_models(group: str) -> CandidatesFn:
-    def build(cfg: MVAConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir) -> Candidates:
         ws = preference_weights(cfg)
         labels = [weight_label(w) for w in ws]
         return Candidates(group, labels, FixedCandidates([Candidate(w, {lb: 1.0}) for w, lb in zip(ws, labels)]),
@@ -49,7 +48,7 @@ def per_weight_models(group: str) -> CandidatesFn:
     return build
 
 
-def train_per_weight(cfg: MVAConfig, run: RunDir, group: str, values: Sequence[str], force: bool, progress: bool,
+def train_per_weight(cfg: RunConfig, run: RunDir, group: str, values: Sequence[str], force: bool, progress: bool,
                      job_for: Callable[[dict[str, float], AdapterJob], AdapterJob]) -> list[VectorRecord]:
     """One adapter per preference weight; `job_for(w, job)` completes the job (`build`, val_sets, metrics)."""
     if values:

@@ -33,17 +33,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..candidates import Candidate, Candidates, FixedCandidates, PromptTransform
-from ..config import ConfigError, MVAConfig
+from ..candidates import Candidate, Candidates, FixedCandidates, PromptTransform, simplex_points
+from ..config import ConfigError, RunConfig
+from ..data import value_splits
 from ..data.pairs import Prompt
 from ..models import cache_root
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
-from ..sweep import simplex_points
 from ..train.job import AdapterJob, finished, run_adapter_job
 from ..train.losses import sft_objective
 from ..train.tokenize import tokenize_sequences
-from .base import Method, value_names, value_splits
+from .base import Method, value_names
 
 ADAPTER = "ric"
 
@@ -96,7 +96,7 @@ def target_rewards(w: Mapping[str, float], stats: Mapping[str, Mapping[str, floa
     return out
 
 
-def _examples(cfg: MVAConfig) -> tuple[list[Prompt], list[str]]:
+def _examples(cfg: RunConfig) -> tuple[list[Prompt], list[str]]:
     prompts, responses = [], []
     for v in value_names(cfg):
         for p in value_splits(cfg, v)["train"]:
@@ -105,7 +105,7 @@ def _examples(cfg: MVAConfig) -> tuple[list[Prompt], list[str]]:
     return prompts, responses
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     if values:
         raise ConfigError("ric trains one model on every value's data; run it without --value")
     done = finished(run, ADAPTER, ADAPTER)
@@ -137,7 +137,7 @@ def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progr
     return [run_adapter_job(cfg, run, job, force=force, progress=progress)]
 
 
-def candidates(cfg: MVAConfig, run: RunDir) -> Candidates:
+def candidates(cfg: RunConfig, run: RunDir) -> Candidates:
     """One prompt transform per preference weight on the simplex (sweep.simplex_step), all on the one adapter."""
     names = value_names(cfg)
     rec = run.store().get_vector(ADAPTER, ADAPTER)

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..candidates import Candidate, Candidates, FixedCandidates
-from ..config import MVAConfig
+from ..config import RunConfig
+from ..data import value_splits
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
 from ..train.job import AdapterJob, finished, reuse, run_adapter_job
 from . import dpo
-from .base import Method, in_order, value_names, value_splits
+from .base import Method, in_order, value_names
 
 
-def train_stage(cfg: MVAConfig, run: RunDir, value: str, earlier: list[str], force: bool, progress: bool) -> VectorRecord:
+def train_stage(cfg: RunConfig, run: RunDir, value: str, earlier: list[str], force: bool, progress: bool) -> VectorRecord:
     done = finished(run, "seqt", value)
     if done is not None and not force:
         return done
@@ -32,11 +33,11 @@ def train_stage(cfg: MVAConfig, run: RunDir, value: str, earlier: list[str], for
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     return in_order(cfg, values, force, lambda v, earlier, f: train_stage(cfg, run, v, earlier, f, progress))
 
 
-def stages(cfg: MVAConfig, run: RunDir) -> Candidates:
+def stages(cfg: RunConfig, run: RunDir) -> Candidates:
     values = value_names(cfg)
     points = [Candidate({u: float(j <= k) for j, u in enumerate(values)}, {v: 1.0}) for k, v in enumerate(values)]
     return Candidates("seqt", values, FixedCandidates(points), "stages")

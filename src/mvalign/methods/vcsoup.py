@@ -12,15 +12,16 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import ConfigError, MVAConfig
+from ..config import ConfigError, RunConfig
 from ..consistency import consistency_for_value, select
+from ..data import value_splits
 from ..rundir import RunDir, value_seed
 from ..store import VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
-from .base import Method, simplex, value_names, value_splits
+from .base import Method, simplex, value_names
 
 
-def train(cfg: MVAConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
     rewards = None
     out = []
     for value in values or value_names(cfg):

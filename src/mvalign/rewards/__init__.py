@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ConfigError, MVAConfig
+from ..config import ConfigError, RunConfig
+from ..judging import judge_quality
 from ..rundir import RunDir
 from .base import CallableReward, RewardError, RewardModel, ScoreCache, prompt_text
 
 __all__ = [
+    "run_judges",
     "CallableReward",
     "RewardError",
     "RewardModel",
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 
-def reward_dir(cfg: MVAConfig, value: str) -> Path:
+def reward_dir(cfg: RunConfig, value: str) -> Path:
     v = cfg.value(value)
     if v.reward and v.reward.kind == "bt-head" and v.reward.path:
         return Path(v.reward.path)
@@ -45,13 +47,13 @@ def import_function(spec: str | None, field: str):
     return fn
 
 
-def reward_device(cfg: MVAConfig, value: str) -> str:
+def reward_device(cfg: RunConfig, value: str) -> str:
     """Where `value`'s reward model runs: its reward.device, else model.device."""
     r = cfg.value(value).reward
     return (r.device if r is not None and r.device else None) or cfg.model.device
 
 
-def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
+def train_reward(cfg: RunConfig, value: str, force: bool = False) -> dict:
     """Train the BT reward head of `value` on its reward data (train split), with held-out accuracy on val."""
     import json
 
@@ -76,7 +78,7 @@ def train_reward(cfg: MVAConfig, value: str, force: bool = False) -> dict:
                          epochs=v.reward.epochs, seed=cfg.dpo.seed, device=reward_device(cfg, value))
 
 
-def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, RewardModel]:
+def load_reward_models(cfg: RunConfig, train_missing: bool = True) -> dict[str, RewardModel]:
     """One reward model per value, in config order; untrained BT heads are trained first when `train_missing`."""
     from .bt_head import BTHeadReward
     from .hf import HFRewardModel
@@ -105,18 +107,18 @@ def load_reward_models(cfg: MVAConfig, train_missing: bool = True) -> dict[str, 
     return out
 
 
-def judge_accuracy(cfg: MVAConfig) -> list[dict]:
+def judge_accuracy(cfg: RunConfig) -> list[dict]:
     """`mvalign reward eval`: pair accuracy of every value's reward model on every value's held-out (val) DPO
     pairs, one row per dataset. The diagonal says how well each judge agrees with its own value's labels, the rest
     how the values relate."""
     import numpy as np
 
-    from ..data import load_value_splits
+    from ..data import value_splits
 
     models = load_reward_models(cfg)
     rows = []
     for v in cfg.values:
-        pairs = load_value_splits(v.data, v.name, cfg.split.seed, cfg.split.train, cfg.split.val)["val"]
+        pairs = value_splits(cfg, v.name)["val"]
         prompts = [p.prompt for p in pairs]
         row = {"data": v.name, "pairs": len(pairs)}
         for name, rm in models.items():
@@ -127,7 +129,18 @@ def judge_accuracy(cfg: MVAConfig) -> list[dict]:
     return rows
 
 
-def train_rewards(cfg: MVAConfig, values: list[str] | tuple[str, ...] = (), force: bool = False) -> list[dict]:
+def train_rewards(cfg: RunConfig, values: list[str] | tuple[str, ...] = (), force: bool = False) -> list[dict]:
     """`mvalign reward train`: train the BT heads of `values` (default: every value whose reward is a bt-head)."""
     names = list(values) or [v.name for v in cfg.values if v.reward and v.reward.kind == "bt-head"]
     return [train_reward(cfg, name, force=force) for name in names]
+
+
+def run_judges(run: RunDir, values) -> dict[str, dict | None]:
+    """Each value's judge quality (mvalign.judging) from its trained head, where the run has one."""
+    folders = {v: run.reward(v) for v in values}
+    try:
+        cfg = run.load_config()
+        folders = {v: reward_dir(cfg, v) for v in values}
+    except Exception:  # noqa: BLE001 - a report from fronts alone still lists the judges it can find
+        pass
+    return {v: judge_quality(folder) for v, folder in folders.items()}

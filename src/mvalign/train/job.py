@@ -21,7 +21,7 @@ from accelerate import PartialState
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from ..config import DPOSettings, MVAConfig
+from ..config import DPOSettings, RunConfig
 from ..data.pairs import PreferencePair
 from ..devices import process_state
 from ..errors import writing
@@ -42,7 +42,7 @@ from .trainer import train_adapter, visited_pairs
 class JobContext:
     """The loaded base model and what objectives need to tokenize and score pairs the way training does."""
 
-    cfg: MVAConfig
+    cfg: RunConfig
     run: RunDir
     model: torch.nn.Module
     tokenizer: object
@@ -101,7 +101,7 @@ class AdapterJob:
     """Extra numbers recorded with the adapter."""
 
 
-def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool = False,
+def run_adapter_job(cfg: RunConfig, run: RunDir, job: AdapterJob, *, force: bool = False,
                     progress: bool = True) -> VectorRecord:
     """Train (resuming from a checkpoint) and record the adapter of `job`; held-out accuracy per value.
 
@@ -123,7 +123,7 @@ def run_adapter_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, *, force: bool
         return rec if rec is not None else finished(run, job.group, job.name)
 
 
-def _train_job(cfg: MVAConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool,
+def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool,
                state: PartialState) -> VectorRecord | None:
     """Train and record; returns the record on the main process and None on the others."""
     out_dir = run.adapter(job.group, job.name)

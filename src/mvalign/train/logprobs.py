@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import write_atomic
+from ..models import model_fingerprint
 from .tokenize import TokenizedPair, collate_pairs, tokens_digest
 
 log = logging.getLogger(__name__)
@@ -74,20 +75,6 @@ def pair_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tup
 def disabled_adapters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     """Context in which a PEFT model runs as its base model (the DPO reference π_ref)."""
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Identity of the base weights (LoRA parameters excluded): every tensor's name, shape, dtype and a strided
-    sample of its values. Cheap on big models, and changes whenever the base checkpoint does in practice."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            continue
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
-        h.update(f"{name.removeprefix('base_model.model.')}|{tuple(p.shape)}|{p.dtype}|".encode())
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()
 
 
 def pair_length(p: TokenizedPair) -> int:

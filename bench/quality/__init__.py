@@ -1,0 +1,1 @@
+"""The quality benchmark: every method, matched budgets, several seeds (`python -m bench.quality.run`)."""

@@ -1,0 +1,1 @@
+"""Reliability probes against the real CLI (`python -m bench.reliability.run`)."""
