@@ -125,3 +125,12 @@ def test_bench_is_a_package_that_needs_no_path_edits():
     edits = [f"{p.relative_to(BENCH)}" for p in scripts
              if re.search(r"sys\.path\.(insert|append)|from tests|import common\b|from common import", p.read_text())]
     assert edits == []
+
+
+def test_every_benchmark_imports():
+    """Each bench module imports as part of the package (what `python -m bench.<...>` does before it runs)."""
+    import importlib
+
+    names = [".".join(p.relative_to(BENCH.parent).with_suffix("").parts) for p in BENCH.rglob("*.py")]
+    for name in sorted(n.removesuffix(".__init__") for n in names):
+        importlib.import_module(name)

@@ -24,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvalign.candidates import grid_points
 from mvalign.combine import CombinedModel, load_lora_adapter
-from mvalign.evaluate import eval_prompts, generation_settings
+from mvalign.data import eval_prompts
+from mvalign.evaluate import generation_settings
 from mvalign.models import cache_root, load_model
 from mvalign.pareto import hypervolume, non_dominated
 from mvalign.rewards import ScoreCache, load_reward_models
 from mvalign.rundir import RunDir
 from mvalign.search import adaptive_search
 from mvalign.store import RunStore
-from mvalign.sweep import evaluate_points, grid_points
+from mvalign.sweep import SweepContext, evaluate_points
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,20 +61,14 @@ def main() -> None:
     store = RunStore(work)
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
     combined = CombinedModel(model, [load_lora_adapter(RunDir(run).adapter(args.method, v), v) for v in values])
-    common = dict(
-        rewards=load_reward_models(cfg, train_missing=False),
-        generation=generation_settings(cfg),
-        store=store,
-        cache=ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite"),
-        bootstrap=200,
-        use_chat_template=cfg.model.chat_template == "auto",
-        prompts=eval_prompts(cfg, "val", args.prompts),
-        method="search",
-        split="val",
-    )
+    ctx = SweepContext(load_reward_models(cfg, train_missing=False), generation_settings(cfg), store,
+                       ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite"), bootstrap=200,
+                       use_chat_template=cfg.model.chat_template == "auto")
+    prompts = eval_prompts(cfg, "val", args.prompts)
 
     def evaluate(ws, progress=False):
-        return evaluate_points(combined, tokenizer, ws, progress=progress, **common)
+        return evaluate_points(ctx, combined, tokenizer, ws, method="search", split="val", prompts=prompts,
+                               progress=progress)
 
     t0 = time.perf_counter()
     dense = evaluate(grid_points(values, dense_axis), progress=True)
@@ -106,7 +102,7 @@ def main() -> None:
                     "note": "generate+score seconds are as stored when each point was first evaluated"},
         "setting": {"run": str(run), "method": args.method, "val_prompts": args.prompts, "max_new_tokens": args.tokens,
                     "dense_axis": dense_axis, "budget": args.budget, "decoding": "greedy",
-                    "judges": {k: rm.identity for k, rm in common["rewards"].items()}},
+                    "judges": {k: rm.identity for k, rm in ctx.rewards.items()}},
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
     }
     out = ROOT / "bench" / "results" / ("perf-quick.json" if args.quick else "perf.json")
