@@ -56,11 +56,15 @@ def config_cmd(
 
 
 @app.command("methods")
-def methods_cmd() -> None:
+def methods_cmd(
+    update: Path | None = typer.Option(None, "--update", help="Rewrite the table between the generated-table markers "
+                                       "of this Markdown file (the README) instead of printing it."),
+) -> None:
     """List the methods: what each trains and evaluates, its source and the config it reads (Markdown)."""
-    from .methods import methods_table
+    from .methods import methods_table, update_methods_table
 
-    typer.echo(methods_table())
+    typer.echo(methods_table() if update is None else
+               f"{update}: {'updated' if update_methods_table(update) else 'already up to date'}")
 
 
 @app.command()
