@@ -62,9 +62,10 @@ def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> RunConf
     return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
-                "max_prompt_length": 96, "precision": "bf16", "seed": seed, "save_every": 10, "eval_pairs": s["eval_pairs"]},
-        "decorrelation": {"alpha": alpha, "penalty": kind, "target": target, "sigma": "median", "rows": 128},
+        "training": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
+                     "max_prompt_length": 96, "precision": "bf16", "seed": seed, "save_every": 10,
+                     "eval_pairs": s["eval_pairs"]},
+        "methods": {"mva": {"alpha": alpha, "penalty": kind, "target": target, "sigma": "median", "rows": 128}},
         "run_dir": str(run_root / variant),
     })
 

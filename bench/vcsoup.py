@@ -54,9 +54,10 @@ def make_config(s: dict, variant: str, root: Path) -> RunConfig:
     return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
-                "max_prompt_length": 96, "precision": "bf16", "seed": 0, "save_every": 10, "eval_pairs": s["eval_pairs"]},
-        "consistency": {"mode": "threshold", "tau": -1.0 if variant == "unfiltered" else 0.0, "text": "response"},
+        "training": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 192,
+                     "max_prompt_length": 96, "precision": "bf16", "seed": 0, "save_every": 10,
+                     "eval_pairs": s["eval_pairs"]},
+        "methods": {"vcsoup": {"mode": "threshold", "tau": -1.0 if variant == "unfiltered" else 0.0, "text": "response"}},
         "sweep": {"simplex_step": 0.25, "val_prompts": s["prompts"], "test_prompts": s["prompts"],
                   "max_new_tokens": s["tokens"], "batch_size": 16},
         "run_dir": str(root / variant),

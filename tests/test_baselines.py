@@ -13,7 +13,7 @@ from common import hypervolume_2d, write_builtin_config
 from mvalign.cli import app
 from mvalign.config import ConfigError, load_config
 from mvalign.data import load_value_splits
-from mvalign.methods import REGISTRY, method_names, train_method
+from mvalign.methods import REGISTRY, get_method, method_names, train_method
 from mvalign.methods.modpo import margins
 from mvalign.methods.perweight import preference_weights
 from mvalign.models import cache_root, load_model
@@ -69,11 +69,14 @@ def test_modpo_margin_and_scale_against_hand_computation():
 
 def test_preference_weights_default_and_validation(tmp_path, tiny_model_dir):
     cfg = load_config(write_builtin_config(tmp_path, tiny_model_dir, 8, sweep={"simplex_step": 0.25}))
-    assert [tuple(w.values()) for w in preference_weights(cfg)] == [(0.25, 0.75), (0.5, 0.5), (0.75, 0.25)]
+    lw = get_method("lw")
+    assert [tuple(w.values()) for w in preference_weights(cfg, "lw", lw.options(cfg))] == [
+        (0.25, 0.75), (0.5, 0.5), (0.75, 0.25)]
     for bad in ({"helpful": 0.7, "harmless": 0.7}, {"helpful": 1.0, "honest": 0.0}, {"helpful": 1.5, "harmless": -0.5}):
-        cfg = load_config(write_builtin_config(tmp_path, tiny_model_dir, 8, baselines={"weights": [bad]}))
-        with pytest.raises(ConfigError, match=r"baselines.weights\[0\]"):
-            preference_weights(cfg)
+        for section in ({"baselines": {"weights": [bad]}}, {"methods": {"lw": {"weights": [bad]}}}):  # earlier name too
+            cfg = load_config(write_builtin_config(tmp_path, tiny_model_dir, 8, **section))
+            with pytest.raises(ConfigError, match=r"methods.lw.weights\[0\]"):
+                preference_weights(cfg, "lw", lw.options(cfg))
 
 
 def test_seqt_continues_stage_one_on_the_second_value(tmp_path, tiny_model_dir):
@@ -92,7 +95,7 @@ def test_seqt_continues_stage_one_on_the_second_value(tmp_path, tiny_model_dir):
     assert stages[1].train_pairs == len(harmless_train) and stages[1].metrics["continued_from"] == "helpful"
     one = load_file(str(dpo_file))
     two = load_file(str(RunDir(run).adapter("seqt", "harmless") / "adapter_model.safetensors"))
-    steps, lr = cfg.dpo.max_steps, cfg.dpo.lr
+    steps, lr = cfg.training.max_steps, cfg.training.lr
     for name, a in one.items():
         if "lora_A" in name:  # random init of stage 1; a fresh adapter would draw different values
             assert (two[name] - a).abs().max().item() <= 1.5 * lr * steps
@@ -105,15 +108,16 @@ def test_modpo_implicit_margins_match_peft_log_probs(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
     pairs = load_value_splits(cfg.value("helpful").data, "helpful", cfg.split.seed, cfg.split.train, cfg.split.val)["train"][:6]
-    tok = tokenize_pairs(tokenizer, pairs, cfg.dpo.max_length, cfg.dpo.max_prompt_length, True)
+    tok = tokenize_pairs(tokenizer, pairs, cfg.training.max_length, cfg.training.max_prompt_length, True)
     w = {"helpful": 0.3, "harmless": 0.7}
+    assert get_method("modpo").options(cfg).margin == "implicit"  # the default
     got = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c")
     fresh, _ = load_model(cfg.model, cache_root(cfg.cache_dir))
     peft = PeftModel.from_pretrained(fresh, RunDir(run).adapter("dpo", "harmless"))
     pc, pr = compute_logprobs(peft, tok, tokenizer.pad_token_id)
     with peft.disable_adapter():
         rc, rr = compute_logprobs(peft, tok, tokenizer.pad_token_id)
-    expected = 0.7 * cfg.dpo.beta * ((pc - rc) - (pr - rr))
+    expected = 0.7 * cfg.training.beta * ((pc - rc) - (pr - rr))
     assert torch.allclose(got, expected, atol=1e-5) and expected.abs().max() > 0
     # only the pairs a step-limited training visits: the same numbers there, NaN elsewhere
     part = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c", [4, 1])
@@ -184,12 +188,16 @@ def test_modpo_reward_margins_are_the_other_judges_score_gaps(tmp_path, tiny_mod
     run = tmp_path / "run"
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
     pairs = load_value_splits(cfg.value("helpful").data, "helpful", cfg.split.seed, cfg.split.train, cfg.split.val)["train"][:5]
-    tok = tokenize_pairs(tokenizer, pairs, cfg.dpo.max_length, cfg.dpo.max_prompt_length, True)
+    tok = tokenize_pairs(tokenizer, pairs, cfg.training.max_length, cfg.training.max_prompt_length, True)
     w = {"helpful": 0.6, "harmless": 0.4}
-    got = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c")
+    margin = get_method("modpo").options(cfg).margin  # "reward", given under the earlier name baselines.modpo_margin
+    assert margin == "reward"
+    got = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c",
+                  margin=margin)
     judge = load_reward_models(cfg)["harmless"]
     prompts = [p.prompt for p in pairs]
     gap = judge.score(prompts, [p.chosen for p in pairs]) - judge.score(prompts, [p.rejected for p in pairs])
     assert torch.allclose(got, 0.4 * torch.as_tensor(gap, dtype=torch.float32), atol=1e-6) and gap.std() > 0
-    part = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c", [3, 0])
+    part = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c", [3, 0],
+                   margin)
     assert torch.allclose(part[[0, 3]], got[[0, 3]], atol=1e-6) and part[[1, 2, 4]].isnan().all()

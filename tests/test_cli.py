@@ -44,7 +44,10 @@ def test_config_show_is_valid_yaml_config():
     assert result.exit_code == 0
     assert "# DPO temperature beta." in result.output
     cfg = RunConfig.model_validate(yaml.safe_load(result.output))
-    assert cfg.dpo.beta == 0.1 and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.training.beta == 0.1 and cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    # every method block with settings is shown, documented, with its defaults
+    assert set(cfg.methods) == {"mva", "vcsoup", "lw", "modpo", "ric"} and cfg.methods["mva"]["penalty"] == "cka"
+    assert "# `methods.mva` (read by mva and mva-orth" in result.output
 
 
 def test_config_errors_name_the_field(tmp_path, run_config):
@@ -127,7 +130,7 @@ def test_run_dir_with_other_config_is_refused(tmp_path, run_config):
     raw["dpo"]["beta"] = 0.5
     run_config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
-    assert result.exit_code == 1 and "different config (differs in: dpo)" in result.output
+    assert result.exit_code == 1 and "different config (differs in: training)" in result.output  # dpo's new name
     assert (tmp_path / "run" / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").is_file()  # finished work kept
     raw["dpo"]["beta"] = 0.1
     raw["sweep"] = {"grid": [0.5, 2.0]}  # evaluation settings may change on a finished run
@@ -145,12 +148,12 @@ def test_method_only_sections_may_change_until_their_methods_have_artifacts(tmp_
     # only dpo vectors exist: neither section has been read by any trained artifact yet
     result = runner.invoke(app, ["train", str(run_config), "--method", "mva"])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["decorrelation"]["alpha"] == 0.3
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["methods"]["mva"]["alpha"] == 0.3
     raw["decorrelation"] = {"alpha": 0.5}
     run_config.write_text(yaml.safe_dump(raw))
     result = runner.invoke(app, ["train", str(run_config), "--value", "harmless"])
     assert result.exit_code == 1
-    assert "differs in: decorrelation (read by the mva artifacts already there)" in result.output
+    assert "differs in: methods.mva (read by the mva artifacts already there)" in result.output
     raw["decorrelation"] = {"alpha": 0.3}
     raw["baselines"] = {"steps_per_model": 1}  # no lw / modpo model yet: accepted
     run_config.write_text(yaml.safe_dump(raw))
@@ -221,7 +224,7 @@ def test_run_dir_from_an_older_config_without_new_fields_is_accepted(tmp_path, r
     assert runner.invoke(app, ["train", str(run_config), "--value", "helpful"]).exit_code == 0
     saved = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(saved.read_text())
-    del old["consistency"]  # as written by a version that did not know this section
+    del old["methods"]  # as written by a version that did not know this section
     for v in old["values"]:
         del v["data"]["rows"]
     saved.write_text(yaml.safe_dump(old))

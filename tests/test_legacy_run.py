@@ -44,6 +44,8 @@ def fronts(run: Path) -> dict[str, dict]:
 def test_legacy_run_resumes_with_no_new_work_and_identical_fronts_and_report(legacy):
     config, run = legacy
     before_rows, before_fronts = rows(run), fronts(run)
+    recorded = (run / "config.yaml").read_text()  # the earlier format: dpo, decorrelation, consistency, baselines
+    assert "\ndpo:" in recorded and "\ndecorrelation:" in recorded
     old = json.loads((FIXTURE / "made-by.json").read_text())["root"]
     before_report = (FIXTURE / "run" / "report.md").read_text().replace(old, str(config.parent))
     assert len(before_fronts) == 3 and before_rows["points"]
@@ -51,6 +53,7 @@ def test_legacy_run_resumes_with_no_new_work_and_identical_fronts_and_report(leg
     result = runner.invoke(app, ["run", str(config), "--method", "mva", "--method", "soup"])
     assert result.exit_code == 0, result.output
     assert rows(run) == before_rows  # nothing trained or evaluated again
+    assert (run / "config.yaml").read_text() == recorded  # read through the aliases, not rewritten
     assert fronts(run) == before_fronts
     assert (run / "report.md").read_text() == before_report
     assert (run / "explorer.html").stat().st_size > 1_000_000

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from common import write_builtin_config
 from mvalign.cli import app
 from mvalign.config import ConfigError, load_config
-from mvalign.methods import TABLE_MARKERS, check_method_blocks, get_method, method_names, methods_table, readers
+from mvalign.methods import TABLE_MARKERS, canonical_config, check_method_blocks, get_method, method_names, methods_table, readers
 from mvalign.methods.registry import MODULES, REGISTRY
 
 runner = CliRunner()
@@ -33,9 +33,11 @@ def test_registry_declarations_are_complete():
 
 def test_readers_come_from_the_declarations():
     r = readers()
-    assert set(r["decorrelation"]) == {"mva", "mva-orth"}
-    assert r["consistency"] == ("vcsoup",) and set(r["baselines"]) == {"lw", "modpo"}
-    assert all(r[f"methods.{n}"] == (n,) for n in method_names())
+    assert set(r["methods.mva"]) == {"mva", "mva-orth"}
+    assert r["methods.vcsoup"] == ("vcsoup",) and r["methods.lw"] == ("lw",) and r["methods.modpo"] == ("modpo",)
+    with_settings = [m for m in REGISTRY.values() if m.settings is not None]
+    assert sorted(m for names in r.values() for m in names) == sorted(m.name for m in with_settings)
+    assert all(m.name in r[m.section] for m in with_settings)
 
 
 def test_unknown_method_and_method_blocks_are_config_errors(tmp_path, tiny_model_dir):
@@ -100,3 +102,33 @@ def test_methods_update_rewrites_only_the_table(tmp_path):
     doc.write_text("no markers here\n")
     bad = runner.invoke(app, ["methods", "--update", str(doc)])
     assert bad.exit_code == 1 and "no methods table markers" in bad.output and doc.read_text() == "no markers here\n"
+
+
+def test_earlier_top_level_sections_are_read_as_the_method_blocks(tmp_path, tiny_model_dir):
+    """A config written before method settings moved under `methods.<name>` (dpo, decorrelation, consistency,
+    baselines) means the same as one with the new names: same validated settings, same run-dir identity."""
+    w = [{"helpful": 0.5, "harmless": 0.5}]
+    old = load_config(write_builtin_config(tmp_path, tiny_model_dir, 4, decorrelation={"alpha": 0.3},
+                                           consistency={"tau": 0.2}, baselines={"weights": w, "modpo_margin": "reward"}))
+    raw = yaml.safe_load(write_builtin_config(tmp_path, tiny_model_dir, 4).read_text())
+    raw["training"] = raw.pop("dpo")
+    raw["methods"] = {"mva": {"alpha": 0.3}, "vcsoup": {"tau": 0.2}, "lw": {"weights": w},
+                      "modpo": {"weights": w, "margin": "reward"}}
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(raw))
+    new = load_config(tmp_path / "new.yaml")
+    assert old.training == new.training and old.training.max_steps == 1
+    for m in REGISTRY.values():
+        assert m.options(old) == m.options(new), m.name
+    assert get_method("mva-orth").options(old).alpha == 0.3  # a family shares its block
+    assert canonical_config(old) == canonical_config(new)
+    assert canonical_config(load_config(write_builtin_config(tmp_path, tiny_model_dir, 4)))["methods"]["mva"] == \
+        canonical_config(load_config(write_builtin_config(tmp_path, tiny_model_dir, 4, methods={"mva": {}})))["methods"]["mva"]
+    both = write_builtin_config(tmp_path, tiny_model_dir, 4, decorrelation={"alpha": 0.3}, methods={"mva": {"alpha": 1}})
+    with pytest.raises(ConfigError, match="decorrelation .the earlier name of methods.mva. and methods.mva are both given"):
+        load_config(both)
+    orth = load_config(write_builtin_config(tmp_path, tiny_model_dir, 4, methods={"mva-orth": {"alpha": 1}}))
+    with pytest.raises(ConfigError, match="methods.mva-orth: the mva-orth method reads methods.mva"):
+        check_method_blocks(orth)
+    bad = load_config(write_builtin_config(tmp_path, tiny_model_dir, 4, methods={"mva": {"alpha": -1}}))
+    with pytest.raises(ConfigError, match="methods.mva.alpha: Input should be greater than or equal to 0"):
+        check_method_blocks(bad)

@@ -91,7 +91,7 @@ def test_ric_trains_one_model_and_evaluates_prompt_transforms(tmp_path, tiny_mod
     cfg = load_config(path)
     rec = RunStore(run).get_vector("ric", "ric")
     # matched budget: n_values x dpo.max_steps steps at 2 x dpo.batch_size responses; chosen + rejected of every pair
-    assert rec.steps == 2 * cfg.dpo.max_steps and rec.train_pairs == 2 * 2 * 8
+    assert rec.steps == 2 * cfg.training.max_steps and rec.train_pairs == 2 * 2 * 8
     stats = json.loads(rec.metrics["reward_stats"])
     assert set(stats) == {"helpful", "harmless"} and all(s["low"] < s["high"] for s in stats.values())
     front = json.loads((run / "front-ric.json").read_text())
@@ -99,7 +99,7 @@ def test_ric_trains_one_model_and_evaluates_prompt_transforms(tmp_path, tiny_mod
     assert sorted(tuple(p["weights"].values()) for p in val) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
     assert front["settings"]["candidates"].startswith("ric:") and front["training"]["steps"] == rec.steps
     # every candidate is the same adapter with its own prompt: stored under its own key, with its own targets
-    plan = get_method("ric").candidates(cfg, RunDir(run))
+    plan = get_method("ric").plan(cfg, RunDir(run))
     keys = [c.prompt.key for c in plan.source.run(lambda cs: [])]
     assert len(set(keys)) == 3 and all(k.startswith("ric:<helpful: ") for k in keys)
     assert len({p.settings_key for p in RunStore(run).points("ric", "val")}) == 3

@@ -38,8 +38,8 @@ def config(folder: Path, s: dict, grad_accum: int) -> Path:
                "reward": {"kind": "bt-head", "data": {"format": "builtin", "part": "reward"}, "epochs": 10}}
               for v in ("helpful", "harmless")]
     cfg = {"values": values, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-           "dpo": {"max_steps": s["steps"], "batch_size": 2, "grad_accum": grad_accum, "max_length": 128,
-                   "max_prompt_length": 64, "eval_pairs": 8, "save_every": 100},
+           "training": {"max_steps": s["steps"], "batch_size": 2, "grad_accum": grad_accum, "max_length": 128,
+                        "max_prompt_length": 64, "eval_pairs": 8, "save_every": 100},
            "sweep": {"simplex_step": s["simplex_step"], "val_prompts": s["val_prompts"],
                      "test_prompts": s["test_prompts"], "max_new_tokens": s["tokens"], "racing": "off"},
            "run_dir": str(folder / "run")}

@@ -108,19 +108,19 @@ def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full"
     values = values_for(setting, b, root)
     split = split or SPLITS.get(mode, {}).get(setting)
     names = [v["name"] for v in values]
+    per_weight = {"weights": [{names[0]: w, names[1]: round(1 - w, 10)} for w in WEIGHTS], "steps_per_model": lw_steps(b)}
     return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": b["steps"], "batch_size": 4, "max_length": b["max_length"],
-                "max_prompt_length": b["max_prompt_length"], "precision": "bf16", "seed": seed, "save_every": 8,
-                "eval_pairs": b["eval_pairs"]},
+        "training": {"beta": 0.1, "lr": 5e-4, "max_steps": b["steps"], "batch_size": 4, "max_length": b["max_length"],
+                     "max_prompt_length": b["max_prompt_length"], "precision": "bf16", "seed": seed, "save_every": 8,
+                     "eval_pairs": b["eval_pairs"]},
         "sweep": {"strategy": "grid", "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25,
                   "val_prompts": b.get("val_prompts", b.get("prompts")), "test_prompts": b.get("test_prompts", b.get("prompts")),
                   "max_new_tokens": b["tokens"], "batch_size": 12, "bootstrap": 1000},
-        "decorrelation": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"},
-        "consistency": {"mode": "threshold", "tau": 0.0, "text": "response"},
-        "baselines": {"weights": [{names[0]: w, names[1]: round(1 - w, 10)} for w in WEIGHTS],
-                      "steps_per_model": lw_steps(b), "modpo_margin": "implicit"},
+        "methods": {"mva": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"},
+                    "vcsoup": {"mode": "threshold", "tau": 0.0, "text": "response"},
+                    "lw": per_weight, "modpo": {**per_weight, "margin": "implicit"}},
         "run_dir": str(root / setting / f"seed{seed}"),
         **({"split": split} if split else {}),
     })

@@ -97,10 +97,11 @@ def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> s
                   "hub weights.", ""]
     else:
         lines += [f"Base model: `{cfg.model.name}`.", ""]
+    t = cfg.training
     lines += ["## Evaluation", "", *_rewards_section(run, info), "## Training data", "",
               *[_data_line(v) for v in cfg.values], "",
               f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, targets {', '.join(cfg.lora.target_modules)}; DPO β="
-              f"{cfg.dpo.beta}, lr {cfg.dpo.lr}, steps {cfg.dpo.max_steps or 'epochs ' + str(cfg.dpo.epochs)}.", "",
+              f"{t.beta}, lr {t.lr}, steps {t.max_steps or 'epochs ' + str(t.epochs)}.", "",
               "## Provenance", "", f"- mvalign {mvalign_version()}", f"- run directory: `{run.root}`"]
     if command:
         lines.append(f"- command: `{command}`")

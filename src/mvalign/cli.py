@@ -45,12 +45,14 @@ def config_cmd(
     check: Path | None = typer.Option(None, "--check", help="Validate a config file and print it resolved."),
 ) -> None:
     """Show the default configuration, or validate a config file."""
-    from .config import describe_defaults, load_config
+    from .config import RunConfig, describe_defaults, load_config
+    from .methods import REGISTRY
 
     if check is not None:
         typer.echo(json.dumps(load_config(check).model_dump(mode="json"), indent=2))
     elif show:
-        typer.echo(describe_defaults())
+        blocks = {m.section.removeprefix("methods."): m.options(RunConfig()) for m in REGISTRY.values() if m.section}
+        typer.echo(describe_defaults(blocks))
     else:
         typer.echo("use --show to print the defaults or --check FILE to validate a config")
 
@@ -218,10 +220,10 @@ def consistency(config: Path = typer.Argument(..., help="Run config (YAML) with 
     RUN/consistency/summary.json and consistency.png."""
     from .config import load_config
     from .consistency import consistency_report
-    from .methods import prepare_run
+    from .methods import get_method, prepare_run
 
     cfg = load_config(config)
-    rows, png = consistency_report(cfg, prepare_run(cfg))
+    rows, png = consistency_report(cfg, prepare_run(cfg), get_method("vcsoup").options(cfg))
     _echo_json({"value": v, **{k: x for k, x in row.items() if k != "stats"}} for v, row in rows.items())
     typer.echo(f"wrote {png}")
 

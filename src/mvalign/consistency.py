@@ -145,31 +145,33 @@ def plot_consistency(results: Mapping[str, dict], path: Path) -> Path:
     return path
 
 
-def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair],
+def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair], settings,
                           rewards: Mapping[str, RewardModel] | None = None) -> dict:
-    """Cached VC scores of one value's training pairs under every value's reward model (RUN/consistency/<value>.json).
-    Pass `rewards` when scoring several values, so the judges are loaded once."""
+    """Cached VC scores of one value's training pairs under every value's reward model (RUN/consistency/<value>.json);
+    `settings`: methods.vcsoup (`config.ConsistencySettings`). Pass `rewards` when scoring several values, so the
+    judges are loaded once."""
     from .models import cache_root
     from .rewards import load_reward_models
     from .rundir import RunDir
 
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
-    return cached_consistency(RunDir.of(cfg).consistency(value), pairs, rewards, cfg.consistency.text, cache)
+    return cached_consistency(RunDir.of(cfg).consistency(value), pairs, rewards, settings.text, cache)
 
 
-def consistency_report(cfg, run) -> tuple[dict, Path]:
+def consistency_report(cfg, run, settings) -> tuple[dict, Path]:
     """`mvalign consistency`: score every value's training pairs with all judges (cached), summarise what the
-    `consistency` block keeps, write RUN/consistency/summary.json and consistency.png. Returns (rows, png)."""
+    `methods.vcsoup` block (`settings`) keeps, write RUN/consistency/summary.json and consistency.png. Returns
+    (rows, png)."""
     from .data import value_splits
     from .rewards import load_reward_models
 
-    c = cfg.consistency
+    c = settings
     rewards = load_reward_models(cfg)
     results, rows = {}, {}
     for v in cfg.values:
         pairs = value_splits(cfg, v.name)["train"]
-        results[v.name] = consistency_for_value(cfg, v.name, pairs, rewards)
+        results[v.name] = consistency_for_value(cfg, v.name, pairs, settings, rewards)
         keep, _ = select(results[v.name]["vc"], c.mode, c.tau, c.quantile)
         rows[v.name] = {**summary(results[v.name]), "mode": c.mode, "tau": c.tau, "kept": int(len(keep)),
                         "stats": results[v.name]["stats"]}

@@ -34,9 +34,10 @@ def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> RunConfig:
     return RunConfig.model_validate({
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "dpo": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 128,
-                "max_prompt_length": 64, "precision": "bf16", "seed": 0, "save_every": 10, "eval_pairs": s["eval_pairs"]},
-        "decorrelation": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"},
+        "training": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 128,
+                     "max_prompt_length": 64, "precision": "bf16", "seed": 0, "save_every": 10,
+                     "eval_pairs": s["eval_pairs"]},
+        "methods": {"mva": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"}},
         "sweep": {"strategy": "grid", "grid": s["grid"], "val_prompts": s["val_prompts"], "test_prompts": s["test_prompts"],
                   "max_new_tokens": s["max_new_tokens"], "batch_size": 16},
         "run_dir": run_dir,

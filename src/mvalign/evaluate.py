@@ -40,7 +40,7 @@ from .track import log_front
 def generation_settings(cfg: RunConfig) -> GenerationSettings:
     s = cfg.sweep
     return GenerationSettings(s.max_new_tokens, s.batch_size, s.do_sample, s.temperature, s.top_p, s.seed,
-                              cfg.dpo.max_prompt_length)
+                              cfg.training.max_prompt_length)
 
 
 @dataclass
@@ -111,7 +111,7 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
     `sweep.backend: ray`), its judges and the val / test prompts."""
     m = get_method(method)
     run = prepare_run(cfg)
-    plan = m.candidates(cfg, run)
+    plan = m.plan(cfg, run)
     missing = [str(run.adapter(plan.vectors, a)) for a in plan.adapters if not run.adapter(plan.vectors, a).is_dir()]
     if missing:
         raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")

@@ -35,7 +35,7 @@ def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: 
         t = time.perf_counter()
         fronts[method] = evaluate_method(cfg, method, progress, primary=method == methods[0], rewards=rewards)
         timings[f"sweep_{method}_s"] = time.perf_counter() - t
-    settings = {"model": cfg.model.name, "steps": cfg.dpo.max_steps, "strategy": cfg.sweep.strategy,
+    settings = {"model": cfg.model.name, "steps": cfg.training.max_steps, "strategy": cfg.sweep.strategy,
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,
                 "test_prompts": cfg.sweep.test_prompts, "max_new_tokens": cfg.sweep.max_new_tokens}
     report = write_report(run, fronts, settings)

@@ -23,7 +23,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -194,27 +194,32 @@ class RunDir:
         return [m for m in methods if (self.root / "adapters" / m).exists() or (self.root / "train" / m).exists()
                 or (store is not None and (store.vectors(m) or store.points(m)))]
 
-    def prepare(self, cfg: RunConfig, readers: Mapping[str, Sequence[str]]) -> RunDir:
+    def prepare(self, cfg: RunConfig, readers: Mapping[str, Sequence[str]],
+                canonical: Callable[[RunConfig], dict] | None = None) -> RunDir:
         """Create the folder, write config.yaml and versions.json; refuse a run dir whose artifacts came from a
         different config.
 
-        `readers`: config section -> the methods whose training reads it (from the method registry), e.g.
-        {"decorrelation": ("mva", "mva-orth"), "methods.ric": ("ric",)}. Such a section may change while none of
+        `readers`: config block -> the methods whose training reads it (from the method registry), e.g.
+        {"methods.mva": ("mva", "mva-orth"), "methods.ric": ("ric",)}. Such a block may change while none of
         its readers has an adapter, checkpoint, vector or point here; `sweep` may always change; any other change
-        (model, data, LoRA, DPO, ...) is refused.
+        (model, data, LoRA, training, ...) is refused. `canonical(cfg)`: the dump compared (default: the plain
+        dump; the registry's fills in every method block, so defaults left out and an earlier config's top-level
+        sections compare equal). config.yaml is rewritten only when the config changed, so a run made by an
+        earlier version keeps its file (and stays usable from a read-only folder).
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        new = cfg.model_dump(mode="json")
+        canonical = canonical or (lambda c: c.model_dump(mode="json"))
+        new = canonical(cfg)
         markers = ("config.yaml", "store.sqlite", "adapters", "train", "rewards", "consistency", ".locks", "base.json")
         if any(self.root.iterdir()) and not any((self.root / m).exists() for m in markers):
             raise ConfigError(f"run_dir {self.root} is a non-empty folder that is not an mvalign run; choose a new "
                               "or empty run_dir")
-        moved_only = False
+        moved_only, changed = False, ["(new)"]
         if self.config_path.is_file():
             # validated, so fields added (with defaults) by a newer mvalign do not count as changes
             try:
                 raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-                old = RunConfig.model_validate(raw).model_dump(mode="json")
+                old = canonical(RunConfig.model_validate(raw))
             except (yaml.YAMLError, ValidationError, TypeError) as e:
                 first = str(e).strip().splitlines()[0]
                 raise ConfigError(f"{self.config_path} is not an mvalign run config ({first}); choose another run_dir "
@@ -236,13 +241,13 @@ class RunDir:
                     f"{self.root} was made with a different config (differs in: {', '.join(blocking)}). "
                     "Use a new run_dir, or delete the old run to start over; finished work there is kept until you do."
                 )
-        seeds = {"dpo": cfg.dpo.seed, "split": cfg.split.seed,
-                 "per_value": {v.name: value_seed(cfg.dpo.seed, v.name) for v in cfg.values}}
+        seeds = {"dpo": cfg.training.seed, "split": cfg.split.seed,  # "dpo": the training seed's earlier name
+                 "per_value": {v.name: value_seed(cfg.training.seed, v.name) for v in cfg.values}}
         versions = json.dumps({**package_versions(), "seeds": seeds}, indent=2)
         # unchanged files are not rewritten, so a finished run stays usable from a read-only folder (also when it
         # was moved: load_config reads run_dir from where config.yaml is, not from its text)
         for path, content in ((self.config_path, config_yaml(cfg)), (self.versions_path, versions)):
-            if path == self.config_path and moved_only:
+            if path == self.config_path and (moved_only or not changed):
                 continue
             if not path.is_file() or path.read_text(encoding="utf-8") != content:
                 write_atomic(path, "the run's record of its config",

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .objectives import BaselineSettings, ConsistencySettings, DecorrelationSettings, DPOSettings, LoraSettings
+from .objectives import (
+    METHOD_ALIASES,
+    ConsistencySettings,
+    DecorrelationSettings,
+    DPOSettings,
+    LoraSettings,
+    ModpoSettings,
+    PerWeightSettings,
+    TrainingSettings,
+    method_aliases,
+)
 from .sections import (
     EMBEDDED_MODEL,
     ConfigError,
@@ -28,12 +38,15 @@ from .sections import (
 
 __all__ = [
     "EMBEDDED_MODEL",
-    "BaselineSettings",
     "ConfigError",
     "ConsistencySettings",
     "DPOSettings",
     "DataSourceConfig",
     "DecorrelationSettings",
+    "METHOD_ALIASES",
+    "ModpoSettings",
+    "PerWeightSettings",
+    "TrainingSettings",
     "LoraSettings",
     "MVAConfig",
     "RunConfig",
@@ -57,20 +70,16 @@ class RunConfig(BaseModel):
     values: list[ValueConfig] = Field(default_factory=list, description="One entry per value, in training order.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="Deterministic train/val/test split.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA value-vector shape.")
-    dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO training of each value vector.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, validation_alias=AliasChoices("training", "dpo"),
+        description="How every adapter is trained: the DPO objective's β and the optimiser (also read by methods that "
+        "train with SFT). Earlier configs call it `dpo`.")
     sweep: SweepSettings = Field(default_factory=SweepSettings, description="Evaluation of weight vectors ω.")
-    consistency: ConsistencySettings = Field(
-        default_factory=ConsistencySettings, description="VC-soup: value-consistency filtering of the training pairs."
-    )
-    decorrelation: DecorrelationSettings = Field(
-        default_factory=DecorrelationSettings, description="MVA: penalty between each new value vector and the earlier ones."
-    )
-    baselines: BaselineSettings = Field(
-        default_factory=BaselineSettings, description="The one-model-per-weight baselines (lw, modpo)."
-    )
     methods: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Settings of individual methods by name, e.g. {ric: {steps: 48}}; each "
-        "method validates its own block (`mvalign methods` lists the methods and their settings)."
+        default_factory=dict, description="Each method's own settings, by name (mva, vcsoup, lw, modpo, ric); each "
+        "method validates its block and hands it to its training (`mvalign methods` lists them). Earlier configs' "
+        "top-level `decorrelation`, `consistency` and `baselines` sections are read as methods.mva, methods.vcsoup "
+        "and methods.lw + methods.modpo."
     )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers (through accelerate) that receive training metrics, "
@@ -81,6 +90,11 @@ class RunConfig(BaseModel):
         "~/.cache/mvalign",
         description="Shared cache: converted embedded model, reference log-probs (env MVALIGN_CACHE_DIR overrides).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_sections(cls, raw: Any) -> Any:
+        return method_aliases(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _unique_values(self) -> RunConfig:
@@ -153,12 +167,18 @@ def dump_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(config_yaml(cfg), encoding="utf-8")
 
 
-def describe_defaults() -> str:
-    """The default config as YAML, each field preceded by its description as a comment."""
+def describe_defaults(method_settings: dict[str, BaseModel] | None = None) -> str:
+    """The default config as YAML, each field preceded by its description as a comment; `method_settings`: the
+    default settings of each method block (`methods.<name>`) to show under `methods`."""
     example = RunConfig(
         values=[ValueConfig(name="helpful", data=DataSourceConfig(format="hh-rlhf", path=["data/helpful.jsonl.gz"]))]
     )
-    return _commented_yaml(example, indent=0)
+    text = _commented_yaml(example, indent=0)
+    if not method_settings:
+        return text
+    blocks = [f"  # {(type(s).__doc__ or '').strip().splitlines()[0]}\n  {name}:\n{_commented_yaml(s, 2)}"
+              for name, s in method_settings.items()]
+    return text.replace("methods: {}", "methods:\n" + "\n".join(blocks))
 
 
 def _commented_yaml(model: BaseModel, indent: int) -> str:

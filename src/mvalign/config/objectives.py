@@ -1,4 +1,6 @@
-"""The sections that shape what is learned: LoRA shape, DPO optimisation, MVA decorrelation, VC-soup, baselines."""
+"""The sections that shape what is learned: LoRA shape and training (`training`, every method's optimiser); and the
+settings of the methods that have some (`methods.<name>` blocks: MVA's decorrelation, VC-soup's consistency filter,
+the per-weight baselines'), each validated by its method (`mvalign.methods`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ class LoraSettings(Strict):
     )
 
 
-class DPOSettings(Strict):
+class TrainingSettings(Strict):
+    """How every adapter is trained: DPO value vectors, and the SFT / per-weight models of the methods that train
+    other things (their own `methods.<name>` block may override steps, batch or lr)."""
+
     beta: float = Field(0.1, gt=0, description="DPO temperature beta.")
     lr: float = Field(5e-4, gt=0, description="AdamW learning rate for the LoRA parameters.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -45,13 +50,19 @@ class DPOSettings(Strict):
     )
 
     @model_validator(mode="after")
-    def _prompt_fits(self) -> DPOSettings:
+    def _prompt_fits(self) -> TrainingSettings:
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})")
         return self
 
 
+DPOSettings = TrainingSettings
+"""The `training` section's earlier name (it was called `dpo`)."""
+
+
 class DecorrelationSettings(Strict):
+    """`methods.mva` (read by mva and mva-orth; formerly the top-level `decorrelation` section)."""
+
     alpha: float = Field(
         0.1, ge=0, description="Weight α of the penalty added to each later value's DPO loss (0.1 with cka: see bench/README.md)."
     )
@@ -73,6 +84,8 @@ class DecorrelationSettings(Strict):
 
 
 class ConsistencySettings(Strict):
+    """`methods.vcsoup` (formerly the top-level `consistency` section)."""
+
     mode: Literal["threshold", "quantile", "soft"] = Field(
         "threshold", description="VC-soup data operator: keep VC >= tau, keep the top `quantile` share, or keep all "
         "pairs weighting each DPO loss by (1 + VC) / 2."
@@ -84,18 +97,57 @@ class ConsistencySettings(Strict):
     )
 
 
-class BaselineSettings(Strict):
+class PerWeightSettings(Strict):
+    """`methods.lw`: one model per preference weight (formerly the top-level `baselines` section)."""
+
     weights: list[dict[str, float]] = Field(
-        default_factory=list, description="lw / modpo: preference weight vectors w (w_k >= 0, sum 1), one trained "
-        "model each; empty = the simplex points at sweep.simplex_step with every w_k > 0."
+        default_factory=list, description="Preference weight vectors w (w_k >= 0, sum 1), one trained model each; "
+        "empty = the simplex points at sweep.simplex_step with every w_k > 0."
     )
     steps_per_model: int | None = Field(
-        None, ge=1, description="lw / modpo: optimizer steps of each per-weight model (null = dpo.max_steps). For a "
-        "budget matched to n value vectors of S steps, use n·S / len(weights)."
+        None, ge=1, description="Optimizer steps of each per-weight model (null = training.max_steps). For a budget "
+        "matched to n value vectors of S steps, use n·S / len(weights)."
     )
-    modpo_margin: Literal["implicit", "reward"] = Field(
-        "implicit", description="modpo: the other values' rewards in the margin: implicit DPO rewards β·log π_j/π_ref "
-        "of their dpo vectors (default; keeps the evaluation judges out of training) or their reward models."
+
+
+class ModpoSettings(PerWeightSettings):
+    """`methods.modpo` (formerly the top-level `baselines` section, whose `modpo_margin` is `margin` here)."""
+
+    margin: Literal["implicit", "reward"] = Field(
+        "implicit", description="The other values' rewards in the margin: implicit DPO rewards β·log π_j/π_ref of "
+        "their dpo vectors (default; keeps the evaluation judges out of training) or their reward models."
     )
+
+
+METHOD_ALIASES = {"decorrelation": ("mva",), "consistency": ("vcsoup",), "baselines": ("lw", "modpo")}
+"""Top-level sections of earlier configs and the `methods.<name>` blocks they now are (read by `RunConfig`)."""
+
+
+def method_aliases(raw: dict) -> dict:
+    """An earlier config's top-level method sections moved to their `methods.<name>` blocks (`baselines` to both
+    lw and modpo, its `modpo_margin` to modpo's `margin`); one section given both ways is an error."""
+    if not any(section in raw for section in METHOD_ALIASES):
+        return raw
+    raw = dict(raw)
+    if not isinstance(raw.get("methods") or {}, dict):
+        raise ValueError(f"methods: expected a mapping of method names to settings, got {type(raw['methods']).__name__}")
+    methods = dict(raw.get("methods") or {})
+    for section, names in METHOD_ALIASES.items():
+        if section not in raw:
+            continue
+        block = raw.pop(section)
+        if not isinstance(block, dict):
+            raise ValueError(f"{section}: expected a mapping of settings, got {type(block).__name__}")
+        for name in names:
+            if name in methods:
+                raise ValueError(f"{section} (the earlier name of methods.{name}) and methods.{name} are both given; "
+                                 f"keep methods.{name}")
+            part = {k: v for k, v in block.items() if k != "modpo_margin"}
+            if name == "modpo" and "modpo_margin" in block:
+                part["margin"] = block["modpo_margin"]
+            methods[name] = part
+    if methods:
+        raw["methods"] = methods
+    return raw
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,9 +18,11 @@ from ..config import ConfigError, RunConfig
 from ..rundir import RunDir
 from ..store import VectorRecord
 
-TrainFn = Callable[[RunConfig, RunDir, Sequence[str], bool, bool], list[VectorRecord]]
-"""(config, run dir, values to train (empty: all), force, progress) -> records of the trained adapters."""
-CandidatesFn = Callable[[RunConfig, RunDir], Candidates]
+TrainFn = Callable[[RunConfig, RunDir, Sequence[str], bool, bool, Any], list[VectorRecord]]
+"""(config, run dir, values to train (empty: all), force, progress, the method's validated settings or None) ->
+records of the trained adapters."""
+CandidatesFn = Callable[[RunConfig, RunDir, Any], Candidates]
+"""(config, run dir, the method's validated settings or None) -> what it evaluates."""
 
 
 @dataclass(frozen=True)
@@ -35,32 +37,45 @@ class Method:
     """None: the method trains nothing itself and evaluates the vectors of `vectors`."""
     vectors: str | None = None
     """Whose adapters it evaluates (None: its own)."""
-    reads: tuple[str, ...] = ()
-    """Config sections its training reads beyond model / values / split / lora / dpo (for the run-dir rules)."""
     kind: Literal["value-vectors", "stages", "per-weight", "single"] = "value-vectors"
     """What its adapters are: one independent vector per value (combinable; their interference is meaningful),
     sequential stages, one model per preference weight, or a single model."""
     settings: type[BaseModel] | None = None
-    """The schema of its block under `methods.<name>` in the config, if it has one."""
+    """The schema of its config block `methods.<block>`, if it has settings: validated and handed to its `train`
+    and `candidates`; changing it is refused once the run dir holds this method's artifacts."""
+    block: str | None = None
+    """Whose block it reads when another method's (a family sharing settings: mva-orth reads methods.mva)."""
 
     @property
     def source(self) -> str:
         """The method whose adapters (and stored points) this method uses."""
         return self.vectors or self.name
 
+    @property
+    def section(self) -> str | None:
+        """The config block it reads ('methods.<block>'), None when it has no settings."""
+        return f"methods.{self.block or self.name}" if self.settings is not None else None
+
     def options(self, cfg: RunConfig) -> BaseModel | None:
-        """This method's validated settings (defaults when the config has no `methods.<name>` block)."""
-        raw = cfg.methods.get(self.name, {})
+        """This method's validated settings (defaults when the config has no block for it)."""
         if self.settings is None:
-            if raw:
-                raise ConfigError(f"methods.{self.name}: the {self.name} method has no settings; remove the block")
             return None
+        block = self.block or self.name
         try:
-            return self.settings.model_validate(raw or {})
+            return self.settings.model_validate(cfg.methods.get(block) or {})
         except ValidationError as e:
-            lines = [f"methods.{self.name}: invalid settings"]
-            lines += [f"  methods.{self.name}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+            lines = [f"methods.{block}: invalid settings"]
+            lines += [f"  methods.{block}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
             raise ConfigError("\n".join(lines)) from None
+
+    def plan(self, cfg: RunConfig, run: RunDir) -> Candidates:
+        """What it evaluates: its candidates, given its settings."""
+        return self.candidates(cfg, run, self.options(cfg))
+
+    def fit(self, cfg: RunConfig, run: RunDir, values: Sequence[str] = (), force: bool = False,
+            progress: bool = True) -> list[VectorRecord]:
+        """Train its adapters (skipping finished ones), given its settings."""
+        return self.train(cfg, run, tuple(values), force, progress, self.options(cfg))
 
 
 def value_names(cfg: RunConfig) -> list[str]:
@@ -72,7 +87,7 @@ def value_names(cfg: RunConfig) -> list[str]:
 
 def each_alone(vectors: str) -> CandidatesFn:
     """Each of `vectors`' value vectors alone: ω = e_k."""
-    def build(cfg: RunConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir, settings=None) -> Candidates:
         values = value_names(cfg)
         points = [Candidate.combination({u: float(u == v) for u in values}) for v in values]
         return Candidates(vectors, values, FixedCandidates(points), "each vector alone")
@@ -81,7 +96,7 @@ def each_alone(vectors: str) -> CandidatesFn:
 
 def simplex(vectors: str) -> CandidatesFn:
     """Soups of `vectors`' value vectors: ω on the simplex in steps of sweep.simplex_step."""
-    def build(cfg: RunConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir, settings=None) -> Candidates:
         values = value_names(cfg)
         points = [Candidate.combination(p) for p in simplex_points(values, cfg.sweep.simplex_step)]
         return Candidates(vectors, values, FixedCandidates(points), "simplex")
@@ -91,7 +106,7 @@ def simplex(vectors: str) -> CandidatesFn:
 def extrapolation(vectors: str) -> CandidatesFn:
     """W0 + Σ ω_k ΔW_k with ω from sweep.strategy: the grid box (each ω_k independently; the MVA extrapolation),
     the simplex, an explicit list, or the adaptive search over the grid (sweep.budget points)."""
-    def build(cfg: RunConfig, run: RunDir) -> Candidates:
+    def build(cfg: RunConfig, run: RunDir, settings=None) -> Candidates:
         values = value_names(cfg)
         s = cfg.sweep
         if s.strategy == "adaptive":

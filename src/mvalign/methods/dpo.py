@@ -26,12 +26,13 @@ def train_vector(cfg: RunConfig, run: RunDir, value: str, *, force: bool = False
     if done is not None and not force:
         return done
     splits = value_splits(cfg, value)
-    job = AdapterJob(group, value, value_seed(cfg.dpo.seed, value), build=lambda ctx: ctx.dpo(splits["train"]),
+    job = AdapterJob(group, value, value_seed(cfg.training.seed, value), build=lambda ctx: ctx.dpo(splits["train"]),
                      val_sets={value: splits["val"]})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 
 
-def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+          settings=None) -> list[VectorRecord]:
     return [train_vector(cfg, run, v, force=force, progress=progress) for v in (values or value_names(cfg))]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import RunConfig
+from ..config import PerWeightSettings, RunConfig
 from ..data import value_splits
 from ..rundir import RunDir
 from ..store import VectorRecord
@@ -18,7 +18,8 @@ from .base import Method, value_names
 from .perweight import per_weight_models, train_per_weight
 
 
-def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+          settings: PerWeightSettings) -> list[VectorRecord]:
     names = value_names(cfg)
     splits = {v: value_splits(cfg, v) for v in names}
 
@@ -30,10 +31,11 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
         job.val_sets = {v: splits[v]["val"] for v in names}
         return job
 
-    return train_per_weight(cfg, run, "lw", values, force, progress, job_for)
+    return train_per_weight(cfg, run, "lw", settings, values, force, progress, job_for)
 
 
 METHODS = [
-    Method("lw", "one model per preference weight w (baselines.weights) on Σ_k w_k L_DPO(D_k)",
-           "arXiv:2511.17579 (baseline)", per_weight_models("lw"), train=train, reads=("baselines",), kind="per-weight"),
+    Method("lw", "one model per preference weight w (methods.lw.weights) on Σ_k w_k L_DPO(D_k)",
+           "arXiv:2511.17579 (baseline)", per_weight_models("lw"), train=train, kind="per-weight",
+           settings=PerWeightSettings),
 ]

@@ -4,7 +4,7 @@ values entering as a margin:
     −log σ( (1/w_1) [ β Δlog(π/π_ref) − Σ_{j>1} w_j (r_j(x, y_w) − r_j(x, y_l)) ] ),
 
 r_j the implicit reward β log π_j/π_ref of value j's dpo vector (default; trained first when missing), or value j's
-reward model (`baselines.modpo_margin: reward`).
+reward model (`methods.modpo.margin: reward`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, ModpoSettings, RunConfig
 from ..data import value_splits
 from ..data.pairs import PreferencePair
 from ..lora import attached
@@ -28,12 +28,13 @@ from .perweight import per_weight_models, train_per_weight
 
 
 def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pad: int, pairs: Sequence[PreferencePair],
-            others: Sequence[str], w: dict[str, float], cache, only: Sequence[int] | None = None) -> torch.Tensor:
+            others: Sequence[str], w: dict[str, float], cache, only: Sequence[int] | None = None,
+            margin: str = "implicit") -> torch.Tensor:
     """m_i = Σ_j w_j (r_j(x, y_w) − r_j(x, y_l)) over the other values j, computed on the plain base `model`;
     `only`: for these pairs (those the training visits), NaN for the others."""
     idx = list(range(len(pairs))) if only is None else sorted(set(only))
     cols_c, cols_r = [], []
-    if cfg.baselines.modpo_margin == "reward":
+    if margin == "reward":
         from ..rewards import load_reward_models
 
         rewards = load_reward_models(cfg)
@@ -42,7 +43,7 @@ def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
             cols_c.append(torch.as_tensor(rewards[j].score(text, [pairs[i].chosen for i in idx]), dtype=torch.float32))
             cols_r.append(torch.as_tensor(rewards[j].score(text, [pairs[i].rejected for i in idx]), dtype=torch.float32))
     else:
-        d = cfg.dpo
+        d = cfg.training
         autocast = torch.bfloat16 if d.precision == "bf16" else None
         ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast, only)
         for j in others:
@@ -56,10 +57,11 @@ def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
     return out
 
 
-def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+          settings: ModpoSettings) -> list[VectorRecord]:
     names = value_names(cfg)
     first, others = names[0], names[1:]
-    if cfg.baselines.modpo_margin == "implicit" and not values:
+    if settings.margin == "implicit" and not values:
         dpo.train(cfg, run, others, False, progress)
     splits = {v: value_splits(cfg, v) for v in names}
 
@@ -71,18 +73,19 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
 
         def build(ctx):
             tok = ctx.tokenize(pairs)
-            m = margins(cfg, run, ctx.model, tok, ctx.pad, pairs, others, w, ctx.cache, ctx.visited(len(tok)))
+            m = margins(cfg, run, ctx.model, tok, ctx.pad, pairs, others, w, ctx.cache, ctx.visited(len(tok)),
+                        settings.margin)
             return ctx.dpo(pairs, margins=m, scale=1.0 / w[first], tokenized=tok)
 
         job.build = build
         job.val_sets = {first: splits[first]["val"]}
         return job
 
-    return train_per_weight(cfg, run, "modpo", values, force, progress, job_for)
+    return train_per_weight(cfg, run, "modpo", settings, values, force, progress, job_for)
 
 
 METHODS = [
     Method("modpo", "one model per preference weight on the first value's data, the other values as a margin "
-           "(implicit DPO rewards or reward models: baselines.modpo_margin)", "arXiv:2310.03708",
-           per_weight_models("modpo"), train=train, reads=("baselines",), kind="per-weight"),
+           "(implicit DPO rewards or reward models: methods.modpo.margin)", "arXiv:2310.03708",
+           per_weight_models("modpo"), train=train, kind="per-weight", settings=ModpoSettings),
 ]

@@ -2,7 +2,7 @@
 
   mva         values in config order; the first vector is plain DPO (the dpo vector, reused when trained), each
               later vector θ_k is trained with L_DPO(θ_k; D_k) + α · Σ_{j<k} Σ_ℓ penalty(θ_k^ℓ, θ_j^ℓ) against the
-              earlier, frozen vectors (decorrelation.penalty: HSIC or CKA by default; `train.decorrelation`).
+              earlier, frozen vectors (methods.mva.penalty: HSIC or CKA by default; `train.decorrelation`).
               Candidates: W0 + Σ ω_k ΔW_k with ω from sweep.strategy (each ω_k chosen independently: the box).
   mva-orth    the same with the orthogonality penalty ‖ΔW_kᵀ ΔW_j‖_F² instead (orth-normalised when the mva
               penalty is scale-free (cka / orth-normalised), raw orth when it is hsic / orth).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config import RunConfig
+from ..config import DecorrelationSettings, RunConfig
 from ..data import value_splits
 from ..lora import load_lora_adapter
 from ..rundir import RunDir, value_seed
@@ -25,15 +25,15 @@ from . import dpo
 from .base import Method, extrapolation, in_order, simplex
 
 
-def penalty_kind(cfg: RunConfig, group: str) -> str:
-    p = cfg.decorrelation.penalty
+def penalty_kind(dc: DecorrelationSettings, group: str) -> str:
+    p = dc.penalty
     if group == "mva":
         return p
     return "orth-normalised" if p in ("cka", "orth-normalised") else "orth"
 
 
 def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, frozen: list[str], force: bool,
-                       progress: bool) -> VectorRecord:
+                       progress: bool, dc: DecorrelationSettings) -> VectorRecord:
     done = finished(run, group, value)
     if done is not None and not force:
         return done
@@ -41,11 +41,10 @@ def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, froz
         plain = None if force else finished(run, "dpo", value)
         return reuse(run, plain or dpo.train_vector(cfg, run, value, force=force, progress=progress), group)
     splits = value_splits(cfg, value)
-    seed = value_seed(cfg.dpo.seed, value)
-    kind = penalty_kind(cfg, group)
+    seed = value_seed(cfg.training.seed, value)
+    kind = penalty_kind(dc, group)
 
     def build(ctx):
-        dc = cfg.decorrelation
         spec = PenaltySpec(kind=kind, target=dc.target, sigma=dc.sigma, rows=dc.rows)
         earlier = [load_lora_adapter(run.adapter(group, v), v) for v in frozen]
         return ctx.dpo(splits["train"], extra=[PenaltyTerm(DecorrelationLoss(earlier, spec, dc.alpha, seed=seed))])
@@ -56,17 +55,20 @@ def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, froz
 
 
 def trainer(group: str):
-    def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
-        return in_order(cfg, values, force, lambda v, frozen, f: train_decorrelated(cfg, run, group, v, frozen, f, progress))
+    def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+              dc: DecorrelationSettings) -> list[VectorRecord]:
+        return in_order(cfg, values, force,
+                        lambda v, frozen, f: train_decorrelated(cfg, run, group, v, frozen, f, progress, dc))
     return train
 
 
 METHODS = [
     Method("mva", "values in order, each later vector DPO + α·decorrelation (HSIC/CKA) against the earlier, frozen "
            "ones; extrapolation candidates (sweep.strategy)", "arXiv:2511.17579", extrapolation("mva"),
-           train=trainer("mva"), reads=("decorrelation",)),
+           train=trainer("mva"), settings=DecorrelationSettings),
     Method("mva-orth", "as mva with the orthogonality penalty instead of HSIC/CKA (the paper's ablation)",
-           "arXiv:2511.17579", extrapolation("mva-orth"), train=trainer("mva-orth"), reads=("decorrelation",)),
+           "arXiv:2511.17579", extrapolation("mva-orth"), train=trainer("mva-orth"), settings=DecorrelationSettings,
+           block="mva"),
     Method("mva-convex", "the mva vectors on the simplex only (no extrapolation; ablation)", "arXiv:2511.17579",
            simplex("mva"), vectors="mva"),
 ]

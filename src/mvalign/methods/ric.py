@@ -52,9 +52,9 @@ class RiCSettings(BaseModel):
     """The `methods.ric` block of a config."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int | None = Field(None, ge=1, description="SFT optimizer steps (null = n_values × dpo.max_steps).")
-    batch_size: int | None = Field(None, ge=1, description="Responses per step (null = 2 × dpo.batch_size).")
-    lr: float | None = Field(None, gt=0, description="Learning rate (null = dpo.lr).")
+    steps: int | None = Field(None, ge=1, description="SFT optimizer steps (null = n_values × training.max_steps).")
+    batch_size: int | None = Field(None, ge=1, description="Responses per step (null = 2 × training.batch_size).")
+    lr: float | None = Field(None, gt=0, description="Learning rate (null = training.lr).")
     decimals: int = Field(1, ge=0, le=4, description="Decimals of the rewards written in the prompt (paper: 1).")
 
 
@@ -105,7 +105,8 @@ def _examples(cfg: RunConfig) -> tuple[list[Prompt], list[str]]:
     return prompts, responses
 
 
-def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+          s: RiCSettings) -> list[VectorRecord]:
     if values:
         raise ConfigError("ric trains one model on every value's data; run it without --value")
     done = finished(run, ADAPTER, ADAPTER)
@@ -113,7 +114,6 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
         return [done]
     from ..rewards import ScoreCache, load_reward_models
 
-    s: RiCSettings = METHODS[0].options(cfg)
     names = value_names(cfg)
     prompts, responses = _examples(cfg)
     if not prompts:
@@ -129,15 +129,15 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
                                   d.max_prompt_length, ctx.chat)
         return sft_objective(seqs)
 
-    steps = s.steps or (len(names) * cfg.dpo.max_steps if cfg.dpo.max_steps else None)
-    overrides = {"batch_size": s.batch_size or 2 * cfg.dpo.batch_size, **({"max_steps": steps} if steps else {}),
+    steps = s.steps or (len(names) * cfg.training.max_steps if cfg.training.max_steps else None)
+    overrides = {"batch_size": s.batch_size or 2 * cfg.training.batch_size, **({"max_steps": steps} if steps else {}),
                  **({"lr": s.lr} if s.lr else {})}
-    job = AdapterJob(ADAPTER, ADAPTER, value_seed(cfg.dpo.seed, "ric"), build, overrides=overrides,
+    job = AdapterJob(ADAPTER, ADAPTER, value_seed(cfg.training.seed, "ric"), build, overrides=overrides,
                      metrics={"reward_stats": json.dumps(stats), "decimals": s.decimals})
     return [run_adapter_job(cfg, run, job, force=force, progress=progress)]
 
 
-def candidates(cfg: RunConfig, run: RunDir) -> Candidates:
+def candidates(cfg: RunConfig, run: RunDir, settings: RiCSettings) -> Candidates:
     """One prompt transform per preference weight on the simplex (sweep.simplex_step), all on the one adapter."""
     names = value_names(cfg)
     rec = run.store().get_vector(ADAPTER, ADAPTER)

@@ -27,17 +27,18 @@ def train_stage(cfg: RunConfig, run: RunDir, value: str, earlier: list[str], for
         plain = None if force else finished(run, "dpo", value)
         return reuse(run, plain or dpo.train_vector(cfg, run, value, force=force, progress=progress), "seqt")
     splits = value_splits(cfg, value)
-    job = AdapterJob("seqt", value, value_seed(cfg.dpo.seed, f"seqt:{value}"), build=lambda ctx: ctx.dpo(splits["train"]),
+    job = AdapterJob("seqt", value, value_seed(cfg.training.seed, f"seqt:{value}"), build=lambda ctx: ctx.dpo(splits["train"]),
                      val_sets={value: splits["val"]}, init_from=run.adapter("seqt", earlier[-1]),
                      metrics={"continued_from": earlier[-1]})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 
 
-def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool) -> list[VectorRecord]:
+def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progress: bool,
+          settings=None) -> list[VectorRecord]:
     return in_order(cfg, values, force, lambda v, earlier, f: train_stage(cfg, run, v, earlier, f, progress))
 
 
-def stages(cfg: RunConfig, run: RunDir) -> Candidates:
+def stages(cfg: RunConfig, run: RunDir, settings=None) -> Candidates:
     values = value_names(cfg)
     points = [Candidate({u: float(j <= k) for j, u in enumerate(values)}, {v: 1.0}) for k, v in enumerate(values)]
     return Candidates("seqt", values, FixedCandidates(points), "stages")

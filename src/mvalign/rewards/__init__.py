@@ -75,7 +75,7 @@ def train_reward(cfg: RunConfig, value: str, force: bool = False) -> dict:
                               f"--value {value} --force`") from None
     splits = load_value_splits(v.reward.data, value, cfg.split.seed, cfg.split.train, cfg.split.val)
     return train_bt_head(splits["train"], splits["val"], out, value=value, encoder=v.reward.encoder,
-                         epochs=v.reward.epochs, seed=cfg.dpo.seed, device=reward_device(cfg, value))
+                         epochs=v.reward.epochs, seed=cfg.training.seed, device=reward_device(cfg, value))
 
 
 def load_reward_models(cfg: RunConfig, train_missing: bool = True) -> dict[str, RewardModel]:

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from ..config import DPOSettings, RunConfig
+from ..config import RunConfig, TrainingSettings
 from ..data.pairs import PreferencePair
 from ..devices import process_state
 from ..errors import writing
@@ -46,7 +46,7 @@ class JobContext:
     run: RunDir
     model: torch.nn.Module
     tokenizer: object
-    settings: DPOSettings
+    settings: TrainingSettings
     cache: Path
 
     @property
@@ -132,7 +132,7 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
         shutil.rmtree(train_dir, ignore_errors=True)
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
-    d = cfg.dpo.model_copy(update={"seed": job.seed, **job.overrides})
+    d = cfg.training.model_copy(update={"seed": job.seed, **job.overrides})
     ctx = JobContext(cfg, run, model, tokenizer, d, cache)
     with state.main_process_first():  # base.json and the reference cache: written once, read by the others
         base = run.check_base(model, cfg.model.name)

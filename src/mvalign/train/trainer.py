@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..config import DPOSettings
+from ..config import TrainingSettings
 from ..devices import accelerator_kwargs
 from ..errors import MvalignError, writing
 from ..faults import reached
@@ -43,7 +43,7 @@ class TrainResult:
     """Metrics of the last logged step."""
 
 
-def total_steps(settings: DPOSettings, n_pairs: int, world_size: int = 1) -> int:
+def total_steps(settings: TrainingSettings, n_pairs: int, world_size: int = 1) -> int:
     """max_steps, else ceil(epochs · ceil(n / batch_size) / (grad_accum · world_size))."""
     if settings.max_steps is not None:
         return settings.max_steps
@@ -59,7 +59,7 @@ def micro_batch_indices(n_pairs: int, batch_size: int, seed: int, micro: int) ->
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
-def visited_pairs(settings: DPOSettings, n_pairs: int, world_size: int = 1) -> list[int]:
+def visited_pairs(settings: TrainingSettings, n_pairs: int, world_size: int = 1) -> list[int]:
     """Indices of the pairs a training with these settings reads (every process together), in ascending order."""
     micros = total_steps(settings, n_pairs, world_size) * settings.grad_accum * world_size
     if micros >= math.ceil(n_pairs / settings.batch_size):  # a whole epoch: every pair
@@ -121,7 +121,7 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
 def train_adapter(
     model: torch.nn.Module,
     objective: Objective,
-    settings: DPOSettings,
+    settings: TrainingSettings,
     out_dir: str | os.PathLike[str],
     pad_id: int,
     *,
@@ -200,7 +200,7 @@ def train_adapter(
                 raise DivergedError(
                     f"{out}: step {step + 1} of {steps} gave non-finite {', '.join(f'{k} = {v}' for k, v in bad.items())}; "
                     f"the step was not applied and nothing was saved (last checkpoint: step {saved}). Usual causes: a "
-                    "learning rate too high for this model (dpo.lr), bf16 overflow (dpo.precision: fp32), non-finite "
+                    "learning rate too high for this model (training.lr), bf16 overflow (training.precision: fp32), non-finite "
                     "inputs (reference log-probs, margins, pair weights)")
             optimizer.step()
             scheduler.step()
