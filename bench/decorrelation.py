@@ -34,7 +34,7 @@ from mvalign.lora import add_value_adapter
 from mvalign.methods import train_method
 from mvalign.models import cache_root, load_model
 from mvalign.rundir import RunDir, package_versions, value_seed
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 from mvalign.train.decorrelation import DecorrelationLoss, PenaltySpec
 from mvalign.train.dpo import dpo_loss
 from mvalign.train.logprobs import pair_logprobs
@@ -73,9 +73,9 @@ def make_config(s: dict, variant: str, run_root: Path, seed: int = 0) -> RunConf
 def seed_first_vector(src_cfg: RunConfig, dst_cfg: RunConfig) -> None:
     """Give a variant's run the already-trained plain helpful vector (identical config for it), so it is not retrained."""
     src, dst = RunStore(src_cfg.run_dir), RunStore(dst_cfg.run_dir)
-    rec = src.get_vector("helpful", "dpo")
-    target = RunDir(dst_cfg.run_dir).adapter("dpo", "helpful")
-    if dst.get_vector("helpful", "dpo") is None:
+    rec = src.get_vector(AdapterRef("dpo", "helpful"))
+    target = RunDir(dst_cfg.run_dir).adapter(AdapterRef("dpo", "helpful"))
+    if dst.get_vector(AdapterRef("dpo", "helpful")) is None:
         shutil.copytree(rec.adapter_dir, target, dirs_exist_ok=True)
         rec.adapter_dir = str(target)
         dst.put_vector(rec)
@@ -84,9 +84,9 @@ def seed_first_vector(src_cfg: RunConfig, dst_cfg: RunConfig) -> None:
 def penalty_timing(cfg: RunConfig, reps: int) -> dict:
     """Median seconds of one DPO micro-step (fwd+bwd, batch 4) and of the penalty's fwd+bwd, interleaved."""
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    frozen = load_lora_adapter(RunDir(cfg.run_dir).adapter("dpo", "helpful"), "helpful")
+    frozen = load_lora_adapter(RunDir(cfg.run_dir).adapter(AdapterRef("dpo", "helpful")), "helpful")
     peft = add_value_adapter(model, cfg.lora, value_seed(0, "harmless"))
-    trained = load_lora_adapter(RunDir(cfg.run_dir).adapter("mva", "harmless"))
+    trained = load_lora_adapter(RunDir(cfg.run_dir).adapter(AdapterRef("mva", "harmless")))
     with torch.no_grad():  # start from the trained vector so the penalty sees realistic factors
         for name, p in peft.named_parameters():
             if "lora_" in name:
@@ -153,10 +153,10 @@ def main() -> None:
             if variant != "plain":
                 seed_first_vector(cfgs["plain"], cfgs[variant])
                 train_method(cfgs[variant], "mva")
-        helpful = RunStore(cfgs["plain"].run_dir).get_vector("helpful", "dpo")
+        helpful = RunStore(cfgs["plain"].run_dir).get_vector(AdapterRef("dpo", "helpful"))
         for variant, cfg in cfgs.items():
             method = "dpo" if variant == "plain" else "mva"
-            harmless = RunStore(cfg.run_dir).get_vector("harmless", method)
+            harmless = RunStore(cfg.run_dir).get_vector(AdapterRef(method, "harmless"))
             adapters = [load_lora_adapter(helpful.adapter_dir, "helpful"), load_lora_adapter(harmless.adapter_dir, "harmless")]
             overall = interference_report(adapters)["pairs"][0]["overall"]
             log = [

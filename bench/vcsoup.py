@@ -81,7 +81,7 @@ def main() -> None:
         train_method(cfg, "vcsoup")
         fronts[variant] = evaluate_method(cfg, "vcsoup")
         vectors[variant] = {
-            r.value: {
+            r.name: {
                 "train_pairs": r.train_pairs,
                 "pairs_before_filter": r.metrics.get("pairs_before_filter"),
                 "val_accuracy": r.metrics.get("val_accuracy"),

@@ -22,9 +22,8 @@ LAYERS = [
      "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "track"},
     # 3: training jobs, consistency, the sweep engine and racing
     {"train.job", "consistency", "sweep", "race", "scaleout"},
-    # 4: the methods
-    {"methods", "methods.base", "methods.registry", "methods.dpo", "methods.mva", "methods.vcsoup", "methods.seqt",
-     "methods.lw", "methods.modpo", "methods.perweight", "methods.ric", "diagnose"},
+    # 4: the methods (a module of the methods package is here without being listed: a new method adds nothing)
+    {"methods", "diagnose"},
     # 5: evaluation and its outputs
     {"evaluate", "report", "explorer", "compare", "card", "export"},
     # 6: entry points
@@ -73,8 +72,18 @@ def graph() -> dict[str, set[str]]:
     return {m: imports(m, p, set(mods)) for m, p in mods.items()}
 
 
+def layer_of(module: str) -> int | None:
+    """Its layer, or its package's (methods.<name> is a method module)."""
+    listed = {m: i for i, group in enumerate(LAYERS) for m in group}
+    if module in listed:
+        return listed[module]
+    package = module.rpartition(".")[0]
+    return listed.get(package) if package == "methods" else None
+
+
 def test_every_module_has_a_layer():
-    assert set(modules()) - {""} == set().union(*LAYERS)
+    assert [m for m in modules() if m and layer_of(m) is None] == []
+    assert set().union(*LAYERS) <= set(modules())
 
 
 def test_no_import_cycles():
@@ -98,10 +107,9 @@ def test_no_import_cycles():
 
 
 def test_no_import_goes_up_a_layer():
-    layer = {m: i for i, group in enumerate(LAYERS) for m in group}
     g = graph()
-    up = sorted(f"{m} (layer {layer[m]}) imports {d} (layer {layer[d]})" for m, ds in g.items() if m
-                for d in ds if layer[d] > layer[m])
+    up = sorted(f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})" for m, ds in g.items() if m
+                for d in ds if layer_of(d) > layer_of(m))
     assert up == []
 
 

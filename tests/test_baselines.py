@@ -18,7 +18,7 @@ from mvalign.methods.modpo import margins
 from mvalign.methods.perweight import preference_weights
 from mvalign.models import cache_root, load_model
 from mvalign.rundir import RunDir
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 from mvalign.train.dpo import dpo_loss, loss_weighting_pair_weights, modpo_margins
 from mvalign.train.logprobs import compute_logprobs
 from mvalign.train.tokenize import tokenize_pairs
@@ -84,17 +84,18 @@ def test_seqt_continues_stage_one_on_the_second_value(tmp_path, tiny_model_dir):
     cfg = load_config(path)
     stages = train_method(cfg, "seqt")
     run = tmp_path / "run"
-    assert [r.value for r in stages] == ["helpful", "harmless"]
+    assert [r.name for r in stages] == ["helpful", "harmless"]
     # stage 1 is the plain DPO vector of the first value, byte for byte
-    dpo_file = RunDir(run).adapter("dpo", "helpful") / "adapter_model.safetensors"
-    assert (RunDir(run).adapter("seqt", "helpful") / "adapter_model.safetensors").read_bytes() == dpo_file.read_bytes()
+    dpo_file = RunDir(run).adapter(AdapterRef("dpo", "helpful")) / "adapter_model.safetensors"
+    stage_one = RunDir(run).adapter(AdapterRef("seqt", "helpful")) / "adapter_model.safetensors"
+    assert stage_one.read_bytes() == dpo_file.read_bytes()
     # stage 2 trained on the second value's pairs, starting from stage 1 (not from a fresh init)
     harmless_train = load_value_splits(cfg.value("harmless").data, "harmless", cfg.split.seed, cfg.split.train, cfg.split.val)[
         "train"
     ]
     assert stages[1].train_pairs == len(harmless_train) and stages[1].metrics["continued_from"] == "helpful"
     one = load_file(str(dpo_file))
-    two = load_file(str(RunDir(run).adapter("seqt", "harmless") / "adapter_model.safetensors"))
+    two = load_file(str(RunDir(run).adapter(AdapterRef("seqt", "harmless")) / "adapter_model.safetensors"))
     steps, lr = cfg.training.max_steps, cfg.training.lr
     for name, a in one.items():
         if "lora_A" in name:  # random init of stage 1; a fresh adapter would draw different values
@@ -113,7 +114,7 @@ def test_modpo_implicit_margins_match_peft_log_probs(tmp_path, tiny_model_dir):
     assert get_method("modpo").options(cfg).margin == "implicit"  # the default
     got = margins(cfg, RunDir(run), model, tok, tokenizer.pad_token_id, pairs, ["harmless"], w, tmp_path / "c")
     fresh, _ = load_model(cfg.model, cache_root(cfg.cache_dir))
-    peft = PeftModel.from_pretrained(fresh, RunDir(run).adapter("dpo", "harmless"))
+    peft = PeftModel.from_pretrained(fresh, RunDir(run).adapter(AdapterRef("dpo", "harmless")))
     pc, pr = compute_logprobs(peft, tok, tokenizer.pad_token_id)
     with peft.disable_adapter():
         rc, rr = compute_logprobs(peft, tok, tokenizer.pad_token_id)
@@ -152,7 +153,7 @@ def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     assert fronts["soup"]["training"] == fronts["mva-nohsic"]["training"] == fronts["dpo"]["training"]
     assert fronts["lw"]["training"]["steps"] == 2 and fronts["mva"]["training"]["adapters"] == 2
     assert all(f["training"]["tokens"] > 0 for f in fronts.values())
-    orth = RunStore(run).get_vector("harmless", "mva-orth")
+    orth = RunStore(run).get_vector(AdapterRef("mva-orth", "harmless"))
     assert orth.metrics["penalty"] == "orth-normalised"
 
     diagnosed = runner.invoke(app, ["diagnose", str(run)])  # every method whose adapters are value vectors

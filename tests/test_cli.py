@@ -12,7 +12,7 @@ from common import assert_weights, expected_weights, write_builtin_config
 from mvalign.cli import app
 from mvalign.config import ConfigError, RunConfig, load_config
 from mvalign.models import ModelLoadError, format_prompt, load_model
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 
 runner = CliRunner()
 
@@ -97,7 +97,7 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and "torch" in json.loads((run / "versions.json").read_text())
     store = RunStore(run)
-    created = store.get_vector("helpful", "dpo").created
+    created = store.get_vector(AdapterRef("dpo", "helpful")).created
 
     # PEFT loads the adapter
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -105,7 +105,7 @@ def test_train_skip_and_combine_end_to_end(tmp_path, run_config, tiny_model_dir)
 
     # re-running skips finished vectors
     again = runner.invoke(app, ["train", str(run_config), "--value", "helpful"])
-    assert again.exit_code == 0 and store.get_vector("helpful", "dpo").created == created
+    assert again.exit_code == 0 and store.get_vector(AdapterRef("dpo", "helpful")).created == created
 
     out = tmp_path / "merged"
     result = runner.invoke(app, ["combine", str(run), "--weights", "helpful=0.8,harmless=1.2", "--out", str(out)])

@@ -90,7 +90,7 @@ def test_two_processes_train_the_single_process_adapters(single, tmp_path, tiny_
     for a, b in zip(want, have):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a), (a, b)
     store = RunStore(tmp_path / "run")
-    assert sorted((r.method, r.value) for r in store.vectors()) == [("dpo", "helpful"), ("mva", "harmless"),
+    assert sorted((r.group, r.name) for r in store.vectors()) == [("dpo", "helpful"), ("mva", "harmless"),
                                                                      ("mva", "helpful")]
     computed = done.stderr.count("computing reference log-probs")  # logged by whichever process computes
     assert computed == len(list((tmp_path / "cache" / "ref_logps").iterdir())) == 4  # train + held-out, 2 values

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from common import write_builtin_config
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 
 DPO = {"max_steps": 3, "save_every": 2, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4}
 SWEEP = {"strategy": "grid", "grid": [0.5, 2.0], "val_prompts": 3, "test_prompts": 3, "max_new_tokens": 6,
@@ -51,7 +51,7 @@ def untimed(obj):
 
 
 def trained_state(run: Path, group: str = "dpo", value: str = "helpful"):
-    rec = RunStore(run).get_vector(value, group)
+    rec = RunStore(run).get_vector(AdapterRef(group, value))
     tensors = load_file(str(run / "adapters" / group / value / "adapter_model.safetensors"))
     log = [json.loads(line) for line in (run / "train" / group / value / "log.jsonl").read_text().splitlines()
            if line.strip()]
@@ -202,7 +202,7 @@ def test_a_full_disk_mid_training_gives_one_line_and_loses_nothing(small_disk, t
     filler.unlink()
     again = mvalign("train", str(path), "--value", "helpful", cwd=small_disk)
     assert again.returncode == 0, again.stderr
-    assert RunStore(small_disk / "run").get_vector("helpful", "dpo").steps == 3
+    assert RunStore(small_disk / "run").get_vector(AdapterRef("dpo", "helpful")).steps == 3
     assert not leftovers(small_disk / "run")
 
 
@@ -248,7 +248,7 @@ def test_simulated_enospc_at_each_write_names_the_file(tmp_path, tiny_model_dir,
     assert not leftovers(tmp_path / "run")
     monkeypatch.undo()
     assert CliRunner().invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0
-    rec = RunStore(tmp_path / "run").get_vector("helpful", "dpo")
+    rec = RunStore(tmp_path / "run").get_vector(AdapterRef("dpo", "helpful"))
     assert rec.steps == 3
 
 

@@ -102,7 +102,8 @@ def test_random_csv_quoting(rows, header, raw_tail, on_invalid):
         pairs = _load(Path(tmp), "pairs.csv", (buf.getvalue() + raw_tail).encode(), "generic", on_invalid)
         if pairs is not None and header == ["prompt", "chosen", "rejected"] and not raw_tail:
             # what csv itself parses as complete, valid rows is what we return (the independent reference)
-            want = [r for r in rows if len(r) == 3 and all(x.strip() for x in r) and r[1] != r[2]]
+            # (a pair whose chosen and rejected differ only in surrounding whitespace is no preference: dropped)
+            want = [r for r in rows if len(r) == 3 and all(x.strip() for x in r) and r[1].strip() != r[2].strip()]
             assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [tuple(r) for r in want]
 
 

@@ -14,7 +14,7 @@ from mvalign.evaluate import evaluate_method
 from mvalign.methods import train_method
 from mvalign.pick import pick_run
 from mvalign.rundir import RunDir
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (`pip install 'mvalign[ray]'`; make installs it)")
 
@@ -78,7 +78,7 @@ def test_cluster_listens_on_loopback_only(trained, tmp_path, fresh_ray):
     from mvalign.scaleout import RayBackend
 
     cfg = copy_run(trained, tmp_path / "r", backend="ray")
-    backend = RayBackend(cfg, [(v.name, str(RunDir.of(cfg).adapter("dpo", v.name))) for v in cfg.values], None)
+    backend = RayBackend(cfg, [(v.name, str(RunDir.of(cfg).adapter(AdapterRef("dpo", v.name)))) for v in cfg.values], None)
     try:
         assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
         listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True)

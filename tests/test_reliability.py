@@ -16,6 +16,7 @@ from mvalign.config import ConfigError, load_config
 from mvalign.data.pairs import DataError
 from mvalign.data.readers import read_text
 from mvalign.lora import AdapterError, load_lora_adapter
+from mvalign.store import AdapterRef
 
 runner = CliRunner()
 
@@ -69,12 +70,12 @@ def test_a_lost_store_row_does_not_block_resume(tmp_path, tiny_model_dir):
                                                                   "max_prompt_length": 64, "eval_pairs": 4})
     assert runner.invoke(app, ["train", str(path), "--value", "helpful"]).exit_code == 0
     run = tmp_path / "run"
-    first = RunStore(run).get_vector("helpful", "dpo")
+    first = RunStore(run).get_vector(AdapterRef("dpo", "helpful"))
     adapter = (run / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors").read_bytes()
     (run / "store.sqlite").unlink()
     again = runner.invoke(app, ["train", str(path), "--value", "helpful"])
     assert again.exit_code == 0, again.output
-    rec = RunStore(run).get_vector("helpful", "dpo")
+    rec = RunStore(run).get_vector(AdapterRef("dpo", "helpful"))
     assert rec.steps == 2 and rec.seconds == pytest.approx(first.seconds, rel=0.05)
     assert rec.seconds_per_step == pytest.approx(rec.seconds / 2) and rec.metrics["train_tokens"] > 0
     assert rec.metrics["train_last_loss"] == pytest.approx(first.metrics["train_last_loss"])

@@ -14,7 +14,7 @@ from mvalign.config import load_config
 from mvalign.methods import get_method
 from mvalign.methods.ric import normalise, reward_tags, target_rewards, with_tags
 from mvalign.rundir import RunDir
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 from mvalign.train.losses import SFTTerm
 from mvalign.train.tokenize import collate_sequences, tokenize_sequences
 
@@ -89,7 +89,7 @@ def test_ric_trains_one_model_and_evaluates_prompt_transforms(tmp_path, tiny_mod
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     cfg = load_config(path)
-    rec = RunStore(run).get_vector("ric", "ric")
+    rec = RunStore(run).get_vector(AdapterRef("ric", "ric"))
     # matched budget: n_values x dpo.max_steps steps at 2 x dpo.batch_size responses; chosen + rejected of every pair
     assert rec.steps == 2 * cfg.training.max_steps and rec.train_pairs == 2 * 2 * 8
     stats = json.loads(rec.metrics["reward_stats"])
@@ -104,4 +104,4 @@ def test_ric_trains_one_model_and_evaluates_prompt_transforms(tmp_path, tiny_mod
     assert len(set(keys)) == 3 and all(k.startswith("ric:<helpful: ") for k in keys)
     assert len({p.settings_key for p in RunStore(run).points("ric", "val")}) == 3
     again = runner.invoke(app, ["run", str(path), "--method", "ric"])  # resumable: nothing retrained
-    assert again.exit_code == 0 and RunStore(run).get_vector("ric", "ric").created == rec.created
+    assert again.exit_code == 0 and RunStore(run).get_vector(AdapterRef("ric", "ric")).created == rec.created

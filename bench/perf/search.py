@@ -33,7 +33,7 @@ from mvalign.pareto import hypervolume, non_dominated
 from mvalign.rewards import ScoreCache, load_reward_models
 from mvalign.rundir import RunDir
 from mvalign.search import adaptive_search
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 from mvalign.sweep import SweepContext, evaluate_points
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def main() -> None:
     work = ROOT / "runs" / "bench-perf" / "search" / f"{run.parent.name}-{run.name}-{args.method}"
     store = RunStore(work)
     model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
-    combined = CombinedModel(model, [load_lora_adapter(RunDir(run).adapter(args.method, v), v) for v in values])
+    combined = CombinedModel(model, [load_lora_adapter(RunDir(run).adapter(AdapterRef(args.method, v)), v) for v in values])
     ctx = SweepContext(load_reward_models(cfg, train_missing=False), generation_settings(cfg), store,
                        ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite"), bootstrap=200,
                        use_chat_template=cfg.model.chat_template == "auto")

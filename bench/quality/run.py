@@ -53,7 +53,7 @@ from mvalign.front import Front
 from mvalign.methods import get_method, method_names, train_method
 from mvalign.rewards import load_reward_models
 from mvalign.rundir import RunDir, package_versions
-from mvalign.store import RunStore
+from mvalign.store import AdapterRef, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -136,7 +136,7 @@ def interference(cfg: RunConfig, source: str) -> dict | None:
     if get_method(source).kind != "value-vectors":
         return None
     run = RunDir.of(cfg)
-    adapters = [load_lora_adapter(run.adapter(source, v.name), v.name) for v in cfg.values]
+    adapters = [load_lora_adapter(run.adapter(AdapterRef(source, v.name)), v.name) for v in cfg.values]
     overall = interference_report(adapters)["pairs"][0]["overall"]
     return {k: overall[k] for k in ("cos", "mean_abs_cos", "cka")}
 
@@ -144,7 +144,7 @@ def interference(cfg: RunConfig, source: str) -> dict | None:
 def cell_record(cfg: RunConfig, method: str, front: Front, seconds: float) -> dict:
     store = RunStore(cfg.run_dir)
     source = get_method(method).source
-    vectors = {r.value: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
+    vectors = {r.name: {k: r.metrics.get(k) for k in r.metrics if k.startswith("val_") or k in ("penalty", "reused")}
                | {"steps": r.steps, "train_pairs": r.train_pairs, "seconds_per_step": r.seconds_per_step}
                for r in store.vectors(source)}
     data = front.to_json()

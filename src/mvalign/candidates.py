@@ -21,6 +21,7 @@ from typing import Protocol
 from .config import ConfigError, SweepSettings
 from .data.pairs import Prompt
 from .search import adaptive_search
+from .store import AdapterRef
 
 
 @dataclass(frozen=True)
@@ -119,3 +120,8 @@ class Candidates:
     source: CandidateSource
     label: str
     """How the candidates were chosen, for the front's settings (e.g. 'simplex', 'grid', 'per-weight models')."""
+
+    @property
+    def refs(self) -> list[AdapterRef]:
+        """The adapters to load, as the run dir and the store name them."""
+        return [AdapterRef(self.vectors, a) for a in self.adapters]

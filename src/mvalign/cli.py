@@ -96,7 +96,7 @@ def train(
     if not PartialState().is_main_process:  # a multi-process launch: one report, from the main process
         return
     for rec in records:
-        typer.echo(json.dumps({"method": rec.method, "value": rec.value, "adapter": rec.adapter_dir, "steps": rec.steps,
+        typer.echo(json.dumps({"method": rec.group, "value": rec.name, "adapter": rec.adapter_dir, "steps": rec.steps,
                                "train_pairs": rec.train_pairs, "seconds_per_step": round(rec.seconds_per_step, 3),
                                **rec.metrics}))
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .lora import LoraAdapter, LoraFactors
+from .store import AdapterRef
 from .train.decorrelation import PenaltySpec, layer_of, module_penalty
 
 
@@ -130,7 +131,7 @@ def diagnose_run(run_dir: str | Path, method: str, out_dir: str | Path | None = 
     names = run.adapter_names(method)
     if len(names) < 2:
         raise ConfigError(f"{run.root / 'adapters' / method}: diagnostics need at least two trained value vectors, found {names}")
-    report = interference_report([load_lora_adapter(run.adapter(method, n), n) for n in names])
+    report = interference_report([load_lora_adapter(run.adapter(AdapterRef(method, n)), n) for n in names])
     report["method"] = method
     out = Path(out_dir) if out_dir else run.diagnostics_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from .race import dropped_points, race_val, racing_record
 from .rewards import RewardModel, ScoreCache, load_reward_models
 from .rewards.base import prompt_text
 from .rundir import RunDir
-from .store import PointRecord, RunStore
+from .store import AdapterRef, PointRecord, RunStore
 from .sweep import Passes, SweepContext, evaluate_points, point_key
 from .track import log_front
 
@@ -112,7 +112,7 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
     m = get_method(method)
     run = prepare_run(cfg)
     plan = m.plan(cfg, run)
-    missing = [str(run.adapter(plan.vectors, a)) for a in plan.adapters if not run.adapter(plan.vectors, a).is_dir()]
+    missing = [str(run.adapter(r)) for r in plan.refs if not run.adapter(r).is_dir()]
     if missing:
         raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")
     rewards = rewards if rewards is not None else load_reward_models(cfg)
@@ -125,13 +125,13 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
         from .scaleout import RayBackend
 
         passes = Passes(None, s.rows_per_pass, s.points_per_pass) if mixed else None
-        backend = RayBackend(cfg, [(a, str(run.adapter(plan.vectors, a))) for a in plan.adapters],
+        backend = RayBackend(cfg, [(r.name, str(run.adapter(r))) for r in plan.refs],
                              (s.rows_per_pass, s.points_per_pass) if mixed else None,
                              check=lambda fp, dtype, where: run.check_fingerprint(fp, dtype, cfg.model.name, where))
     else:
         model, tokenizer = load_model(cfg.model, cache_root(cfg.cache_dir))
         run.check_base(model, cfg.model.name)
-        combined = CombinedModel(model, [load_lora_adapter(run.adapter(plan.vectors, a), a) for a in plan.adapters],
+        combined = CombinedModel(model, [load_lora_adapter(run.adapter(r), r.name) for r in plan.refs],
                                  cfg.sweep.combination)
         passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) if mixed else None
     ctx = SweepContext(rewards, generation_settings(cfg), run.store(), cache, cfg.sweep.bootstrap,
@@ -179,7 +179,7 @@ def _evaluate_with(ev: Evaluator, cfg: RunConfig, method: str, primary: bool) ->
     front.prompts = PerSplit(*([prompt_text(p) for p in ev.prompts.of(s)] for s in ("val", "test")))
     if raced is not None:
         front.racing = racing_record(cfg.sweep, raced, dropped_points(ev, raced, base["val"].scores))
-    front.training = training_compute(ev.ctx.store, ev.plan.vectors, ev.plan.adapters)
+    front.training = training_compute(ev.ctx.store, ev.plan.refs)
     RunDir.of(cfg).write_front(front, label, primary)
     reached("front")
     log_front(cfg, RunDir.of(cfg), label, front)
@@ -193,8 +193,8 @@ def backend_settings(backend) -> dict:
     return {"kind": "ray", "workers": backend.settings.workers, "replaced_workers": backend.restarts}
 
 
-def training_compute(store: RunStore, vectors: str, adapters: list[str]) -> Training:
+def training_compute(store: RunStore, refs: list[AdapterRef]) -> Training:
     """Optimizer steps, tokens and wall seconds summed over the adapters a method's candidates use."""
-    recs = [r for r in (store.get_vector(name, vectors) for name in adapters) if r is not None]
+    recs = [r for r in (store.get_vector(ref) for ref in refs) if r is not None]
     return Training(len(recs), sum(r.steps for r in recs), sum(float(r.metrics.get("train_tokens", 0.0)) for r in recs),
                     sum(r.seconds for r in recs))

@@ -29,6 +29,7 @@ from .config import ConfigError, RunConfig
 from .lora import ADAPTER_WEIGHTS, LoraFactors, load_lora_adapter
 from .models import cache_root, load_model, resolve_model_source
 from .rundir import RunDir
+from .store import AdapterRef
 
 FORMATS = ("merged", "peft")
 
@@ -147,7 +148,7 @@ def combine_run(run_dir: str | Path, weights: dict[str, float] | str, out: str |
         raise ConfigError(f"{run_dir}: no trained value vector for {missing}; trained: {have}. Run `mvalign train` first.")
     out = Path(out)
     check_destination(out, run, cfg, overwrite)
-    adapters = [load_lora_adapter(run.adapter(method, v), v) for v in weights]
+    adapters = [load_lora_adapter(run.adapter(AdapterRef(method, v)), v) for v in weights]
     source, _ = resolve_model_source(cfg.model.name, cache_root(cfg.cache_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from .config import ConfigError, RunConfig, config_yaml, load_config
 from .errors import MvalignError, write_atomic
 from .front import Front
-from .store import RunStore
+from .store import AdapterRef, RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
 EVALUATION_ONLY = ("sweep", "report_to")
@@ -80,11 +80,11 @@ class RunDir:
     def store(self) -> RunStore:
         return RunStore(self.root)
 
-    def adapter(self, method: str, name: str) -> Path:
-        return self.root / "adapters" / method / name
+    def adapter(self, ref: AdapterRef) -> Path:
+        return self.root / "adapters" / ref.group / ref.name
 
-    def train_dir(self, method: str, name: str) -> Path:
-        return self.root / "train" / method / name
+    def train_dir(self, ref: AdapterRef) -> Path:
+        return self.root / "train" / ref.group / ref.name
 
     def reward(self, value: str) -> Path:
         return self.root / "rewards" / value

@@ -54,10 +54,25 @@ class StoreError(MvalignError, RuntimeError):
     """The run's SQLite store cannot be read (corrupt, not a database)."""
 
 
+@dataclass(frozen=True)
+class AdapterRef:
+    """One trained adapter of a run, as RunDir (adapters/<group>/<name>/), the store and training jobs name it:
+    `group` is the method that trained it (dpo, mva, vcsoup, seqt, lw, ...), `name` the adapter within the group
+    (a value, a per-weight label like helpful0.25-harmless0.75, or 'ric')."""
+
+    group: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.group}/{self.name}"
+
+
 @dataclass
 class VectorRecord:
-    value: str
-    method: str
+    """A finished adapter (the store's `vectors` table: columns `value` = name, `method` = group)."""
+
+    name: str
+    group: str
     adapter_dir: str
     steps: int
     seconds: float
@@ -66,6 +81,10 @@ class VectorRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     """Held-out metrics, e.g. {"val_accuracy": 0.61, "val_margin": 0.12, "val_pairs": 40}."""
     created: float = field(default_factory=time.time)
+
+    @property
+    def ref(self) -> AdapterRef:
+        return AdapterRef(self.group, self.name)
 
 
 @dataclass
@@ -119,19 +138,21 @@ class RunStore:
 
     def put_vector(self, rec: VectorRecord) -> None:
         row = asdict(rec)
+        row["value"], row["method"] = row.pop("name"), row.pop("group")  # the columns' names
         row["metrics"] = json.dumps(rec.metrics)
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
-        with writing(self.path, f"the record of adapter {rec.method}/{rec.value}", KEPT), closing(self._connect()) as con, con:
+        with writing(self.path, f"the record of adapter {rec.ref}", KEPT), closing(self._connect()) as con, con:
             con.execute(f"INSERT OR REPLACE INTO vectors ({cols}) VALUES ({marks})", row)
 
-    def get_vector(self, value: str, method: str) -> VectorRecord | None:
+    def get_vector(self, ref: AdapterRef) -> VectorRecord | None:
         with closing(self._connect()) as con:
-            row = con.execute("SELECT * FROM vectors WHERE value = ? AND method = ?", (value, method)).fetchone()
+            row = con.execute("SELECT * FROM vectors WHERE value = ? AND method = ?", (ref.name, ref.group)).fetchone()
         if row is None:
             return None
         data = dict(row)
         data["metrics"] = json.loads(data["metrics"])
+        data["name"], data["group"] = data.pop("value"), data.pop("method")
         return VectorRecord(**data)
 
     def put_point(self, rec: PointRecord) -> None:
@@ -166,10 +187,11 @@ class RunStore:
             data[k] = json.loads(data[k])
         return PointRecord(**data)
 
-    def vectors(self, method: str | None = None) -> list[VectorRecord]:
+    def vectors(self, group: str | None = None) -> list[VectorRecord]:
+        """Finished adapters (of one group when given), oldest first."""
         with closing(self._connect()) as con:
             rows = con.execute(
-                "SELECT value, method FROM vectors" + (" WHERE method = ?" if method else "") + " ORDER BY created",
-                (method,) if method else (),
+                "SELECT value, method FROM vectors" + (" WHERE method = ?" if group else "") + " ORDER BY created",
+                (group,) if group else (),
             ).fetchall()
-        return [rec for r in rows if (rec := self.get_vector(r["value"], r["method"])) is not None]
+        return [rec for r in rows if (rec := self.get_vector(AdapterRef(r["method"], r["value"]))) is not None]

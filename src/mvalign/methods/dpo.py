@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..config import RunConfig
 from ..data import value_splits
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
 from .base import Method, each_alone, extrapolation, simplex, value_names
 
@@ -22,11 +22,11 @@ from .base import Method, each_alone, extrapolation, simplex, value_names
 def train_vector(cfg: RunConfig, run: RunDir, value: str, *, force: bool = False, progress: bool = True,
                  group: str = "dpo") -> VectorRecord:
     """Train (or resume, or skip when finished) the plain DPO vector of one value under adapters/<group>/."""
-    done = finished(run, group, value)
+    done = finished(run, AdapterRef(group, value))
     if done is not None and not force:
         return done
     splits = value_splits(cfg, value)
-    job = AdapterJob(group, value, value_seed(cfg.training.seed, value), build=lambda ctx: ctx.dpo(splits["train"]),
+    job = AdapterJob(AdapterRef(group, value), value_seed(cfg.training.seed, value), build=lambda ctx: ctx.dpo(splits["train"]),
                      val_sets={value: splits["val"]})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 

@@ -18,7 +18,7 @@ from ..data import value_splits
 from ..data.pairs import PreferencePair
 from ..lora import attached
 from ..rundir import RunDir
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.dpo import modpo_margins
 from ..train.logprobs import compute_logprobs, reference_logprobs
 from ..train.tokenize import TokenizedPair
@@ -47,7 +47,7 @@ def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
         autocast = torch.bfloat16 if d.precision == "bf16" else None
         ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast, only)
         for j in others:
-            with attached(model, run.adapter("dpo", j)) as pj:
+            with attached(model, run.adapter(AdapterRef("dpo", j))) as pj:
                 pol_c, pol_r = compute_logprobs(pj, [tok[i] for i in idx], pad, d.batch_size * 2, autocast,
                                                 desc=f"implicit {j} rewards")
             cols_c.append(d.beta * (pol_c - ref_c[idx]))

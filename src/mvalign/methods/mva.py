@@ -17,7 +17,7 @@ from ..config import DecorrelationSettings, RunConfig
 from ..data import value_splits
 from ..lora import load_lora_adapter
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.decorrelation import DecorrelationLoss, PenaltySpec
 from ..train.job import AdapterJob, finished, reuse, run_adapter_job
 from ..train.losses import PenaltyTerm
@@ -34,11 +34,11 @@ def penalty_kind(dc: DecorrelationSettings, group: str) -> str:
 
 def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, frozen: list[str], force: bool,
                        progress: bool, dc: DecorrelationSettings) -> VectorRecord:
-    done = finished(run, group, value)
+    done = finished(run, AdapterRef(group, value))
     if done is not None and not force:
         return done
     if not frozen:  # the first vector is plain DPO: the same training
-        plain = None if force else finished(run, "dpo", value)
+        plain = None if force else finished(run, AdapterRef("dpo", value))
         return reuse(run, plain or dpo.train_vector(cfg, run, value, force=force, progress=progress), group)
     splits = value_splits(cfg, value)
     seed = value_seed(cfg.training.seed, value)
@@ -46,10 +46,10 @@ def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, froz
 
     def build(ctx):
         spec = PenaltySpec(kind=kind, target=dc.target, sigma=dc.sigma, rows=dc.rows)
-        earlier = [load_lora_adapter(run.adapter(group, v), v) for v in frozen]
+        earlier = [load_lora_adapter(run.adapter(AdapterRef(group, v)), v) for v in frozen]
         return ctx.dpo(splits["train"], extra=[PenaltyTerm(DecorrelationLoss(earlier, spec, dc.alpha, seed=seed))])
 
-    job = AdapterJob(group, value, seed, build, val_sets={value: splits["val"]},
+    job = AdapterJob(AdapterRef(group, value), seed, build, val_sets={value: splits["val"]},
                      metrics={"decorrelated_against": ",".join(frozen), "penalty": kind})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from ..candidates import Candidate, Candidates, FixedCandidates, simplex_points
 from ..config import ConfigError, PerWeightSettings, RunConfig
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
 from .base import CandidatesFn, value_names
 
@@ -57,12 +57,12 @@ def train_per_weight(cfg: RunConfig, run: RunDir, group: str, settings: PerWeigh
     out = []
     for w in preference_weights(cfg, group, settings):
         label = weight_label(w)
-        done = finished(run, group, label)
+        done = finished(run, AdapterRef(group, label))
         if done is not None and not force:
             out.append(done)
             continue
         steps = settings.steps_per_model
-        job = AdapterJob(group, label, value_seed(cfg.training.seed, f"{group}:{label}"), build=None,
+        job = AdapterJob(AdapterRef(group, label), value_seed(cfg.training.seed, f"{group}:{label}"), build=None,
                          overrides={"max_steps": steps} if steps else {}, metrics={"weights": json.dumps(w)})
         out.append(run_adapter_job(cfg, run, job_for(w, job), force=force, progress=progress))
     return out

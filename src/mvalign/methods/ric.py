@@ -39,7 +39,7 @@ from ..data import value_splits
 from ..data.pairs import Prompt
 from ..models import cache_root
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
 from ..train.losses import sft_objective
 from ..train.tokenize import tokenize_sequences
@@ -109,7 +109,7 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
           s: RiCSettings) -> list[VectorRecord]:
     if values:
         raise ConfigError("ric trains one model on every value's data; run it without --value")
-    done = finished(run, ADAPTER, ADAPTER)
+    done = finished(run, AdapterRef(ADAPTER, ADAPTER))
     if done is not None and not force:
         return [done]
     from ..rewards import ScoreCache, load_reward_models
@@ -132,7 +132,7 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
     steps = s.steps or (len(names) * cfg.training.max_steps if cfg.training.max_steps else None)
     overrides = {"batch_size": s.batch_size or 2 * cfg.training.batch_size, **({"max_steps": steps} if steps else {}),
                  **({"lr": s.lr} if s.lr else {})}
-    job = AdapterJob(ADAPTER, ADAPTER, value_seed(cfg.training.seed, "ric"), build, overrides=overrides,
+    job = AdapterJob(AdapterRef(ADAPTER, ADAPTER), value_seed(cfg.training.seed, "ric"), build, overrides=overrides,
                      metrics={"reward_stats": json.dumps(stats), "decimals": s.decimals})
     return [run_adapter_job(cfg, run, job, force=force, progress=progress)]
 
@@ -140,7 +140,7 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
 def candidates(cfg: RunConfig, run: RunDir, settings: RiCSettings) -> Candidates:
     """One prompt transform per preference weight on the simplex (sweep.simplex_step), all on the one adapter."""
     names = value_names(cfg)
-    rec = run.store().get_vector(ADAPTER, ADAPTER)
+    rec = run.store().get_vector(AdapterRef(ADAPTER, ADAPTER))
     if rec is None or "reward_stats" not in rec.metrics:
         raise ConfigError(f"ric: no trained model in {run.root}; run `mvalign train CONFIG --method ric`")
     stats, decimals = json.loads(rec.metrics["reward_stats"]), int(rec.metrics["decimals"])

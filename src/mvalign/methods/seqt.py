@@ -13,22 +13,23 @@ from ..candidates import Candidate, Candidates, FixedCandidates
 from ..config import RunConfig
 from ..data import value_splits
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.job import AdapterJob, finished, reuse, run_adapter_job
 from . import dpo
 from .base import Method, in_order, value_names
 
 
 def train_stage(cfg: RunConfig, run: RunDir, value: str, earlier: list[str], force: bool, progress: bool) -> VectorRecord:
-    done = finished(run, "seqt", value)
+    done = finished(run, AdapterRef("seqt", value))
     if done is not None and not force:
         return done
     if not earlier:
-        plain = None if force else finished(run, "dpo", value)
+        plain = None if force else finished(run, AdapterRef("dpo", value))
         return reuse(run, plain or dpo.train_vector(cfg, run, value, force=force, progress=progress), "seqt")
     splits = value_splits(cfg, value)
-    job = AdapterJob("seqt", value, value_seed(cfg.training.seed, f"seqt:{value}"), build=lambda ctx: ctx.dpo(splits["train"]),
-                     val_sets={value: splits["val"]}, init_from=run.adapter("seqt", earlier[-1]),
+    job = AdapterJob(AdapterRef("seqt", value), value_seed(cfg.training.seed, f"seqt:{value}"),
+                     build=lambda ctx: ctx.dpo(splits["train"]), val_sets={value: splits["val"]},
+                     init_from=run.adapter(AdapterRef("seqt", earlier[-1])),
                      metrics={"continued_from": earlier[-1]})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 

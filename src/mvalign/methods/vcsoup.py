@@ -16,7 +16,7 @@ from ..config import ConfigError, ConsistencySettings, RunConfig
 from ..consistency import consistency_for_value, select
 from ..data import value_splits
 from ..rundir import RunDir, value_seed
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..train.job import AdapterJob, finished, run_adapter_job
 from .base import Method, simplex, value_names
 
@@ -26,7 +26,7 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
     rewards = None
     out = []
     for value in values or value_names(cfg):
-        done = finished(run, "vcsoup", value)
+        done = finished(run, AdapterRef("vcsoup", value))
         if done is not None and not force:
             out.append(done)
             continue
@@ -42,7 +42,7 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
                               "methods.vcsoup.tau")
         pairs = [splits["train"][i] for i in keep]
         pair_weights = torch.tensor(weights, dtype=torch.float32) if c.mode == "soft" else None
-        job = AdapterJob("vcsoup", value, value_seed(cfg.training.seed, value),
+        job = AdapterJob(AdapterRef("vcsoup", value), value_seed(cfg.training.seed, value),
                          build=lambda ctx, pairs=pairs, w=pair_weights: ctx.dpo(pairs, weights=w),
                          val_sets={value: splits["val"]},
                          metrics={"consistency_mode": c.mode, "pairs_before_filter": len(splits["train"])})

@@ -29,7 +29,7 @@ from ..faults import reached
 from ..lora import add_value_adapter
 from ..models import cache_root, load_model
 from ..rundir import RunDir, replace_dir
-from ..store import VectorRecord
+from ..store import AdapterRef, VectorRecord
 from ..track import finish, make_accelerator
 from .dpo import dpo_loss
 from .logprobs import compute_logprobs, reference_logprobs
@@ -87,9 +87,8 @@ class JobContext:
 
 @dataclasses.dataclass
 class AdapterJob:
-    group: str
-    name: str
-    """The adapter lands in adapters/<group>/<name> and is recorded in the store under (name, group)."""
+    ref: AdapterRef
+    """The adapter lands in adapters/<group>/<name> and is recorded in the store under it."""
     seed: int
     build: Callable[[JobContext], Objective]
     val_sets: dict[str, list[PreferencePair]] = dataclasses.field(default_factory=dict)
@@ -111,23 +110,23 @@ def run_adapter_job(cfg: RunConfig, run: RunDir, job: AdapterJob, *, force: bool
     log-probs (the others read its cache), writes the checkpoints, the log, the adapter and the store row; all of them
     take each decision (finished or not) at the same barrier."""
     state = process_state(cfg.model.device)
-    lock = run.lock(f"{job.group}-{job.name}", f"training {job.group}/{job.name}")
+    lock = run.lock(f"{job.ref.group}-{job.ref.name}", f"training {job.ref}")
     with lock if state.is_main_process else contextlib.nullcontext():
         state.wait_for_everyone()
-        done = None if force else finished(run, job.group, job.name)
+        done = None if force else finished(run, job.ref)
         state.wait_for_everyone()  # nobody writes the store before every process has looked
         if done is not None:
             return done
         rec = _train_job(cfg, run, job, force, progress, state)
         state.wait_for_everyone()
-        return rec if rec is not None else finished(run, job.group, job.name)
+        return rec if rec is not None else finished(run, job.ref)
 
 
 def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool,
                state: PartialState) -> VectorRecord | None:
     """Train and record; returns the record on the main process and None on the others."""
-    out_dir = run.adapter(job.group, job.name)
-    train_dir = run.train_dir(job.group, job.name)
+    out_dir = run.adapter(job.ref)
+    train_dir = run.train_dir(job.ref)
     if force and state.is_main_process:
         shutil.rmtree(train_dir, ignore_errors=True)
     cache = cache_root(cfg.cache_dir)
@@ -143,7 +142,7 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
     peft_model = add_value_adapter(model, cfg.lora, job.seed)
     if job.init_from is not None:
         set_peft_model_state_dict(peft_model, load_file(str(job.init_from / "adapter_model.safetensors")))
-    acc = make_accelerator(cfg, run, f"train-{job.group}-{job.name}")
+    acc = make_accelerator(cfg, run, f"train-{job.ref.group}-{job.ref.name}")
     reached("reference")
     result = train_adapter(peft_model, objective, d, train_dir, ctx.pad, accelerator=acc, progress=progress)
     finish(acc)
@@ -168,7 +167,7 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
         pol = compute_logprobs(peft_model, tok, ctx.pad, d.batch_size * 2, ctx.autocast, desc="held-out log-probs")
         held = dpo_loss(*pol, *ref_val[v], d.beta)
         correct = (held.chosen_rewards > held.rejected_rewards).float()
-        suffix = "" if len(val_tok) == 1 and v == job.name else f"_{v}"
+        suffix = "" if len(val_tok) == 1 and v == job.ref.name else f"_{v}"
         metrics.update(
             {
                 f"val_accuracy{suffix}": held.accuracy.item(),
@@ -179,24 +178,24 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
         )
     # every segment of a resumed training counts (a re-run after a lost store row trains 0 steps but is not 0 s)
     seconds = logged_sum(train_dir, "seconds") or result.seconds
-    rec = VectorRecord(job.name, job.group, str(out_dir), result.steps, seconds,
+    rec = VectorRecord(job.ref.name, job.ref.group, str(out_dir), result.steps, seconds,
                        seconds / result.steps if result.steps else 0.0, len(objective.examples), metrics)
     run.store().put_vector(rec)
     reached("vector")
     return rec
 
 
-def finished(run: RunDir, group: str, name: str) -> VectorRecord | None:
+def finished(run: RunDir, ref: AdapterRef) -> VectorRecord | None:
     """The store record of a finished adapter whose folder exists, else None."""
-    rec = run.store().get_vector(name, group)
-    return rec if rec is not None and run.adapter(group, name).is_dir() else None
+    rec = run.store().get_vector(ref)
+    return rec if rec is not None and run.adapter(ref).is_dir() else None
 
 
 def reuse(run: RunDir, src: VectorRecord, group: str) -> VectorRecord:
     """Record a copy of another method's finished adapter as this group's (the same training, done once); under a
     multi-process launch the main process copies and records, the others wait for it."""
-    out_dir = run.adapter(group, src.value)
-    rec = dataclasses.replace(src, method=group, adapter_dir=str(out_dir), metrics={**src.metrics, "reused": src.method})
+    out_dir = run.adapter(AdapterRef(group, src.name))
+    rec = dataclasses.replace(src, group=group, adapter_dir=str(out_dir), metrics={**src.metrics, "reused": src.group})
     state = PartialState()
     if state.is_main_process:
         replace_dir(Path(src.adapter_dir), out_dir, copy=True)
