@@ -148,7 +148,7 @@ def test_every_method_trains_evaluates_and_compares(tmp_path, tiny_model_dir):
     assert val_weights("lw") == val_weights("modpo") == [(0.5, 0.5)]
     assert val_weights("ric") == simplex  # one model, one prompt transform per simplex w
     # methods sharing vectors share evaluations: dpo, soup and mva-nohsic stored under "dpo"
-    stored = {tuple(sorted(p.weights.items())) for p in RunStore(run).points("dpo", "val")}
+    stored = {tuple(sorted(p.label.items())) for p in RunStore(run).points("dpo", "val")}
     assert len(stored) == 6
     assert fronts["soup"]["training"] == fronts["mva-nohsic"]["training"] == fronts["dpo"]["training"]
     assert fronts["lw"]["training"]["steps"] == 2 and fronts["mva"]["training"]["adapters"] == 2

@@ -235,7 +235,7 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
 
     base = {s: point("base", dict.fromkeys(values, 0.0), s) for s in ("val", "test")}
     val = [point("m", {"a": a, "b": b, "c": c}, "val") for a, b, c in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0.5)]]
-    test = [point("m", dict(p.weights), "test") for p in val[:2]]
+    test = [point("m", dict(p.label), "test") for p in val[:2]]
     front = Front.build(values, "m", val, test, base["val"], base["test"])
     front.prompts = PerSplit(*([f"{s} prompt {i}" for i in range(6)] for s in ("val", "test")))
     run.write_front(front, "m", primary=True)

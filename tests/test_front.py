@@ -31,7 +31,7 @@ def synthetic(seed=0) -> tuple[Front, list, list, dict]:
     val = [record("val", {"a": w, "b": 1 - w}, {"a": w + rng.normal(0, 0.3, 8), "b": 1 - w + rng.normal(0, 0.3, 8)})
            for w in np.linspace(0, 1, 6)]
     val.append(record("val", {"a": 9e30, "b": 0.0}, {"a": [np.nan] * 8, "b": [-50.0] * 8}, flag="non-finite weights"))
-    test = [record("test", dict(p.weights), {"a": rng.normal(p.weights["a"], 0.3, 8), "b": rng.normal(p.weights["b"], 0.3, 8)})
+    test = [record("test", dict(p.label), {"a": rng.normal(p.label["a"], 0.3, 8), "b": rng.normal(p.label["b"], 0.3, 8)})
             for p in val[:3]]
     return Front.build(VALUES, "m", val, test, base["val"], base["test"]), val, test, base
 

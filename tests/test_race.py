@@ -178,7 +178,7 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
     base_val = stores["off"].points("base", "val")[0]
     assert len(info["dropped"]) == 16 - len(raced) and all(d["prompts"] < 24 for d in info["dropped"])
     for d in info["dropped"]:
-        rec = next(p for p in stores["off"].points("mva", "val") if p.weights == d["weights"])
+        rec = next(p for p in stores["off"].points("mva", "val") if p.label == d["weights"])
         n = d["prompts"]
         assert d["responses"] == rec.responses[:n] and json_key(d) not in raced
         for v in ("helpful", "harmless"):
@@ -198,8 +198,8 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
         assert drawn(page, "· raced") == 0
     # responses of a joined record are those of the direct evaluation, in prompt order
     one = next(iter(raced.values()))["weights"]
-    a = next(p for p in stores["on"].points("mva", "val") if p.weights == one)
-    b = next(p for p in stores["off"].points("mva", "val") if p.weights == one)
+    a = next(p for p in stores["on"].points("mva", "val") if p.label == one)
+    b = next(p for p in stores["off"].points("mva", "val") if p.label == one)
     assert a.responses == b.responses and a.settings_key == b.settings_key
     # Evaluator.stored: the survivors' joined records are found under the run's settings, the dropped are not
     from mvalign.candidates import Candidate
@@ -209,7 +209,7 @@ def test_a_raced_sweep_keeps_the_front_and_the_records_of_the_full_one(tmp_path,
     with evaluator(cfg, "mva", progress=False, rewards=judges) as ev:
         for p in raced.values():
             assert ev.stored(Candidate.combination(p["weights"]), "val").responses == \
-                next(r for r in stores["on"].points("mva", "val") if r.weights == p["weights"]).responses
+                next(r for r in stores["on"].points("mva", "val") if r.label == p["weights"]).responses
         assert all(ev.stored(Candidate.combination(d["weights"]), "val") is None for d in info["dropped"])
         cfg.sweep.max_new_tokens += 1  # other generation settings: nothing stored under them
         assert ev.stored(Candidate.combination(one), "val") is not None

@@ -40,7 +40,7 @@ def copy_run(trained, dest, **sweep):
 
 
 def stored(run) -> dict:
-    return {(p.split, tuple(sorted(p.weights.items()))): (p.responses, p.rewards) for p in RunStore(run).points()}
+    return {(p.split, tuple(sorted(p.label.items()))): (p.responses, p.rewards) for p in RunStore(run).points()}
 
 
 @pytest.fixture

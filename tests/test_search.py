@@ -73,10 +73,10 @@ def test_adaptive_sweep_in_a_run_is_resumable(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     front = json.loads((run / "front-mva.json").read_text())
     assert sum(p["split"] == "val" for p in front["points"]) == 10
-    stored = {(p.split, json.dumps(p.weights, sort_keys=True)): p.created for p in RunStore(run).points()}
+    stored = {(p.split, json.dumps(p.label, sort_keys=True)): p.created for p in RunStore(run).points()}
     second = runner.invoke(app, ["run", str(path), "--method", "mva"])
     assert second.exit_code == 0, second.output
-    assert {(p.split, json.dumps(p.weights, sort_keys=True)): p.created for p in RunStore(run).points()} == stored
+    assert {(p.split, json.dumps(p.label, sort_keys=True)): p.created for p in RunStore(run).points()} == stored
     assert json.loads((run / "front-mva.json").read_text())["points"] == front["points"]
 
 

@@ -81,8 +81,8 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path, tokenizer, tiny_llam
     fresh = Counting(length_score)
     resumed = _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [fresh, Counting(vowel_score)])()
     assert fresh.calls == 4 * 4  # only the 4 missing points were generated and scored
-    assert [(p.weights, p.rewards, p.ci95, p.responses) for p in resumed] == \
-           [(p.weights, p.rewards, p.ci95, p.responses) for p in straight]
+    assert [(p.label, p.rewards, p.ci95, p.responses) for p in resumed] == \
+           [(p.label, p.rewards, p.ci95, p.responses) for p in straight]
     again = Counting(length_score)
     _sweep(tmp_path / "b", tokenizer, tiny_llama, store, [again, Counting(vowel_score)])()
     assert again.calls == 0
@@ -151,7 +151,7 @@ def test_mixed_passes_give_the_records_of_the_one_point_path(tmp_path, tokenizer
             ctx, combined, tokenizer, cs, method="mva", split="val", prompts=PROMPTS, progress=False)
         if name == "resumed":
             run(cands[2:5])  # a pass of three points stored, the rest not
-        results[name] = [(r.weights, r.rewards, r.responses, r.flag) for r in run(cands)]
+        results[name] = [(r.label, r.rewards, r.responses, r.flag) for r in run(cands)]
     assert results["mixed"] == results["alone"] == results["resumed"]
     assert len({tuple(r[2]) for r in results["alone"]}) > 3  # the points really differ
     # generate calls: 10 batched points (the huge ω goes alone) in passes of 4, 4, 2 points × 4 prompts, 5 rows per

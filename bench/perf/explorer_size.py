@@ -61,7 +61,7 @@ def synthetic_run(folder: Path, s: dict, seed: int = 0) -> Path:
         method = f"method{m}"
         val = [record(method, {"helpful": float(a), "harmless": float(b)}, "val", (0.3 * a - 0.1 * b, 0.3 * b - 0.1 * a))
                for a in grid for b in grid]
-        test = [record(method, dict(p.weights), "test", (p.rewards["helpful"], p.rewards["harmless"]))
+        test = [record(method, dict(p.label), "test", (p.rewards["helpful"], p.rewards["harmless"]))
                 for p in val[:: max(1, len(val) // s["test_points"])][: s["test_points"]]]
         front = build_front(values, method, val, test, base["val"], base["test"])
         front["prompts"], front["store_method"] = prompts, method

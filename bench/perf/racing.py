@@ -103,7 +103,7 @@ def front_kept(full, kept_keys, values) -> tuple[float, float, int]:
     """(front recall, HV ratio, front size): the full evaluation's non-dominated val points that are among
     `kept_keys` (candidate labels as sorted tuples), and the HV of the kept points / of all (one reference point)."""
     matrix = [[p.rewards[v] for v in values] for p in full]
-    keys = [tuple(sorted(p.weights.items())) for p in full]
+    keys = [tuple(sorted(p.label.items())) for p in full]
     front = {k for k, m in zip(keys, non_dominated(matrix)) if m}
     ref = default_reference_point(matrix)
     kept = [row for k, row in zip(keys, matrix) if k in kept_keys]

@@ -63,7 +63,7 @@ def find_record(records: Sequence[PointRecord], weights: dict[str, float], setti
     weights and exactly the same mean rewards (fronts written before settings keys were recorded)."""
     key = weights_key(weights)
     for rec in records:
-        if weights_key(rec.weights) != key:
+        if weights_key(rec.label) != key:
             continue
         if settings_key is not None:
             if rec.settings_key == settings_key:

@@ -228,13 +228,13 @@ class Front:
             b = bases[split]
             paired = (set(p.scores) == set(values) and set(b.scores) == set(values)
                       and len(p.scores[values[0]]) == b.n_prompts)
-            return FrontPoint(method, p.weights, split, p.rewards, p.ci95, bool(pareto), p.settings_key,
+            return FrontPoint(method, p.label, split, p.rewards, p.ci95, bool(pareto), p.settings_key,
                               p.scores if paired else {},
                               change_vs_base(p.scores, b.scores, n_boot=1000, seed=0) if paired else {})
 
         points = [point(p, split, m) for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask))
                   for p, m in zip(pts, mask)]
-        points += [FrontPoint(method, p.weights, p.split, p.rewards, p.ci95, False, p.settings_key, flag=p.flag)
+        points += [FrontPoint(method, p.label, p.split, p.rewards, p.ci95, False, p.settings_key, flag=p.flag)
                    for p in flagged]
         return cls(values, ref.tolist(), "given in config" if reference is not None else
                    "per-value minimum over base and all candidates", points,

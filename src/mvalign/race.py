@@ -138,7 +138,7 @@ def joined(chunks: Sequence[PointRecord], prompts: Sequence, key: str, cand: Can
     first = chunks[0]
     means, ci = point_stats(values_scores, bootstrap, seed)
     responses = [r for c in chunks for r in c.responses]
-    return PointRecord(first.method, dict(first.weights), split, point_key(key, cand), means, ci, len(prompts),
+    return PointRecord(first.method, dict(first.label), split, point_key(key, cand), means, ci, len(prompts),
                        sum(c.seconds_generate for c in chunks), sum(c.seconds_score for c in chunks),
                        dict(first.generation), responses, flag="" if any(r.strip() for r in responses) else
                        "all responses empty", scores={k: [float(x) for x in v] for k, v in values_scores.items()})

@@ -89,10 +89,14 @@ class VectorRecord:
 
 @dataclass
 class PointRecord:
-    """One evaluated weight vector: mean reward per value over the split's prompts, with bootstrap 95% intervals."""
+    """One evaluated candidate: mean reward per value over the split's prompts, with bootstrap 95% intervals (the
+    `points` table; its column `weights` holds the label)."""
 
     method: str
-    weights: dict[str, float]
+    """The store key of the points (`front.store_key`: the vectors' method), or 'base'."""
+    label: dict[str, float]
+    """What the front reports for the candidate: ω for weight combinations, else the method's label of it (a
+    preference weight w, the values a seqt stage has seen)."""
     split: str
     settings_key: str
     """Identifies prompts, generation settings and reward models: a point is reused only when all three match."""
@@ -157,17 +161,17 @@ class RunStore:
 
     def put_point(self, rec: PointRecord) -> None:
         row = asdict(rec)
-        row["weights"] = weights_key(rec.weights)
+        row["weights"] = weights_key(row.pop("label"))
         for k in ("rewards", "ci95", "generation", "responses", "scores"):
             row[k] = json.dumps(row[k])
         cols = ", ".join(row)
         with writing(self.path, "an evaluated point", KEPT), closing(self._connect()) as con, con:
             con.execute(f"INSERT OR REPLACE INTO points ({cols}) VALUES ({', '.join(':' + k for k in row)})", row)
 
-    def get_point(self, method: str, weights: dict[str, float], split: str, settings_key: str) -> PointRecord | None:
+    def get_point(self, method: str, label: dict[str, float], split: str, settings_key: str) -> PointRecord | None:
         with closing(self._connect()) as con:
             row = con.execute("SELECT * FROM points WHERE method = ? AND weights = ? AND split = ? AND settings_key = ?",
-                              (method, weights_key(weights), split, settings_key)).fetchone()
+                              (method, weights_key(label), split, settings_key)).fetchone()
         return None if row is None else self._point(row)
 
     def points(self, method: str | None = None, split: str | None = None, settings_key: str | None = None) -> list[PointRecord]:
@@ -185,6 +189,7 @@ class RunStore:
         data = dict(row)
         for k in ("weights", "rewards", "ci95", "generation", "responses", "scores"):
             data[k] = json.loads(data[k])
+        data["label"] = data.pop("weights")
         return PointRecord(**data)
 
     def vectors(self, group: str | None = None) -> list[VectorRecord]:

@@ -173,7 +173,7 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
             done.scores = scored(done.responses)
             store.put_point(done)  # a point stored before per-prompt scores were: scored again (cached), kept
         if done is not None:
-            done.weights = w  # the caller's value order (the store keeps keys sorted)
+            done.label = w  # the caller's value order (the store keeps keys sorted)
             found[i] = done
         else:
             todo.append((i, cand))
