@@ -6,7 +6,7 @@
 A synthetic run directory per size: `methods` methods, each with a `grid`×`grid` val grid (every point scored on the
 val prompts) and `test_points` selected points (on the test prompts), two values, every response distinct (the worst
 case for the page's string table: real greedy runs repeat many responses), written through the real store and
-`report.build_front`. Measured: seconds of `write_explorer`, the page's size, and in headless Chromium (Debian's, as
+`front.Front.build`. Measured: seconds of `write_explorer`, the page's size, and in headless Chromium (Debian's, as
 the tests drive it): seconds from navigation to the plot drawn, from a point's click to its response table shown,
 and for re-sorting the table and switching to the paired view; the JS heap after loading.
 """
@@ -34,8 +34,8 @@ WORDS = ["the", "a", "model", "answer", "helpful", "harmless", "cannot", "sorry"
 
 
 def synthetic_run(folder: Path, s: dict, seed: int = 0) -> Path:
+    from mvalign.front import Front, PerSplit
     from mvalign.pareto import bootstrap_ci
-    from mvalign.report import build_front, write_front
     from mvalign.rundir import RunDir
     from mvalign.store import PointRecord
 
@@ -63,9 +63,9 @@ def synthetic_run(folder: Path, s: dict, seed: int = 0) -> Path:
                for a in grid for b in grid]
         test = [record(method, dict(p.label), "test", (p.rewards["helpful"], p.rewards["harmless"]))
                 for p in val[:: max(1, len(val) // s["test_points"])][: s["test_points"]]]
-        front = build_front(values, method, val, test, base["val"], base["test"])
-        front["prompts"], front["store_method"] = prompts, method
-        write_front(run, front, method, primary=m == 0)
+        front = Front.build(values, method, val, test, base["val"], base["test"], store_method=method)
+        front.prompts = PerSplit(prompts["val"], prompts["test"])
+        run.write_front(front, method, primary=m == 0)
     return folder
 
 
