@@ -46,13 +46,12 @@ def config_cmd(
 ) -> None:
     """Show the default configuration, or validate a config file."""
     from .config import RunConfig, describe_defaults, load_config
-    from .methods import REGISTRY
+    from .methods import method_blocks
 
     if check is not None:
         typer.echo(json.dumps(load_config(check).model_dump(mode="json"), indent=2))
     elif show:
-        blocks = {m.section.removeprefix("methods."): m.options(RunConfig()) for m in REGISTRY.values() if m.section}
-        typer.echo(describe_defaults(blocks))
+        typer.echo(describe_defaults(method_blocks(RunConfig())))
     else:
         typer.echo("use --show to print the defaults or --check FILE to validate a config")
 

@@ -168,8 +168,6 @@ def _evaluate_with(ev: Evaluator, cfg: RunConfig, method: str, primary: bool) ->
     test = ev.points(chosen, "test", ev.progress)
     ev.reset()
     label = store_key(method, cfg.sweep.combination)
-    for p in (*val, *test):
-        p.method = label
     front = Front.build(values, label, val, test, base["val"], base["test"], cfg.sweep.reference_point, ev.key)
     passes = ev.ctx.passes
     front.settings = EvalSettings(len(ev.prompts.val), len(ev.prompts.test), ev.ctx.generation.as_dict(),

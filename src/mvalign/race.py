@@ -144,7 +144,6 @@ def joined(chunks: Sequence[PointRecord], prompts: Sequence, key: str, cand: Can
                        "all responses empty", scores={k: [float(x) for x in v] for k, v in values_scores.items()})
 
 
-
 def race_val(ev, cands: Sequence[Candidate]) -> RaceResult:
     """Race `cands` on an evaluator's val prompts (`ev`: `mvalign.evaluate.Evaluator`; the rule and z from its
     config's sweep section); the survivors' chunks are joined into their ordinary val records, so evaluating the

@@ -214,7 +214,7 @@ class RunDir:
         if any(self.root.iterdir()) and not any((self.root / m).exists() for m in markers):
             raise ConfigError(f"run_dir {self.root} is a non-empty folder that is not an mvalign run; choose a new "
                               "or empty run_dir")
-        moved_only, changed = False, ["(new)"]
+        moved_only, changed = False, []
         if self.config_path.is_file():
             # validated, so fields added (with defaults) by a newer mvalign do not count as changes
             try:
@@ -247,7 +247,7 @@ class RunDir:
         # unchanged files are not rewritten, so a finished run stays usable from a read-only folder (also when it
         # was moved: load_config reads run_dir from where config.yaml is, not from its text)
         for path, content in ((self.config_path, config_yaml(cfg)), (self.versions_path, versions)):
-            if path == self.config_path and (moved_only or not changed):
+            if path == self.config_path and path.is_file() and (moved_only or not changed):
                 continue
             if not path.is_file() or path.read_text(encoding="utf-8") != content:
                 write_atomic(path, "the run's record of its config",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..config import ConfigError, RunConfig
 from ..errors import write_atomic
 from ..rundir import RunDir
@@ -40,12 +42,22 @@ def readers() -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _block_owners() -> dict[str, Method]:
+    """Block name (`methods.<name>`) -> a method reading it (a family shares one block and its settings)."""
+    return {m.section.removeprefix("methods."): m for m in REGISTRY.values() if m.section is not None}
+
+
+def method_blocks(cfg: RunConfig) -> dict[str, BaseModel]:
+    """Every method block's validated settings (defaults where the config leaves the block out), by block name."""
+    return {name: m.options(cfg) for name, m in _block_owners().items()}
+
+
 def check_method_blocks(cfg: RunConfig) -> None:
     """Every `methods.<name>` block belongs to a method with settings and validates against them."""
-    owners = {m.section: m for m in REGISTRY.values() if m.section is not None}
+    owners = _block_owners()
     for name in cfg.methods:
-        if f"methods.{name}" in owners:
-            owners[f"methods.{name}"].options(cfg)
+        if name in owners:
+            owners[name].options(cfg)
         elif name in REGISTRY:
             m = REGISTRY[name]
             raise ConfigError(f"methods.{name}: the {name} method has no settings; remove the block" if m.section is None
@@ -57,11 +69,8 @@ def check_method_blocks(cfg: RunConfig) -> None:
 def canonical_config(cfg: RunConfig) -> dict:
     """The config as a run dir compares it: every method block validated with its defaults filled in, so a block
     left out, given in full, or given under its earlier top-level name are the same config."""
-    out = cfg.model_dump(mode="json")
-    owners = {m.section: m for m in REGISTRY.values() if m.section is not None}
-    out["methods"] = {section.removeprefix("methods."): m.options(cfg).model_dump(mode="json")
-                      for section, m in sorted(owners.items())}
-    return out
+    return cfg.model_dump(mode="json") | {"methods": {name: s.model_dump(mode="json")
+                                                      for name, s in method_blocks(cfg).items()}}
 
 
 def prepare_run(cfg: RunConfig) -> RunDir:
