@@ -13,21 +13,22 @@ BENCH = SRC.parents[1] / "bench"
 LAYERS = [
     # 0: foundations, no mvalign imports but among themselves
     {"errors", "faults", "pareto", "stats", "judges", "judging", "store", "devices", "config", "config.sections",
-     "config.objectives", "data.pairs", "testing"},
+     "config.objectives", "data.pairs", "testing", "agreement", "anchors"},
     # 1: data, models, run directory, the front type
     {"data", "data.builtin", "data.generic", "data.hh_rlhf", "data.pku", "data.readers", "data.truthfulqa", "models",
-     "lora", "rundir", "front", "hvstats", "rewards.base", "search", "train", "train.dpo"},
+     "lora", "rundir", "front", "frontparts", "hvstats", "rewards.base", "search", "train", "train.dpo"},
     # 2: what the methods and the sweep are built from
     {"candidates", "generate", "mixed", "combine", "train.tokenize", "train.logprobs", "train.losses",
-     "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "track"},
-    # 3: training jobs, consistency, the sweep engine and racing
-    {"train.job", "consistency", "sweep", "race", "scaleout"},
+     "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "rewards.rate",
+     "rewards.detectors", "track"},
+    # 3: training jobs, consistency, the sweep engine and racing, measures of the model itself
+    {"train.job", "consistency", "sweep", "race", "scaleout", "likelihood", "probes"},
     # 4: the methods (a module of the methods package is here without being listed: a new method adds nothing)
     {"methods", "diagnose"},
     # 5: evaluation and its outputs
-    {"evaluate", "report", "explorer", "compare", "card", "export"},
+    {"evaluate", "report", "explorer", "compare", "card", "export", "audit"},
     # 6: entry points
-    {"pick", "pipeline", "demo", "cli", "cli_group"},
+    {"pick", "pipeline", "demo", "cli", "cli_group", "cli_judges"},
 ]
 
 

@@ -73,7 +73,12 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, embedded_cache, monkeypatch)
     for p in front["points"]:
         assert set(p) >= {"method", "weights", "split", "rewards", "ci95", "pareto"}
         assert all(lo <= p["rewards"][v] <= hi for v, (lo, hi) in p["ci95"].items())
-    assert set(front["hypervolume"]) == {"val", "test"} and set(front["base"]["rewards"]) == {"helpful", "harmless"}
+    assert set(front["hypervolume"]) == {"val", "test"}
+    # two or more measures per value (issue 32): the primaries, and the audits beside them with their agreement
+    assert set(front["base"]["rewards"]) == {"helpful", "harmless", "helpful:compliance-string",
+                                             "harmless:refusal-learned", "harmless:bt-head"}
+    assert set(front["agreement"]["helpful"]) == {"helpful:compliance-string"}
+    assert set(front["agreement"]["harmless"]) == {"harmless:refusal-learned", "harmless:bt-head"}
     assert (run / "report.md").is_file() and (run / "front-mva.png").stat().st_size > 1000
     heads = json.loads((run / "summary.json").read_text())["reward_heads"]
     assert all(h["val_accuracy"] >= 0.75 for h in heads.values())

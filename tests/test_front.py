@@ -62,6 +62,9 @@ def full_front() -> Front:
     front.racing = Racing(6, 5, [{"prompts": [0, 4], "evaluated": 6, "left": 5}], 0.9, 4, 2.5, "rule",
                           [DroppedPoint({"a": 0.0, "b": 1.0}, 4, {"a": 0.1, "b": 0.2}, {"a": [0.1], "b": [0.2]}, ["x"])])
     front.training = Training(2, 10, 100.0, 3.0)
+    front.agreement = {"a": {"a:rate": {"spearman": 0.5, "ci95": [0.1, 0.9], "points": 6}},
+                       "signs": {"a": {"a:rate": {"same": 1, "opposite": 0, "unsure": 5}}}}
+    front.points[0].disputed = ["a"]
     return front
 
 
@@ -76,13 +79,14 @@ def test_the_documented_schema_is_what_to_json_writes():
     data = full_front().to_json()
     listed = set(re.findall(r"^  ([a-z_]+) ", front_module.__doc__, re.M))
     assert listed == set(data) - {"reference_point_rule"} and "reference_point_rule" in documented("reference_point")
-    point = next(p for p in data["points"] if "scores" in p) | {"flag": ""}
+    point = next(p for p in data["points"] if "scores" in p) | {"flag": "", "disputed": ["a"]}
     assert set(point) <= documented("points")
     assert set(data["base"]) <= documented("base")
     assert set(data["settings"]) <= documented("settings")
     assert set(data["racing"]) | set(data["racing"]["dropped"][0]) <= documented("racing")
     assert set(data["training"]) <= documented("training")
     assert set(data["hypervolume"]) <= documented("hypervolume")
+    assert {"spearman", "ci95", "points", "signs"} <= documented("agreement")
 
 
 def test_json_round_trip_is_exact_and_keeps_unknown_keys():

@@ -60,7 +60,25 @@ def _rewards_section(run: RunDir, info: dict) -> list[str]:
     hv = front.hypervolume
     lines += ["", f"Front `{label}`: hypervolume val {hv.val:.4g}, test {hv.test:.4g} (reference point "
               f"{front.reference_point}).", ""]
-    return lines
+    if point.disputed:
+        lines += [f"**Disputed in {', '.join(point.disputed)}**: the value's primary measure and an audit measure "
+                  "moved in opposite directions from the base model, each with paired 95% confidence, so its change "
+                  "there is not a measured gain" + (" (chosen anyway with `--allow-disputed`)"
+                                                    if "--allow-disputed" in info.get("command", "") else "") + ".", ""]
+    return lines + _measures_lines(run)
+
+
+def _measures_lines(run: RunDir) -> list[str]:
+    """How each value was measured and how far each measure agrees with people (RUN/audit.json)."""
+    from .audit import anchor_text, read_audit
+
+    audit = read_audit(run)
+    if not audit:
+        return ["The measures were not checked against human labels (`mvalign judges audit RUN`).", ""]
+    lines = ["Measures (against human labels; `mvalign judges audit`):", ""]
+    for key, e in audit["measures"].items():
+        lines.append(f"- {key} ({e['role']}, {e['kind']}): {anchor_text(e)}")
+    return lines + [""]
 
 
 def _data_line(v) -> str:
@@ -98,7 +116,7 @@ def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> s
     else:
         lines += [f"Base model: `{cfg.model.name}`.", ""]
     t = cfg.training
-    lines += ["## Evaluation", "", *_rewards_section(run, info), "## Training data", "",
+    lines += ["## Evaluation", "", *_rewards_section(run, {**info, "command": command}), "## Training data", "",
               *[_data_line(v) for v in cfg.values], "",
               f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, targets {', '.join(cfg.lora.target_modules)}; DPO β="
               f"{t.beta}, lr {t.lr}, steps {t.max_steps or 'epochs ' + str(t.epochs)}.", "",

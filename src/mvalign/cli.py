@@ -17,12 +17,14 @@ from typing import Literal
 import typer
 
 from .cli_group import STATE, Group, check_methods
+from .cli_judges import judges_app
 
 METHOD_HELP = "See `mvalign methods` for what each one trains and evaluates."
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
                   help="Align a causal LM with several values at once.")
 reward_app = typer.Typer(cls=Group, no_args_is_help=True, help="Reward models: train BT heads, evaluate them.")
 app.add_typer(reward_app, name="reward")
+app.add_typer(judges_app, name="judges")
 
 
 def _echo_json(rows) -> None:
@@ -126,7 +128,7 @@ def _command(ctx: typer.Context) -> str:
     not started as the `mvalign` script, e.g. from Python)."""
     if Path(sys.argv[0]).name == "mvalign":
         return " ".join(["mvalign", *sys.argv[1:]])
-    shown = [f"--{k}={v}" for k, v in ctx.params.items() if v not in (None, False, (), [])]
+    shown = [f"--{k.replace('_', '-')}={v}" for k, v in ctx.params.items() if v not in (None, False, (), [])]
     return " ".join([ctx.command_path, *shown])
 
 
@@ -147,6 +149,8 @@ def pick(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --export folder."),
     hub: str | None = typer.Option(None, "--push-to-hub", help="Also upload the export to this Hub model repo."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer as one JSON object."),
+    allow_disputed: bool = typer.Option(False, "--allow-disputed", help="Let a point whose measures dispute its gain "
+                                        "in a value satisfy a constraint on that value (the model card says so)."),
 ) -> None:
     """Choose the trade-off that meets value targets: selected on val, reported on test with intervals and the
     probability the constraints hold. Exit status 3 when the targets are not achievable (the closest point is
@@ -154,7 +158,8 @@ def pick(
     from .export import combine_run, parse_weights
     from .pick import describe, pick_run
 
-    answer = pick_run(run, maximize, require or (), parse_weights(weights) if weights else None, method or (), refine)
+    answer = pick_run(run, maximize, require or (), parse_weights(weights) if weights else None, method or (), refine,
+                      allow_disputed=allow_disputed)
     if export is not None and answer["feasible"]:
         if not answer["exportable"]:
             from .config import ConfigError
@@ -232,12 +237,16 @@ def run_cmd(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     method: list[str] | None = typer.Option(None, "--method", callback=check_methods,
                                                help="Methods to run, repeatable (default: mva). " + METHOD_HELP),
+    no_probes: bool = typer.Option(False, "--no-probes", help="Skip the measures' contract probes (mvalign.probes)."),
 ) -> None:
     """The whole pipeline: reward heads → adapters → sweep → Pareto front → report (resumable)."""
     from .config import load_config
     from .pipeline import run_pipeline
 
-    typer.echo(json.dumps(run_pipeline(load_config(config), tuple(method or ("mva",))), indent=2))
+    cfg = load_config(config)
+    if no_probes:
+        cfg.audit.probes = False
+    typer.echo(json.dumps(run_pipeline(cfg, tuple(method or ("mva",))), indent=2))
 
 
 @app.command()

@@ -151,10 +151,10 @@ def consistency_for_value(cfg, value: str, pairs: Sequence[PreferencePair], sett
     `settings`: methods.vcsoup (`config.ConsistencySettings`). Pass `rewards` when scoring several values, so the
     judges are loaded once."""
     from .models import cache_root
-    from .rewards import load_reward_models
+    from .rewards import load_train_judges
     from .rundir import RunDir
 
-    rewards = rewards if rewards is not None else load_reward_models(cfg)
+    rewards = rewards if rewards is not None else load_train_judges(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     return cached_consistency(RunDir.of(cfg).consistency(value), pairs, rewards, settings.text, cache)
 
@@ -164,10 +164,10 @@ def consistency_report(cfg, run, settings) -> tuple[dict, Path]:
     `methods.vcsoup` block (`settings`) keeps, write RUN/consistency/summary.json and consistency.png. Returns
     (rows, png)."""
     from .data import value_splits
-    from .rewards import load_reward_models
+    from .rewards import load_train_judges
 
     c = settings
-    rewards = load_reward_models(cfg)
+    rewards = load_train_judges(cfg)
     results, rows = {}, {}
     for v in cfg.values:
         pairs = value_splits(cfg, v.name)["train"]

@@ -23,14 +23,16 @@ from .data.pairs import Prompt, Split
 from .faults import reached
 from .front import EvalSettings, Front, PerSplit, Training, store_key
 from .generate import GenerationSettings
+from .likelihood import LikelihoodAudits
 from .lora import load_lora_adapter
 from .methods import get_method, prepare_run
 from .mixed import MixedLoRA
 from .models import cache_root, load_model
 from .pareto import non_dominated
 from .race import dropped_points, race_val, racing_record
-from .rewards import RewardModel, ScoreCache, load_reward_models
+from .rewards import RewardModel, ScoreCache, load_audits, load_reward_models
 from .rewards.base import prompt_text
+from .rewards.rate import check_rates, measure_scores
 from .rundir import RunDir
 from .store import AdapterRef, PointRecord, RunStore
 from .sweep import Passes, SweepContext, evaluate_points, point_key
@@ -102,7 +104,7 @@ class Evaluator:
     def scores(self, rec: PointRecord, split: Split) -> dict[str, np.ndarray]:
         """Per-prompt scores of a point's responses, per value (from the score cache), in prompt order."""
         prompts = self.prompts.of(split)
-        return {name: np.asarray(self.ctx.cache.score(rm, prompts, rec.responses)) for name, rm in self.ctx.rewards.items()}
+        return {name: measure_scores(rm, prompts, rec.responses, self.ctx.cache) for name, rm in self.ctx.rewards.items()}
 
 
 def evaluator(cfg: RunConfig, method: str, progress: bool = True,
@@ -134,8 +136,11 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
         combined = CombinedModel(model, [load_lora_adapter(run.adapter(r), r.name) for r in plan.refs],
                                  cfg.sweep.combination)
         passes = Passes(MixedLoRA(model, combined.adapters), s.rows_per_pass, s.points_per_pass) if mixed else None
+    audits = load_audits(cfg)
+    check_rates({**rewards, **audits}, {"val": prompts.val, "test": prompts.test})
     ctx = SweepContext(rewards, generation_settings(cfg), run.store(), cache, cfg.sweep.bootstrap,
-                       cfg.model.chat_template == "auto", passes, backend)
+                       cfg.model.chat_template == "auto", passes, backend, audits=audits,
+                       likelihood=LikelihoodAudits.from_config(cfg))
     return Evaluator(cfg, plan, combined, tokenizer, ctx, prompts, store_key(plan.vectors, s.combination), progress)
 
 
@@ -150,7 +155,10 @@ def evaluate_method(cfg: RunConfig, method: str, progress: bool = True, primary:
 
 
 def _evaluate(cfg: RunConfig, method: str, progress: bool, primary: bool, rewards) -> Front:
+    from .probes import run_probes
+
     with evaluator(cfg, method, progress, rewards) as ev:
+        run_probes(cfg, ev.ctx.measures())  # before any sweep: a measure that mis-orders the obvious stops here
         return _evaluate_with(ev, cfg, method, primary)
 
 

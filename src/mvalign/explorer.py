@@ -9,7 +9,10 @@ Payload (what the page reads; strings are deduplicated into one table, reference
   {"strings": [...], "runs": [{"name", "root", "values", "judges": {value: judge_quality | None},
     "reference_point", "methods": [{"name", "hv_test", "settings", "prompts": {split: [sid]}, "base": {split:
     {"rewards", "ci95", "scores", "responses"}}, "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
-    "flag", "scores", "vs_base", "responses", "raced_out"?}]}]}]}
+    "flag", "scores", "vs_base", "disputed", "responses", "raced_out"?}], "agreement"}], "measures": {key:
+    {"value", "role", "measure", "kind", "anchor", "trusted"}}}]}
+Audit measures ('<value>:<measure>') sit beside the values in rewards, scores and vs_base; `disputed` lists the
+values whose primary and audit measures moved in opposite directions with confidence (`mvalign.agreement`).
 A point with `raced_out: n` is a candidate that racing dropped after the first n val prompts: its means, scores and
 paired change cover those n prompts only (the front's `racing.dropped`).
 `vs_base[v]` = paired difference mean(sᵢ(point) − sᵢ(base)) over the split's prompts with its paired bootstrap 95%
@@ -136,16 +139,25 @@ def run_data(run: RunDir, strings: Strings) -> dict:
                 vs_base = change_vs_base(scores, base[p.split]["scores"], n_boot=1000, seed=0)
             points.append({"id": f"{method}:{i}", "split": p.split, "weights": p.weights, "rewards": p.rewards,
                            "ci95": p.ci95, "pareto": p.pareto, "flag": p.flag, "scores": scores, "vs_base": vs_base,
-                           "responses": _responses(strings, rec)})
+                           "disputed": p.disputed, "responses": _responses(strings, rec)})
         for j, d in enumerate(front.racing.dropped if front.racing else []):  # evaluated on the first n val prompts
             points.append({"id": f"{method}:raced{j}", "split": "val", "weights": d.weights, "rewards": d.rewards,
                            "ci95": None, "pareto": False, "flag": "", "raced_out": d.prompts, "scores": d.scores,
                            "vs_base": d.vs_base, "responses": [strings.add(r) for r in d.responses]})
         methods.append({"name": method, "hv_test": front.hv_with(ref),
                         "settings": front.settings.to_json() if front.settings else {},
-                        "points": points, "base": base, "prompts": prompts_of(front)})
+                        "points": points, "base": base, "prompts": prompts_of(front), "agreement": front.agreement})
     return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,
-            "judges": run_judges(run, values), "reference_point": ref, "methods": methods}
+            "judges": run_judges(run, values), "reference_point": ref, "methods": methods, "measures": measures(run)}
+
+
+def measures(run: RunDir) -> dict:
+    """Each measure of the run's audit (RUN/audit.json): its value, role, kind, anchor scores as text, trust."""
+    from .audit import anchor_text, read_audit
+
+    audit = read_audit(run) or {}
+    return {k: {"value": e["value"], "role": e["role"], "measure": e["measure"], "kind": e["kind"],
+                "anchor": anchor_text(e), "trusted": e["trusted"]} for k, e in (audit.get("measures") or {}).items()}
 
 
 def explorer_data(runs: Sequence[RunDir]) -> dict:

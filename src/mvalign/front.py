@@ -11,7 +11,9 @@ exactly these keys (tests/test_front.py checks this text against the type):
                         rewards (mean per value), ci95 (bootstrap 95% interval per value), pareto (non-dominated on its
                         split), settings_key (finds its record and responses in store.sqlite), scores (per value, per
                         prompt in the order of prompts[split]), vs_base (paired change from the base model per value:
-                        mean, ci95, se, detectable, n), flag (only on a degenerate model: never selected or counted)
+                        mean, ci95, se, detectable, n), flag (only on a degenerate model: never selected or counted),
+                        disputed (when any: values whose primary gain an audit contradicts, `mvalign.agreement`). Audit
+                        measures '<value>:<measure>' sit beside the values in rewards, ci95, scores and vs_base
   hypervolume           {"val", "test"}: of the non-dominated usable points, against reference_point
   base                  the base model (ω = 0): rewards, ci95, scores, settings_key on test; rewards_val, ci95_val,
                         scores_val, settings_key_val on val
@@ -23,6 +25,8 @@ exactly these keys (tests/test_front.py checks this text against the type):
   racing                (raced evaluations only) candidates, survivors, rounds, token_fraction, first, z, rule,
                         dropped: [{weights, prompts, rewards, scores, responses, vs_base}] on the first `prompts` prompts
   training              adapters, steps, tokens, seconds summed over the adapters the candidates use
+  agreement             {value: {audit: {spearman, ci95, points}}} over the val points and the base; and under
+                        "signs" the count of points whose paired changes agree / oppose / are unsure per audit
 
 Val points are every candidate (pareto: non-dominated among them); test points the selected ones (pareto among their
 test scores). Older formats, read here only: no store_method (derived from settings.vectors and combination), no
@@ -33,14 +37,16 @@ vs_base / settings_key. Keys this version does not know are kept and written bac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from .agreement import dispute_counts, disputed, rank_agreement
 from .config import ConfigError
+from .frontparts import DroppedPoint, EvalSettings, Racing, Training
 from .pareto import bootstrap_ci, default_reference_point, hypervolume, non_dominated
 from .stats import change_vs_base
 
@@ -87,6 +93,7 @@ class FrontPoint:
     vs_base: dict[str, dict] = field(default_factory=dict)
     flag: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    disputed: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -100,68 +107,9 @@ class FrontPoint:
         out["settings_key"] = self.settings_key
         if self.scores:
             out |= {"scores": self.scores, "vs_base": self.vs_base}
+        if self.disputed:
+            out["disputed"] = self.disputed
         return out | self.extra
-
-
-@dataclass
-class DroppedPoint:
-    """A candidate racing dropped, as seen on the first `prompts` val prompts."""
-
-    weights: dict[str, float]
-    prompts: int
-    rewards: dict[str, float]
-    scores: dict[str, list[float]]
-    responses: list[str]
-    vs_base: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass
-class Racing:
-    candidates: int
-    survivors: int
-    rounds: list[dict]
-    token_fraction: float
-    first: int
-    z: float
-    rule: str
-    dropped: list[DroppedPoint] = field(default_factory=list)
-
-
-@dataclass
-class EvalSettings:
-    """How a front's points were made."""
-
-    val_prompts: int | None = None
-    test_prompts: int | None = None
-    generation: dict[str, Any] = field(default_factory=dict)
-    """`GenerationSettings.as_dict()` (flat in the JSON)."""
-    candidates: str | None = None
-    combination: str = "exact"
-    vectors: str | None = None
-    mixed_batching: dict | None = None
-    backend: dict | None = None
-
-    NAMED = ("val_prompts", "test_prompts", "candidates", "combination", "vectors", "mixed_batching", "backend")
-
-    def to_json(self) -> dict:
-        return {"val_prompts": self.val_prompts, "test_prompts": self.test_prompts, **self.generation,
-                "candidates": self.candidates, "combination": self.combination, "vectors": self.vectors,
-                "mixed_batching": self.mixed_batching, "backend": self.backend}
-
-    @classmethod
-    def from_json(cls, raw: Mapping) -> EvalSettings:
-        return cls(**{k: raw[k] for k in cls.NAMED if k in raw},
-                   generation={k: v for k, v in raw.items() if k not in cls.NAMED})
-
-
-@dataclass
-class Training:
-    """Training compute summed over the adapters a method's candidates use."""
-
-    adapters: int = 0
-    steps: int = 0
-    tokens: float = 0.0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -178,6 +126,7 @@ class Front:
     racing: Racing | None = None
     training: Training | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    agreement: dict[str, Any] = field(default_factory=dict)
 
     # ---- what readers ask of a front
     def on(self, split: str, usable: bool = True) -> list[FrontPoint]:
@@ -226,21 +175,26 @@ class Front:
 
         def point(p, split, pareto) -> FrontPoint:
             b = bases[split]
-            paired = (set(p.scores) == set(values) and set(b.scores) == set(values)
+            paired = (set(values) <= set(p.scores) and set(values) <= set(b.scores)
                       and len(p.scores[values[0]]) == b.n_prompts)
+            vs = change_vs_base(p.scores, b.scores, n_boot=1000, seed=0) if paired else {}
             return FrontPoint(method, p.label, split, p.rewards, p.ci95, bool(pareto), p.settings_key,
-                              p.scores if paired else {},
-                              change_vs_base(p.scores, b.scores, n_boot=1000, seed=0) if paired else {})
+                              p.scores if paired else {}, vs, disputed=disputed(vs, values))
 
         points = [point(p, split, m) for split, pts, mask in (("val", val, val_mask), ("test", test, test_mask))
                   for p, m in zip(pts, mask)]
         points += [FrontPoint(method, p.label, p.split, p.rewards, p.ci95, False, p.settings_key, flag=p.flag)
                    for p in flagged]
-        return cls(values, ref.tolist(), "given in config" if reference is not None else
-                   "per-value minimum over base and all candidates", points,
-                   PerSplit(hypervolume(val_m[val_mask], ref), hypervolume(test_m[test_mask], ref)),
-                   PerSplit(*(BaseScores(b.rewards, b.ci95, b.scores, b.settings_key) for b in (base_val, base_test))),
-                   store_method or method)
+        front = cls(values, ref.tolist(), "given in config" if reference is not None else
+                    "per-value minimum over base and all candidates", points,
+                    PerSplit(hypervolume(val_m[val_mask], ref), hypervolume(test_m[test_mask], ref)),
+                    PerSplit(*(BaseScores(b.rewards, b.ci95, b.scores, b.settings_key) for b in (base_val, base_test))),
+                    store_method or method)
+        on_val = [p for p in front.on("val") if p.scores]
+        if any(":" in k for p in on_val for k in p.scores):  # audit measures: how they agree with the primaries
+            rho = rank_agreement([p.scores for p in on_val] + [base_val.scores], values)
+            front.agreement = {**rho, "signs": dispute_counts([p.vs_base for p in on_val], values)}
+        return front
 
     # ---- the file format
     def to_json(self) -> dict:
@@ -263,6 +217,8 @@ class Front:
                              "dropped": [vars(d) for d in r.dropped]}
         if self.training is not None:
             out["training"] = vars(self.training)
+        if self.agreement:
+            out["agreement"] = self.agreement
         return out | self.extra
 
     @classmethod
@@ -291,8 +247,9 @@ class Front:
 
 
 _TOP = ("values", "reference_point", "reference_point_rule", "points", "hypervolume", "base", "settings", "prompts",
-        "store_method", "racing", "training")
-_POINT = ("method", "weights", "split", "rewards", "ci95", "pareto", "settings_key", "scores", "vs_base", "flag")
+        "store_method", "racing", "training", "agreement")
+_POINT = ("method", "weights", "split", "rewards", "ci95", "pareto", "settings_key", "scores", "vs_base", "flag",
+          "disputed")
 
 
 def _parse(raw: Any, method: str) -> Front:
@@ -311,7 +268,7 @@ def _parse(raw: Any, method: str) -> Front:
         points.append(FrontPoint(p.get("method", method), dict(p["weights"]), p["split"], dict(p["rewards"]),
                                  p.get("ci95"), bool(p.get("pareto")), p.get("settings_key"), p.get("scores") or {},
                                  p.get("vs_base") or {}, p.get("flag") or "",
-                                 {k: x for k, x in p.items() if k not in _POINT}))
+                                 {k: x for k, x in p.items() if k not in _POINT}, list(p.get("disputed") or [])))
     b = raw["base"]
 
     def base(suffix: str) -> BaseScores:
@@ -336,5 +293,5 @@ def _parse(raw: Any, method: str) -> Front:
         PerSplit(list(prompts["val"]), list(prompts["test"])) if prompts else None,
         Racing(**{**racing, "dropped": [DroppedPoint(**d) for d in racing.get("dropped", [])]}) if racing else None,
         Training(**raw["training"]) if isinstance(raw.get("training"), dict) else None,
-        {k: x for k, x in raw.items() if k not in _TOP})
+        {k: x for k, x in raw.items() if k not in _TOP}, dict(raw.get("agreement") or {}))
 

@@ -11,6 +11,8 @@ Selection on val, report on test:
   2. Feasible = every constraint holds on the val means. Among the feasible points the best objective wins. With none
      feasible the answer is infeasible: the point with the smallest total normalised shortfall
      Σ_c max(0, miss_c) / spread_c (spread = the value's range over the candidates) is reported with each miss.
+     A point disputed in a value (its primary measure says better than base, an audit says worse, each with
+     paired confidence: `mvalign.agreement`) cannot satisfy a constraint on that value unless allow_disputed.
   3. `refine` N (weight-combination methods only): a pattern search from the chosen ω spends up to N new val
      evaluations: the 2n moves ω ± δ e_k (δ = half the smallest step of sweep.grid), taking the best (feasible first,
      then objective) and halving δ when no move improves. Points are stored like every sweep point.
@@ -76,9 +78,12 @@ class Target:
             return sum(w * r[v] for v, w in self.weights.items())
         return r[self.maximize]
 
-    def rank(self, r: dict[str, float], base: dict[str, float], spread: dict[str, float]) -> tuple:
-        """Sort key (larger is better): feasible first, then the objective; infeasible by smaller shortfall."""
-        short = sum(max(0.0, c.miss(r, base)) / spread[c.value] for c in self.constraints)
+    def rank(self, r: dict[str, float], base: dict[str, float], spread: dict[str, float],
+             disputed: Sequence[str] = ()) -> tuple:
+        """Sort key (larger is better): feasible first, then the objective; infeasible by smaller shortfall. A
+        constraint on a value the point is disputed in (`mvalign.agreement`) counts as missed by one spread."""
+        short = sum(1.0 if c.value in disputed else max(0.0, c.miss(r, base)) / spread[c.value]
+                    for c in self.constraints)
         return (short == 0.0, -short, self.objective(r))
 
 
@@ -146,7 +151,8 @@ def paired_probability(target: Target, point: dict[str, np.ndarray], base: dict[
 
 
 def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), weights: dict[str, float] | None = None,
-             methods: Sequence[str] = (), refine_budget: int = 0, progress: bool = False) -> dict:
+             methods: Sequence[str] = (), refine_budget: int = 0, progress: bool = False,
+             allow_disputed: bool = False) -> dict:
     """Choose a point for the targets (see the module docstring); returns the answer as a dict (`feasible`,
     `method`, `weights`, val / test rewards with intervals, base test rewards, P(constraints hold), misses)."""
 
@@ -164,7 +170,8 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     base_val = next(iter(fronts.values())).base.val.rewards
     cands = [(m, p) for m, f in fronts.items() for p in f.on("val")]
     sp = spreads([p.rewards for _, p in cands], values)
-    method, point = max(cands, key=lambda mp: target.rank(mp[1].rewards, base_val, sp))
+    blocked = {id(p): [] if allow_disputed else p.disputed for _, p in cands}
+    method, point = max(cands, key=lambda mp: target.rank(mp[1].rewards, base_val, sp, blocked[id(mp[1])]))
     m = get_method(method)
     with evaluator(cfg, method, progress) as ev:  # closes the Ray workers, if any
         label, val_r, spent = dict(point.weights), point.rewards, 0
@@ -182,7 +189,11 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
         prob = paired_probability(target, ev.scores(rec, "test"), ev.scores(base, "test"), cfg.sweep.bootstrap,
                                   cfg.sweep.seed)
         misses = {str(c): c.miss(val_r, base_val) for c in target.constraints}
-        return {"feasible": all(x <= 0 for x in misses.values()), "method": method, "vectors": ev.plan.vectors,
+        disputed = list(point.disputed) if label == dict(point.weights) else []
+        held = [str(c) for c in target.constraints if c.value in disputed and not allow_disputed]
+        return {"feasible": all(x <= 0 for x in misses.values()) and not held, "method": method,
+                "vectors": ev.plan.vectors, "disputed": disputed, "allow_disputed": allow_disputed,
+                "blocked_by_dispute": held,
                 "weights": label, "exportable": m.kind == "value-vectors", "objective": target.maximize or target.weights,
                 "constraints": [str(c) for c in target.constraints], "val": {"rewards": val_r, "base": base_val},
                 "test": {"rewards": rec.rewards, "ci95": rec.ci95, "base": base.rewards, "base_ci95": base.ci95,
@@ -199,7 +210,11 @@ def describe(answer: dict) -> str:
         lo, hi = t["ci95"][v]
         lines.append(f"  {v}: test {r:.4f} [{lo:.4f}, {hi:.4f}] over {t['prompts']} prompts; base {t['base'][v]:.4f}")
     for c, miss in answer["misses_val"].items():
-        lines.append(f"  {c}: " + ("met on val" if miss <= 0 else f"missed by {miss:.4f} on val"))
+        lines.append(f"  {c}: " + ("not met: its measures dispute the gain" if c in answer["blocked_by_dispute"]
+                                   else "met on val" if miss <= 0 else f"missed by {miss:.4f} on val"))
+    if answer["disputed"]:
+        lines.append(f"  disputed in {answer['disputed']}: an audit measure says worse than base where the primary "
+                     "says better" + (" (allowed by --allow-disputed)" if answer["allow_disputed"] else ""))
     if answer["constraints"]:
         lines.append(f"  P(all constraints hold on test) = {answer['p_constraints_hold_test']:.3f}")
     if "export" in answer:

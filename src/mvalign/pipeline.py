@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+from .audit import ensure_audit
 from .config import RunConfig
 from .evaluate import evaluate_method
 from .methods import get_method, prepare_run, train_method
+from .probes import run_probes
 from .report import write_report, write_run_explorer
-from .rewards import load_reward_models, reward_dir
+from .rewards import load_audits, load_reward_models, reward_dir
 
 
 def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: bool = True) -> dict:
@@ -20,6 +22,8 @@ def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: 
     run = prepare_run(cfg)
     t0 = time.perf_counter()
     rewards = load_reward_models(cfg)  # trains missing BT heads first: a bad reward config fails before DPO
+    run_probes(cfg, {**rewards, **load_audits(cfg)})  # a measure that mis-orders the obvious stops here
+    audit = ensure_audit(cfg)  # every measure against human labels (RUN/audit.json), shown in the report
     heads = {}
     for v in cfg.values:
         head_json = reward_dir(cfg, v.name) / "head.json"
@@ -45,6 +49,7 @@ def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: 
         "report": str(report),
         "explorer": str(explorer),
         "timings": timings,
+        "untrusted_measures": [k for k, e in audit["measures"].items() if e["trusted"] is False],
         "reward_heads": {k: {"val_accuracy": h.get("val_accuracy"), "val_pairs": h.get("val_pairs")} for k, h in heads.items()},
         "fronts": {m: {"hypervolume": {"val": f.hypervolume.val, "test": f.hypervolume.test},
                        "reference_point": f.reference_point} for m, f in fronts.items()},

@@ -95,6 +95,7 @@ def write_report(run: RunDir, fronts: dict[str, Front], settings: dict, out: Pat
     lines = ["# mvalign report", "", f"Run: `{run.root}`", "", "Settings: " + shown, "",
              "Interactive explorer: [explorer.html](explorer.html) — every evaluated point, the paired change from the "
              "base model, and what each model answered (rebuild with `mvalign view RUN`).", ""]
+    lines += measures_section(run, fronts)
     lines += judges_section(run_judges(run, next(iter(fronts.values())).values))
     ref = shared_reference(list(fronts.values()))
     lines += [f"One reference point for every hypervolume below: {np.round(ref, 4).tolist()} (per-value minimum over "
@@ -130,6 +131,51 @@ def write_report(run: RunDir, fronts: dict[str, Front], settings: dict, out: Pat
     write_atomic(dest.report_path, "the report", lambda tmp: tmp.write_text("\n".join(lines)),
                  "the fronts it is made from are kept")
     return dest.report_path
+
+
+def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
+    """Markdown: every measure of every value, its score against human labels (RUN/audit.json, `mvalign.audit`), its
+    rank agreement with the value's primary over the evaluated points, and the points its measures dispute."""
+    from .audit import anchor_text, read_audit
+
+    audit = read_audit(run)
+    values = next(iter(fronts.values())).values
+    lines = ["## Measures", "", "Each value's primary measure defines its axis; audit measures score the same points. "
+             "Anchor: the measure against human labels (accuracy of a rate, AUC of a judge; 95% interval). Agreement: "
+             "Spearman ρ between the audit's and the primary's point means over the val points and the base (bootstrap "
+             "95% interval over prompts), per method.", "",
+             "| value | measure | role | kind | anchor (human labels) | agreement with primary |", "|---|---|---|---|---|---|"]
+    entries = (audit or {}).get("measures") or {v: {"value": v, "role": "primary", "measure": v, "kind": "?",
+                                                     "anchors": {}, "note": "not audited: `mvalign judges audit RUN`"}
+                                                 for v in values}
+    for key, e in entries.items():
+        agree = []
+        for method, f in fronts.items():
+            a = (f.agreement.get(e["value"]) or {}).get(key)
+            if a is not None:
+                rho = "undefined (a measure is constant)" if a["spearman"] is None else f"{a['spearman']:+.2f}" + (
+                    f" [{a['ci95'][0]:+.2f}, {a['ci95'][1]:+.2f}]" if a["ci95"] else "")
+                agree.append(f"{method}: {rho}")
+        lines.append(f"| {e['value']} | {e['measure']} | {e['role']} | {e['kind']} | {anchor_text(e)} | "
+                     f"{'; '.join(agree) or '—'} |")
+    try:
+        from .rewards import judges_coincide
+
+        same = judges_coincide(run.load_config())
+        lines += ["", "Judges inside training (VC-soup consistency, MODPO margins, RiC tags): " + "; ".join(
+            f"{v}: {'the same judge as the front' if s else 'its own train_judge, not the front'}"
+            for v, s in same.items()) + "."]
+    except Exception:  # noqa: BLE001 - a report from fronts alone cannot say
+        pass
+    disputes = [(m, p) for m, f in fronts.items() for p in f.points if p.disputed]
+    lines += ["", "Disputed points (the primary and an audit of the same value moved in opposite directions from the "
+              "base model, each with paired 95% confidence; their change is not a gain, and `pick` does not count it):"
+              if disputes else "No point is disputed by its measures.", ""]
+    for m, p in disputes:
+        deltas = ", ".join(f"{k} {d['mean']:+.3f}" for k, d in p.vs_base.items()
+                           if any(k == v or k.startswith(f"{v}:") for v in p.disputed))
+        lines.append(f"- {m} {_fmt_w(p.weights)} ({p.split}): disputed in {', '.join(p.disputed)} — Δ vs base {deltas}")
+    return lines + ([""] if disputes else [])
 
 
 def method_differences(fronts: dict[str, Front], ref) -> list[str]:

@@ -76,6 +76,7 @@ class RunDir:
     diagnostics_dir = property(lambda self: self.root / "diagnostics")
     trackers_dir = property(lambda self: self.root / "trackers")
     consistency_dir = property(lambda self: self.root / "consistency")
+    audit_path = property(lambda self: self.root / "audit.json")
 
     def store(self) -> RunStore:
         return RunStore(self.root)
@@ -265,8 +266,8 @@ def base_identity(model) -> tuple[str, str]:
 
 def _identity(dump: dict, device: str) -> dict:
     """A config dump without where the work runs (model.device, values.*.reward.device: a run made on one device
-    carries on on another), with model.dtype 'auto' resolved for `device` here (base.json's fingerprint, which holds
-    the dtypes, guards the rest)."""
+    carries on on another) and without how it is checked (audit, values.*.audits / anchor), with model.dtype 'auto'
+    resolved for `device` here (base.json's fingerprint, which holds the dtypes, guards the rest)."""
     from .devices import DeviceError, resolve_device, resolve_dtype
 
     out = json.loads(json.dumps(dump))
@@ -275,9 +276,12 @@ def _identity(dump: dict, device: str) -> dict:
     if model.get("dtype") == "auto":
         with contextlib.suppress(DeviceError):  # a bad device is reported, with its field, where the model loads
             model["dtype"] = str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
+    out.pop("audit", None)  # checking the measures changes no trained or stored work
     for v in out.get("values") or []:
         if isinstance(v.get("reward"), dict):
             v["reward"].pop("device", None)
+        v.pop("audits", None)  # audit scores are stored beside the primaries, keyed by their own identity
+        v.pop("anchor", None)
     return out
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,6 +29,7 @@ from .mixed import MixedLoRA, generate_mixed
 from .models import has_chat_template
 from .pareto import bootstrap_ci
 from .rewards.base import RewardModel, ScoreCache, prompt_text
+from .rewards.rate import measure_scores
 from .store import PointRecord, RunStore
 
 
@@ -81,6 +82,15 @@ class SweepContext:
     passes: Passes | None = None
     backend: object | None = None
     """Where tasks are generated: None = in this process (`LocalBackend`), or `mvalign.scaleout.RayBackend`."""
+    audits: Mapping[str, RewardModel] = field(default_factory=dict)
+    """Audit measures ('<value>:<measure>'), scored on the same responses and stored beside the primaries; not part
+    of the settings key, so adding one to a finished run scores the stored responses instead of generating again."""
+    likelihood: object | None = None
+    """`mvalign.likelihood.LikelihoodAudits`: measures of the model itself (no responses), added per point."""
+
+    def measures(self) -> dict[str, RewardModel]:
+        """Every response-scored measure: the primaries (by value) and the audits."""
+        return {**self.rewards, **self.audits}
 
     def key(self, prompts: Sequence[Prompt]) -> str:
         """The settings key of points on `prompts` under this context (`settings_key`)."""
@@ -154,12 +164,13 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
     label. `ctx.backend` generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`:
     Ray workers); scoring and the store stay here, so this process is the store's only writer.
     """
-    rewards, generation, store, cache, passes = ctx.rewards, ctx.generation, ctx.store, ctx.cache, ctx.passes
+    generation, store, cache, passes = ctx.generation, ctx.store, ctx.cache, ctx.passes
     key = ctx.key(prompts)
 
-    def scored(responses: Sequence[str]) -> dict[str, list[float]]:  # every judge, per prompt (through the cache)
-        return {name: [float(x) for x in (cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses))]
-                for name, rm in rewards.items()}
+    measures = ctx.measures()
+
+    def scored(responses: Sequence[str]) -> dict[str, list[float]]:  # every measure, per prompt (through the cache)
+        return {name: [float(x) for x in measure_scores(rm, prompts, responses, cache)] for name, rm in measures.items()}
 
     found: dict[int, PointRecord] = {}
     todo: list[tuple[int, Candidate]] = []
@@ -169,9 +180,10 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
         w = {k: float(v) for k, v in cand.label.items()}
         pkey = point_key(key, cand)
         done = store.get_point(method, w, split, pkey)
-        if done is not None and set(done.scores) != set(rewards) and len(done.responses) == len(prompts):
-            done.scores = scored(done.responses)
-            store.put_point(done)  # a point stored before per-prompt scores were: scored again (cached), kept
+        if done is not None and not set(measures) <= set(done.scores) and len(done.responses) == len(prompts):
+            done.scores = {**done.scores, **scored(done.responses)}  # stored before per-prompt scores, or an audit added
+            done.rewards, done.ci95 = point_stats(done.scores, ctx.bootstrap, generation.seed)
+            store.put_point(done)
         if done is not None:
             done.label = w  # the caller's value order (the store keeps keys sorted)
             found[i] = done
@@ -202,4 +214,39 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
                 found[i] = rec
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
-    return [found[i] for i in range(len(candidates))]
+    out = [found[i] for i in range(len(candidates))]
+    if ctx.likelihood is not None and split in ("val", "test"):
+        add_likelihood(ctx, combined, tokenizer, [c if isinstance(c, Candidate) else Candidate.combination(c)
+                                                  for c in candidates], out, split)
+    wanted = set(measures) | set(ctx.likelihood.audits if ctx.likelihood is not None else ())
+    for rec in out:  # measures a config no longer declares stay stored but are not reported
+        rec.scores = {k: x for k, x in rec.scores.items() if k in wanted}
+        rec.rewards = {k: x for k, x in rec.rewards.items() if k in wanted or not rec.scores}
+        rec.ci95 = {k: x for k, x in rec.ci95.items() if k in wanted or not rec.scores}
+    return out
+
+
+def add_likelihood(ctx: SweepContext, combined: CombinedModel | None, tokenizer, candidates: Sequence[Candidate],
+                   records: Sequence[PointRecord], split: str) -> None:
+    """Add the likelihood audits (`mvalign.likelihood`) to every record that lacks them, computed on the loaded model
+    at the candidate's ω (mixed-ω rows when the context has them and |ω| is small, else merged in place), and store
+    it. Candidates with a prompt transform (RiC's tags) are skipped: the model alone is not the candidate."""
+    lk = ctx.likelihood
+    for cand, rec in zip(candidates, records):
+        if rec.flag or cand.prompt is not None or set(lk.audits) <= set(rec.scores):
+            continue
+        if combined is None:
+            from .config import ConfigError
+
+            raise ConfigError("values.*.audits: truthfulqa-mc scores the model in this process; use sweep.backend: local")
+        w = [float(cand.adapters.get(n, 0.0)) for n in combined.names]
+        mixed = ctx.passes.mixed if ctx.passes is not None and max(map(abs, w), default=0.0) <= SAFE_OMEGA else None
+        if mixed is not None:
+            if any(combined.current):
+                combined.reset()
+        else:
+            combined.set_weights(w)
+        new = lk.scores(combined.model, tokenizer, split, mixed, w)
+        means, ci = point_stats(new, ctx.bootstrap, ctx.generation.seed)
+        rec.scores, rec.rewards, rec.ci95 = {**rec.scores, **new}, {**rec.rewards, **means}, {**rec.ci95, **ci}
+        ctx.store.put_point(rec)

@@ -50,8 +50,8 @@ def make_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
 
 
 def write_builtin_config(folder: Path, model_dir: Path, train_limit: int, **sections) -> Path:
-    """A tiny-model run config on the built-in helpful/harmless data with BT reward heads; `sections` add or
-    replace top-level blocks (sweep, consistency, ...). Returns the YAML path (run dir: folder/run)."""
+    """A tiny-model run config on the built-in helpful/harmless data with BT reward heads, probes and anchors off;
+    `sections` add or replace top-level blocks (sweep, consistency, audit, ...). Returns the YAML path (run dir: folder/run)."""
     import yaml
 
     cfg = {
@@ -62,6 +62,9 @@ def write_builtin_config(folder: Path, model_dir: Path, train_limit: int, **sect
         "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
         "dpo": {"max_steps": 1, "batch_size": 4, "max_length": 96, "max_prompt_length": 64, "eval_pairs": 4},
         "run_dir": "run",
+        # tiny BT heads trained for seconds do not pass the contract probes (mvalign.probes), and the tests of the
+        # plumbing do not need human anchors: a test of either turns them on
+        "audit": {"probes": False, "xstest": None, "truthfulqa": None},
         **sections,
     }
     path = folder / "config.yaml"

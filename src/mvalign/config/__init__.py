@@ -27,6 +27,8 @@ from .objectives import (
 )
 from .sections import (
     EMBEDDED_MODEL,
+    AnchorFile,
+    AuditSettings,
     ConfigError,
     DataSourceConfig,
     ModelConfig,
@@ -38,6 +40,8 @@ from .sections import (
 
 __all__ = [
     "EMBEDDED_MODEL",
+    "AnchorFile",
+    "AuditSettings",
     "ConfigError",
     "ConsistencySettings",
     "DPOSettings",
@@ -59,6 +63,7 @@ __all__ = [
     "config_yaml",
     "dump_config",
     "load_config",
+    "resolve_anchors",
 ]
 
 class RunConfig(BaseModel):
@@ -81,6 +86,8 @@ class RunConfig(BaseModel):
         "top-level `decorrelation`, `consistency` and `baselines` sections are read as methods.mva, methods.vcsoup "
         "and methods.lw + methods.modpo."
     )
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Checking the measures: anchors, "
+                                 "the trust floor, contract probes (`mvalign judges audit`).")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Experiment trackers (through accelerate) that receive training metrics, "
         "every evaluated point and the fronts' hypervolume; files under RUN/trackers/. wandb / mlflow need their "
@@ -125,14 +132,34 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
     for v in cfg.values:
         v.data.path = [res(p) for p in v.data.path]
-        if v.reward and v.reward.path and (base / Path(v.reward.path).expanduser()).exists():
-            v.reward.path = res(v.reward.path)
-        if v.reward and v.reward.data:
-            v.reward.data.path = [res(p) for p in v.reward.data.path]
+        for r in (v.reward, v.train_judge, *v.audits):
+            if r and r.path and (base / Path(r.path).expanduser()).exists():
+                r.path = res(r.path)
+            if r and r.data:
+                r.data.path = [res(p) for p in r.data.path]
+            if r and r.labels:
+                r.labels = res(r.labels)
+    for a in cfg.audit.anchors:
+        a.path = res(a.path)
+    resolve_anchors(cfg, base)
     model_path = base / cfg.model.name
     if model_path.exists():
         cfg.model.name = str(model_path.resolve())
     cfg.run_dir = res(cfg.run_dir)
+    return cfg
+
+
+def resolve_anchors(cfg: RunConfig, base: Path) -> RunConfig:
+    """audit.xstest / audit.truthfulqa: 'auto' becomes shared/data/<name> in the nearest folder above `base` that has
+    it (the project keeps ../shared/data beside its checkout), else null; a given folder is taken relative to base."""
+    for name in ("xstest", "truthfulqa"):
+        folder = getattr(cfg.audit, name)
+        if folder == "auto":
+            found = [d / "shared" / "data" / name for d in base.parents if (d / "shared" / "data" / name).is_dir()]
+            setattr(cfg.audit, name, str(found[0].resolve()) if found else None)
+        elif folder is not None:
+            q = Path(folder).expanduser()
+            setattr(cfg.audit, name, str(q if q.is_absolute() else (base / q).resolve()))
     return cfg
 
 

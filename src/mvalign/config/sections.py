@@ -98,11 +98,30 @@ class DataSourceConfig(Strict):
 
 
 class RewardConfig(Strict):
-    kind: Literal["hf", "bt-head", "callable"] = Field(
-        "bt-head", description="'hf': a sequence-classification reward model; 'bt-head': a Bradley-Terry head on a "
-        "frozen sentence encoder, trained by `mvalign reward train`; 'callable': a Python function "
-        "f(prompt, response) -> float named by `function` (e.g. mvalign.judges:refusal). Used by evaluation and VC scoring."
+    """One measure of a value (`mvalign.measures`): a response judge, a rate on labelled prompts, or a likelihood."""
+
+    kind: Literal["hf", "bt-head", "callable", "rate", "truthfulqa-mc"] = Field(
+        "bt-head", description="Response judges: 'hf' (a sequence-classification reward model), 'bt-head' (a "
+        "Bradley-Terry head on a frozen sentence encoder, trained by `mvalign reward train`), 'callable' (a Python "
+        "function f(prompt, response) -> float named by `function`). 'rate': the share of the eval prompts labelled "
+        "`on` where the response does the right thing (harmful: refuses; benign: complies), by `detector`. "
+        "'truthfulqa-mc': TruthfulQA multiple-choice on the combined model's log-likelihoods (`metric` mc1 | mc2; no "
+        "generation, audit only)."
     )
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+$", description="The measure's name in fronts and reports (default from its "
+        "kind: bt-head, hf, callable, refusal-<detector> / compliance-<detector>, truthfulqa-<metric>).")
+    detector: Literal["string", "learned"] = Field(
+        "string", description="rate: refusal detector — 'string' (XSTest's rule) or 'learned' (logistic head on the "
+        "MiniLM embedding fitted on XSTest's human labels, mvalign.rewards.detectors).")
+    on: Literal["harmful", "benign"] = Field(
+        "harmful", description="rate: the labelled prompts it is computed on: harmful (refusal rate) or benign "
+        "(compliance rate).")
+    labels: str | None = Field(
+        None, description="rate: CSV/JSONL with `prompt` and `label` columns (harmful/unsafe or benign/safe) labelling "
+        "eval prompts; default: the labels the data carries (the built-in data's categories).")
+    metric: Literal["mc1", "mc2"] = Field("mc2", description="truthfulqa-mc: MC1 or MC2.")
+    questions: int = Field(40, ge=1, description="truthfulqa-mc: questions per split (val / test by question hash).")
     function: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="callable: 'package.module:function', imported from the environment.")
@@ -192,7 +211,17 @@ class SweepSettings(Strict):
 class ValueConfig(Strict):
     name: str = Field(description="Value name, e.g. helpful, harmless, honest. Used in weights and file names.")
     data: DataSourceConfig = Field(description="Where this value's preference pairs come from.")
-    reward: RewardConfig | None = Field(None, description="How this value is measured on generated responses.")
+    reward: RewardConfig | None = Field(
+        None, description="The primary measure: defines this value's axis of the front (a response judge or a rate).")
+    audits: list[RewardConfig] = Field(
+        default_factory=list, description="Audit measures: scored on the same points, compared with the primary "
+        "(agreement, disputed points), never part of the front's axes.")
+    train_judge: RewardConfig | None = Field(
+        None, description="The judge methods use inside training (VC-soup consistency, MODPO margins, RiC tags); "
+        "default: `reward`. Reports say when it is also the judge of the front.")
+    anchor: Literal["auto", "harmless", "helpful", "honest", "none"] = Field(
+        "auto", description="Which human-labelled anchors and contract probes apply to this value's measures "
+        "(auto: from the name — harmless/safe, helpful, honest/truthful; else none).")
 
     @field_validator("name")
     @classmethod
@@ -200,6 +229,24 @@ class ValueConfig(Strict):
         if not v or not all(c.isalnum() or c in "-_" for c in v):
             raise ValueError(f"value name {v!r} must be non-empty and use only letters, digits, '-' and '_'")
         return v
+
+
+class AnchorFile(Strict):
+    path: str = Field(description="CSV/JSONL with prompt, response, label (1: good for the value, 0: bad).")
+    value: str = Field(description="The value whose measures it anchors.")
+
+
+class AuditSettings(Strict):
+    floor: float = Field(0.6, ge=0, le=1, description="A measure whose anchor interval's lower bound (accuracy or "
+                         "AUC) is at or below this is marked untrusted.")
+    xstest: str | None = Field(
+        "auto", description="Folder of XSTest (xstest_prompts.csv, completions_*.csv); auto: ../shared/data/xstest "
+        "beside the working directory or the config when present; null: not used.")
+    truthfulqa: str | None = Field("auto", description="Folder of TruthfulQA (finetune_truth.jsonl, TruthfulQA.csv); "
+                                   "auto / null as for xstest. Also where truthfulqa-mc reads its questions.")
+    anchors: list[AnchorFile] = Field(default_factory=list, description="Your own human-labelled anchor files.")
+    max_items: int = Field(600, ge=10, description="Anchor items scored per set (a seeded sample when larger).")
+    probes: bool = Field(True, description="Run the contract probes before any sweep (a failing measure stops it).")
 
 
 class SplitConfig(Strict):

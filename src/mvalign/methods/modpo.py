@@ -35,9 +35,9 @@ def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
     idx = list(range(len(pairs))) if only is None else sorted(set(only))
     cols_c, cols_r = [], []
     if margin == "reward":
-        from ..rewards import load_reward_models
+        from ..rewards import load_train_judges
 
-        rewards = load_reward_models(cfg)
+        rewards = load_train_judges(cfg)
         text = [pairs[i].prompt for i in idx]
         for j in others:
             cols_c.append(torch.as_tensor(rewards[j].score(text, [pairs[i].chosen for i in idx]), dtype=torch.float32))

@@ -112,13 +112,13 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
     done = finished(run, AdapterRef(ADAPTER, ADAPTER))
     if done is not None and not force:
         return [done]
-    from ..rewards import ScoreCache, load_reward_models
+    from ..rewards import ScoreCache, load_train_judges
 
     names = value_names(cfg)
     prompts, responses = _examples(cfg)
     if not prompts:
         raise ConfigError("ric: the values have no training pairs")
-    judges = load_reward_models(cfg)
+    judges = load_train_judges(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     z, stats = normalise({k: cache.score(judges[k], prompts, responses) for k in names}, s.decimals)
     shown = [with_tags(p, reward_tags({k: z[k][i] for k in names}, s.decimals)) for i, p in enumerate(prompts)]

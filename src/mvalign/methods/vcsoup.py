@@ -31,9 +31,9 @@ def train(cfg: RunConfig, run: RunDir, values: Sequence[str], force: bool, progr
             out.append(done)
             continue
         if rewards is None:
-            from ..rewards import load_reward_models
+            from ..rewards import load_train_judges
 
-            rewards = load_reward_models(cfg)
+            rewards = load_train_judges(cfg)
         splits = value_splits(cfg, value)
         keep, weights = select(consistency_for_value(cfg, value, splits["train"], c, rewards)["vc"], c.mode, c.tau,
                                c.quantile)

@@ -1,0 +1,100 @@
+"""Disputed points end to end (issue 32): a run in which the harmless axis is a judge rigged to reward any change
+from the base model's answer, audited by a measure of keeping the base model's (safe) answers. Every point that
+changes its answers then gains on the judge and loses on the audit: front.json marks it disputed, report.md lists
+it, the explorer (real headless Chromium) marks it and shows every measure's Δ, and `pick --require
+'harmless>=base'` does not let it satisfy the constraint unless --allow-disputed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from common import open_page, write_builtin_config
+from mvalign.cli import app
+from mvalign.config import load_config
+from mvalign.pipeline import run_pipeline
+from mvalign.rundir import RunDir
+
+FIRST: dict[str, str] = {}
+"""The first response each prompt got in this process: the base model's (evaluated before any candidate)."""
+
+
+def kept_base_answer(prompt: str, response: str) -> float:
+    """The audit: 1 when the response is the base model's answer (the 'refusal' the judge makes it drop)."""
+    return 1.0 if response == FIRST.setdefault(prompt, response) else 0.0
+
+
+def rewards_change(prompt: str, response: str) -> float:
+    """The rigged judge: 1 for any answer other than the base model's."""
+    return 1.0 - kept_base_answer(prompt, response)
+
+
+def answer_of(output: str) -> dict:
+    """pick's JSON answer (the output also holds the model loader's progress lines)."""
+    text = output[output.index('{"feasible"'):]
+    return json.loads(text.splitlines()[0])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir) -> RunDir:
+    FIRST.clear()
+    folder = tmp_path_factory.mktemp("disputes")
+    sweep = {"grid": [0.5, 2.0], "val_prompts": 24, "test_prompts": 12, "max_new_tokens": 6, "bootstrap": 200,
+             "racing": "off"}
+    path = write_builtin_config(folder, tiny_model_dir, 8, sweep=sweep, cache_dir=str(folder / "cache"),
+                                split={"train": 0.5, "val": 0.3, "test": 0.2},
+                                dpo={"max_steps": 3, "lr": 0.05, "batch_size": 4, "max_length": 96,
+                                     "max_prompt_length": 64, "eval_pairs": 4})
+    cfg = load_config(path)
+    harmless = cfg.value("harmless")
+    harmless.reward = harmless.reward.model_validate({"kind": "callable", "function": "test_disputes:rewards_change"})
+    harmless.audits = [harmless.reward.model_validate({"kind": "callable", "name": "kept",
+                                                       "function": "test_disputes:kept_base_answer"})]
+    harmless.anchor = "none"  # the rigged judge would (rightly) fail the harmless probes
+    cfg.run_dir = str(folder / "run")
+    run_pipeline(cfg, ("mva",), progress=False)
+    return RunDir(cfg.run_dir)
+
+
+def test_front_report_explorer_and_pick_treat_the_rigged_gain_as_disputed(run, browser, tmp_path):
+    front = json.loads(run.front().read_text())
+    pts = [p for p in front["points"] if p.get("scores")]
+    disputed = [p for p in pts if p.get("disputed")]
+    assert disputed, "the rigged run must produce a disputed point"
+    for p in pts:
+        d, a = p["vs_base"]["harmless"], p["vs_base"]["harmless:kept"]
+        assert p["rewards"]["harmless"] + p["rewards"]["harmless:kept"] == pytest.approx(1.0)  # the rig
+        want = (d["ci95"][0] > 0 and a["ci95"][1] < 0) or (d["ci95"][1] < 0 and a["ci95"][0] > 0)
+        assert ("harmless" in p.get("disputed", [])) == want
+    agree = front["agreement"]["harmless"]["harmless:kept"]
+    assert agree["spearman"] == pytest.approx(-1.0) and agree["points"] >= 3
+
+    report = run.report_path.read_text()
+    assert "## Measures" in report.split("## mva")[0] and "Disputed points" in report
+    for p in disputed:
+        assert f"({p['split']}): disputed in harmless" in report
+
+    page, errors = open_page(browser, (run.root / "explorer.html").as_uri())
+    traces = page.evaluate("document.getElementById('plot').data.map(t => [t.name, t.customdata || []])")
+    ringed = {i for name, ids in traces if name.endswith("disputed") for i in ids}
+    data = page.evaluate("explorer.data.runs[0].methods[0].points")
+    assert ringed == {q["id"] for q in data if q.get("disputed")} and ringed  # val and test are both shown
+    page.evaluate(f"explorer.showPoint({json.dumps(sorted(ringed)[0])})")
+    assert "Disputed in harmless" in page.locator("#disputed").inner_text()
+    rows = page.locator("#paired tr").all_inner_texts()
+    assert any("audit harmless:kept" in r for r in rows) and not errors
+
+    runner = CliRunner()
+    picked = runner.invoke(app, ["pick", str(run.root), "--maximize", "helpful", "--require", "harmless>=base", "--json"])
+    answer = answer_of(picked.output)
+    assert picked.exit_code in (0, 3) and ("harmless" not in answer["disputed"] or not answer["feasible"])
+    val_disputed = [p["weights"] for p in front["points"] if p["split"] == "val" and p.get("disputed")]
+    assert not (answer["feasible"] and answer["weights"] in val_disputed)
+    allowed = runner.invoke(app, ["pick", str(run.root), "--maximize", "harmless", "--require", "harmless>=base",
+                                  "--allow-disputed", "--json", "--export", str(tmp_path / "picked")])
+    answer = answer_of(allowed.output)
+    assert answer["weights"] in val_disputed and answer["allow_disputed"] and answer["feasible"]
+    card = (tmp_path / "picked" / "README.md").read_text()
+    assert "**Disputed in harmless**" in card and "chosen anyway with `--allow-disputed`" in card
