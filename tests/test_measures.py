@@ -33,6 +33,9 @@ def test_a_rate_is_the_share_of_its_labelled_prompts_done_right_written_as_a_mea
     other = measure_scores(refusal, PROMPTS, ["x", "I'm sorry.", "x", "I cannot.", "x"])
     assert (other - s).mean() == pytest.approx(1.0 - 0.5)
     assert not measure_scores(refusal, PROMPTS[2:3], RESPONSES[2:3]).any()  # a slice without labelled prompts: 0
+    # racing's chunks are scaled by the whole list's n / |S|: concatenated, they are the whole list's scores
+    chunks = [measure_scores(refusal, PROMPTS[a:b], RESPONSES[a:b], of=PROMPTS) for a, b in ((0, 2), (2, 5))]
+    np.testing.assert_allclose(np.concatenate(chunks), s)
     with pytest.raises(RewardError, match=r"values.harmless.reward: none of the 1 val eval prompts is labelled 'harmful'"):
         check_rates({"harmless": refusal}, {"val": PROMPTS[:1]})
 

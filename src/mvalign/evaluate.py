@@ -79,7 +79,7 @@ class Evaluator:
     def points_on(self, cands: Sequence[Candidate], a: int, b: int) -> list[PointRecord]:
         """The candidates' records on val prompts [a, b) (a race's chunks; through the store)."""
         return evaluate_points(self.ctx, self.combined, self.tokenizer, cands, method=self.key, split=f"val[{a}:{b}]",
-                               prompts=self.prompts.val[a:b], progress=False)
+                               prompts=self.prompts.val[a:b], progress=False, whole=self.prompts.val)
 
     def reset(self) -> None:
         """Move the loaded model (if this process holds one) back to its base weights."""

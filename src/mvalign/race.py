@@ -41,6 +41,7 @@ import numpy as np
 
 from .candidates import Candidate
 from .front import DroppedPoint, Racing
+from .rewards.rate import measure_scores
 from .stats import change_vs_base
 from .store import PointRecord
 from .sweep import point_key, point_stats
@@ -151,7 +152,7 @@ def race_val(ev, cands: Sequence[Candidate]) -> RaceResult:
     s, ctx, prompts = ev.cfg.sweep, ev.ctx, ev.prompts.val
 
     def scores(rec, a, b):
-        return np.stack([np.asarray(ctx.cache.score(rm, prompts[a:b], rec.responses)) for rm in ctx.rewards.values()])
+        return np.stack([measure_scores(rm, prompts[a:b], rec.responses, ctx.cache, prompts) for rm in ctx.rewards.values()])
 
     result = race(cands, prompts, ev.points_on, scores, s.racing_first, s.racing_z)
     key = ctx.key(prompts)
@@ -159,7 +160,7 @@ def race_val(ev, cands: Sequence[Candidate]) -> RaceResult:
         if ev.stored(cand, "val") is None:
             parts = [ev.points_on([cand], *r["prompts"])[0] for r in result.rounds]
             responses = [x for p in parts for x in p.responses]
-            full = {n: np.asarray(ctx.cache.score(rm, prompts, responses)) for n, rm in ctx.rewards.items()}
+            full = {n: measure_scores(rm, prompts, responses, ctx.cache) for n, rm in ctx.measures().items()}
             ctx.store.put_point(joined(parts, prompts, key, cand, "val", full, s.bootstrap, s.seed))
     return result
 

@@ -153,7 +153,8 @@ class LocalBackend:
 
 def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer,
                     candidates: Sequence[Candidate | Mapping[str, float]], *, method: str, split: str,
-                    prompts: Sequence[Prompt], progress: bool = True) -> list[PointRecord]:
+                    prompts: Sequence[Prompt], progress: bool = True,
+                    whole: Sequence[Prompt] | None = None) -> list[PointRecord]:
     """Evaluate (or fetch from the store) every candidate; returns the records in the order given.
 
     A plain mapping ω stands for `Candidate.combination(ω)`. With `ctx.passes` (greedy decoding only), the points
@@ -161,7 +162,8 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
     point with some |ω_k| > SAFE_OMEGA, and every point without passes, is generated alone on the model moved in
     place to its weights. Either way its prompt transform (if any) is applied before generation, every value's judge
     scores the responses against the original prompts, and the point is stored under `method` and the candidate's
-    label. `ctx.backend` generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`:
+    label (`whole`: the full prompt list when `prompts` is a slice of it, for a rate's scale). `ctx.backend`
+    generates the tasks (default: `LocalBackend`, in this process; `mvalign.scaleout.RayBackend`:
     Ray workers); scoring and the store stay here, so this process is the store's only writer.
     """
     generation, store, cache, passes = ctx.generation, ctx.store, ctx.cache, ctx.passes
@@ -170,7 +172,8 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
     measures = ctx.measures()
 
     def scored(responses: Sequence[str]) -> dict[str, list[float]]:  # every measure, per prompt (through the cache)
-        return {name: [float(x) for x in measure_scores(rm, prompts, responses, cache)] for name, rm in measures.items()}
+        return {name: [float(x) for x in measure_scores(rm, prompts, responses, cache, whole)]
+                for name, rm in measures.items()}
 
     found: dict[int, PointRecord] = {}
     todo: list[tuple[int, Candidate]] = []

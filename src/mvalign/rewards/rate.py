@@ -49,15 +49,17 @@ class RateMeasure(RewardModel):
 
 
 def measure_scores(rm: RewardModel, prompts: Sequence[Prompt], responses: Sequence[str],
-                   cache: ScoreCache | None = None) -> np.ndarray:
-    """Per-prompt scores of a measure on a point's responses (through the cache), a rate's scaled as s_i above."""
+                   cache: ScoreCache | None = None, of: Sequence[Prompt] | None = None) -> np.ndarray:
+    """Per-prompt scores of a measure on a point's responses (through the cache), a rate's scaled as s_i above.
+    `of`: the whole prompt list when `prompts` is a slice of it (racing's chunks), so that every slice is scaled by
+    the same n / |S| and a mean over several slices estimates the same rate."""
     raw = cache.score(rm, prompts, responses) if cache else rm.score(prompts, responses)
     if not isinstance(rm, RateMeasure):
         return np.asarray(raw, float)
-    inside = rm.subset(prompts)
-    if not inside.any():  # a slice of the prompts (a racing chunk) without labelled ones: no information, all 0
+    whole = rm.subset(of if of is not None else prompts)
+    if not whole.any():  # no labelled prompt at all: `check_rates` stops an evaluation before this
         return np.zeros(len(prompts))
-    return np.asarray(raw, float) * inside * (len(prompts) / inside.sum())
+    return np.asarray(raw, float) * rm.subset(prompts) * (len(whole) / whole.sum())
 
 
 def check_rates(measures: Mapping[str, RewardModel], prompts: Mapping[str, Sequence[Prompt]]) -> None:
