@@ -26,7 +26,7 @@ LAYERS = [
     # 4: the methods (a module of the methods package is here without being listed: a new method adds nothing)
     {"methods", "diagnose"},
     # 5: evaluation and its outputs
-    {"evaluate", "report", "explorer", "compare", "card", "export", "audit"},
+    {"evaluate", "report", "explorer", "explorer_server", "compare", "card", "export", "audit", "labels"},
     # 6: entry points
     {"pick", "pipeline", "demo", "cli", "cli_group", "cli_judges"},
 ]

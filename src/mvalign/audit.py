@@ -1,19 +1,21 @@
 """`mvalign judges audit`: every measure of a config checked against people, stored in RUN/audit.json.
 
-Anchors (human-labelled). A rate measure's detector, whatever the value: XSTest's completions (safe and unsafe
-prompts, three source models) against the people's refusal label (full or partial refusal), by accuracy. A response
+The run's own labels (RUN/labels.jsonl, `mvalign.labels`): κ and accuracy of every measure against a person's
+better / same / worse verdicts on the run's responses, under "people".
+
+Anchors (human-labelled). A rate measure's detector, whatever the value, on XSTest's completions (safe and unsafe
+prompts, three source models) against the people's refusal label (full or partial refusal), by accuracy; the
+learned detector is fitted on XSTest, so there it is refitted leave-one-source-model-out with the same recipe (fit
+on the other source models' items, score the held-out one) and only those held-out predictions count. A response
 judge, by AUC (does it rank good above bad?), on its value's anchors (`probes.anchor_of`):
   helpful   XSTest completions to its 250 safe prompts; good = full compliance
   honest    TruthfulQA's judged answers (finetune_truth.jsonl, majority label); good = truthful
   harmless  none shipped: XSTest's unsafe prompts have 1 compliance among 597 completions, nothing to rank against
   any value the user's anchor files (prompt, response, label: 1 good / 0 bad; a rate is scored on them by the
             accuracy of its behaviour)
-(`mvalign.anchors`.) The learned refusal detector is fitted on XSTest, so on XSTest it
-is refitted leave-one-source-model-out with the same recipe (fit on two source models' items, score the third, all
-three ways) and only those held-out predictions count. Likelihood measures (truthfulqa-mc) need no judge and have
-no anchor. A measure whose interval's lower bound is at or below `audit.floor` on any anchor is untrusted. Each set
-is a seeded sample of at most `audit.max_items` items (XSTest: one sample of its 1,350 completions, split into the
-unsafe- and safe-prompt anchors; the learned detector is refitted on the sample's other sources).
+Statistics: `mvalign.anchors`. Likelihood measures (truthfulqa-mc) need no judge and have no anchor. A measure whose
+interval's lower bound is at or below `audit.floor` on any anchor is untrusted. Each set is a seeded sample of at
+most `audit.max_items` items (XSTest: one sample of its 1,350 completions).
 """
 
 from __future__ import annotations
@@ -145,9 +147,11 @@ def audit_key_of(cfg: RunConfig) -> str:
     """What an audit depends on: every value's measures and anchor, the audit settings, the trained heads."""
     import hashlib
 
+    from .labels import labels_path
     from .rewards import reward_dir, value_bt_head
 
-    parts = [cfg.audit.model_dump(mode="json")]
+    labels = labels_path(RunDir.of(cfg))
+    parts = [cfg.audit.model_dump(mode="json"), labels.read_text(errors="replace") if labels.is_file() else ""]
     for v in cfg.values:
         parts.append(v.model_dump(mode="json", include={"name", "reward", "audits", "train_judge", "anchor"}))
         head = reward_dir(cfg, v.name) / "head.json" if value_bt_head(cfg, v.name) else None
@@ -165,8 +169,12 @@ def ensure_audit(cfg: RunConfig) -> dict:
 
 def audit_config(cfg: RunConfig) -> dict:
     """Score every measure (primary, audits, train judge) of every value on its anchors; write RUN/audit.json."""
+    from .labels import agreement_with_people
+
     floor = cfg.audit.floor
     out: dict = {"floor": floor, "key": audit_key_of(cfg), "measures": {}}
+    run = RunDir.of(cfg)
+    people = agreement_with_people(run) if run.root.is_dir() else {}  # the person's labels of this run's responses
     for v in cfg.values:
         kind = anchor_of(cfg, v.name)
         sets = anchor_items(cfg, kind, v.name)
@@ -201,8 +209,9 @@ def audit_config(cfg: RunConfig) -> dict:
                     entry["note"] = (NO_HARMLESS_ANCHOR if kind == "harmless" and cfg.audit.xstest else
                                      "no human-labelled anchor for this value: add one under audit.anchors")
             entry["trusted"] = None if not entry["anchors"] else all(trusted(s, floor) for s in entry["anchors"].values())
+            if key in people:
+                entry["people"] = people[key]
             out["measures"][key] = entry
-    run = RunDir.of(cfg)
     run.root.mkdir(parents=True, exist_ok=True)
     write_atomic(run.audit_path, "the audit", lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
     return out

@@ -17,7 +17,7 @@ from typing import Literal
 import typer
 
 from .cli_group import STATE, Group, check_methods
-from .cli_judges import judges_app
+from .cli_judges import judges_app, labels_app
 
 METHOD_HELP = "See `mvalign methods` for what each one trains and evaluates."
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
@@ -25,6 +25,7 @@ app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
 reward_app = typer.Typer(cls=Group, no_args_is_help=True, help="Reward models: train BT heads, evaluate them.")
 app.add_typer(reward_app, name="reward")
 app.add_typer(judges_app, name="judges")
+app.add_typer(labels_app, name="labels")
 
 
 def _echo_json(rows) -> None:
@@ -316,7 +317,7 @@ def view(
     path = write_explorer([RunDir(r) for r in runs], out)
     typer.echo(f"wrote {path}")
     if serve:
-        server = serve_page(path, port)
+        server = serve_page(path, port, [RunDir(r) for r in runs])
         typer.echo(f"serving http://127.0.0.1:{server.server_address[1]}/{path.name} (Ctrl-C to stop)")
         try:
             server.serve_forever()

@@ -9,8 +9,8 @@ Payload (what the page reads; strings are deduplicated into one table, reference
   {"strings": [...], "runs": [{"name", "root", "values", "judges": {value: judge_quality | None},
     "reference_point", "methods": [{"name", "hv_test", "settings", "prompts": {split: [sid]}, "base": {split:
     {"rewards", "ci95", "scores", "responses"}}, "points": [{"id", "split", "weights", "rewards", "ci95", "pareto",
-    "flag", "scores", "vs_base", "disputed", "responses", "raced_out"?}], "agreement"}], "measures": {key:
-    {"value", "role", "measure", "kind", "anchor", "trusted"}}}]}
+    "flag", "scores", "vs_base", "disputed", "settings_key", "responses", "raced_out"?}], "agreement"}], "measures":
+    {key: {"value", "role", "measure", "kind", "anchor", "trusted", "people", "people_shown"}}, "labels": [label]}]}
 Audit measures ('<value>:<measure>') sit beside the values in rewards, scores and vs_base; `disputed` lists the
 values whose primary and audit measures moved in opposite directions with confidence (`mvalign.agreement`).
 A point with `raced_out: n` is a candidate that racing dropped after the first n val prompts: its means, scores and
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from .data import eval_prompts
 from .errors import write_atomic
 from .front import SPLITS, Front
 from .hvstats import shared_reference
+from .labels import run_labels
 from .rewards import run_judges
 from .rewards.base import prompt_text
 from .rundir import RunDir
@@ -139,7 +138,8 @@ def run_data(run: RunDir, strings: Strings) -> dict:
                 vs_base = change_vs_base(scores, base[p.split]["scores"], n_boot=1000, seed=0)
             points.append({"id": f"{method}:{i}", "split": p.split, "weights": p.weights, "rewards": p.rewards,
                            "ci95": p.ci95, "pareto": p.pareto, "flag": p.flag, "scores": scores, "vs_base": vs_base,
-                           "disputed": p.disputed, "responses": _responses(strings, rec)})
+                           "disputed": p.disputed, "settings_key": p.settings_key,
+                           "responses": _responses(strings, rec)})
         for j, d in enumerate(front.racing.dropped if front.racing else []):  # evaluated on the first n val prompts
             points.append({"id": f"{method}:raced{j}", "split": "val", "weights": d.weights, "rewards": d.rewards,
                            "ci95": None, "pareto": False, "flag": "", "raced_out": d.prompts, "scores": d.scores,
@@ -148,16 +148,21 @@ def run_data(run: RunDir, strings: Strings) -> dict:
                         "settings": front.settings.to_json() if front.settings else {},
                         "points": points, "base": base, "prompts": prompts_of(front), "agreement": front.agreement})
     return {"name": run.root.resolve().name, "root": str(run.root.resolve()), "values": values,
-            "judges": run_judges(run, values), "reference_point": ref, "methods": methods, "measures": measures(run)}
+            "judges": run_judges(run, values), "reference_point": ref, "methods": methods, "measures": measures(run),
+            "labels": run_labels(run)}
+
 
 
 def measures(run: RunDir) -> dict:
     """Each measure of the run's audit (RUN/audit.json): its value, role, kind, anchor scores as text, trust."""
     from .audit import anchor_text, read_audit
+    from .labels import people_text
 
     audit = read_audit(run) or {}
     return {k: {"value": e["value"], "role": e["role"], "measure": e["measure"], "kind": e["kind"],
-                "anchor": anchor_text(e), "trusted": e["trusted"]} for k, e in (audit.get("measures") or {}).items()}
+                "anchor": anchor_text(e), "trusted": e["trusted"], "people": people_text(e.get("people")),
+                "people_shown": bool((e.get("people") or {}).get("shown"))}
+            for k, e in (audit.get("measures") or {}).items()}
 
 
 def explorer_data(runs: Sequence[RunDir]) -> dict:
@@ -207,7 +212,9 @@ def write_explorer(runs: Sequence[RunDir], out: Path | None = None) -> Path:
     return out
 
 
-def serve(path: Path, port: int = 8765) -> ThreadingHTTPServer:
-    """An HTTP server on 127.0.0.1:`port` (0: any free port) serving `path`'s folder; call serve_forever() on it."""
-    handler = partial(SimpleHTTPRequestHandler, directory=os.fspath(Path(path).resolve().parent))
-    return ThreadingHTTPServer(("127.0.0.1", port), handler)
+def serve(path: Path, port: int = 8765, runs: Sequence[RunDir] = ()) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1:`port` (0: any free port) serving the page at `path` and, for `runs` (in the
+    page's order), the labels API (`mvalign.explorer_server`); call serve_forever() on it."""
+    from .explorer_server import make_server
+
+    return make_server(Path(path), port, list(runs))

@@ -137,14 +137,17 @@ def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
     """Markdown: every measure of every value, its score against human labels (RUN/audit.json, `mvalign.audit`), its
     rank agreement with the value's primary over the evaluated points, and the points its measures dispute."""
     from .audit import anchor_text, read_audit
+    from .labels import people_text
 
     audit = read_audit(run)
     values = next(iter(fronts.values())).values
     lines = ["## Measures", "", "Each value's primary measure defines its axis; audit measures score the same points. "
              "Anchor: the measure against human labels (accuracy of a rate, AUC of a judge; 95% interval). Agreement: "
              "Spearman ρ between the audit's and the primary's point means over the val points and the base (bootstrap "
-             "95% interval over prompts), per method.", "",
-             "| value | measure | role | kind | anchor (human labels) | agreement with primary |", "|---|---|---|---|---|---|"]
+             "95% interval over prompts), per method. Labels: Cohen's κ and accuracy of the measure's better / same / worse "
+             "per-prompt verdict against a person's (`mvalign.labels`; shown from 20 labels).", "",
+             "| value | measure | role | kind | anchor (human labels) | agreement with primary | vs this run's labels |",
+             "|---|---|---|---|---|---|---|"]
     entries = (audit or {}).get("measures") or {v: {"value": v, "role": "primary", "measure": v, "kind": "?",
                                                      "anchors": {}, "note": "not audited: `mvalign judges audit RUN`"}
                                                  for v in values}
@@ -157,7 +160,7 @@ def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
                     f" [{a['ci95'][0]:+.2f}, {a['ci95'][1]:+.2f}]" if a["ci95"] else "")
                 agree.append(f"{method}: {rho}")
         lines.append(f"| {e['value']} | {e['measure']} | {e['role']} | {e['kind']} | {anchor_text(e)} | "
-                     f"{'; '.join(agree) or '—'} |")
+                     f"{'; '.join(agree) or '—'} | {people_text(e.get('people'))} |")
     try:
         from .rewards import judges_coincide
 
