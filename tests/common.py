@@ -102,3 +102,19 @@ def drawn(page, trace_name: str | None = None) -> int:
     names = page.evaluate("() => document.getElementById('plot').data.map(t => t.name)")
     traces = page.locator(".scatterlayer .trace")
     return sum(traces.nth(i).locator("path.point").count() for i, n in enumerate(names) if n.endswith(trace_name))
+
+
+def answering_config(folder: Path, model_dir: Path, val_prompts: int, test_prompts: int, split: dict,
+                     bootstrap: int = 100):
+    """A loaded tiny-model config (grid ω ∈ {0.5, 2}², no racing) trained hard enough (lr 0.05, 3 steps) that
+    combinations answer differently from the base model; its run dir is folder/run."""
+    from mvalign.config import load_config
+
+    sweep = {"grid": [0.5, 2.0], "val_prompts": val_prompts, "test_prompts": test_prompts, "max_new_tokens": 6,
+             "bootstrap": bootstrap, "racing": "off"}
+    path = write_builtin_config(folder, model_dir, 8, sweep=sweep, cache_dir=str(folder / "cache"), split=split,
+                                dpo={"max_steps": 3, "lr": 0.05, "batch_size": 4, "max_length": 96,
+                                     "max_prompt_length": 64, "eval_pairs": 4})
+    cfg = load_config(path)
+    cfg.run_dir = str(folder / "run")
+    return cfg

@@ -11,9 +11,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from common import open_page, write_builtin_config
+from common import answering_config, open_page
 from mvalign.cli import app
-from mvalign.config import load_config
 from mvalign.pipeline import run_pipeline
 from mvalign.rundir import RunDir
 
@@ -41,19 +40,12 @@ def answer_of(output: str) -> dict:
 def run(tmp_path_factory, tiny_model_dir) -> RunDir:
     FIRST.clear()
     folder = tmp_path_factory.mktemp("disputes")
-    sweep = {"grid": [0.5, 2.0], "val_prompts": 24, "test_prompts": 12, "max_new_tokens": 6, "bootstrap": 200,
-             "racing": "off"}
-    path = write_builtin_config(folder, tiny_model_dir, 8, sweep=sweep, cache_dir=str(folder / "cache"),
-                                split={"train": 0.5, "val": 0.3, "test": 0.2},
-                                dpo={"max_steps": 3, "lr": 0.05, "batch_size": 4, "max_length": 96,
-                                     "max_prompt_length": 64, "eval_pairs": 4})
-    cfg = load_config(path)
+    cfg = answering_config(folder, tiny_model_dir, 24, 12, {"train": 0.5, "val": 0.3, "test": 0.2}, bootstrap=200)
     harmless = cfg.value("harmless")
     harmless.reward = harmless.reward.model_validate({"kind": "callable", "function": "test_disputes:rewards_change"})
     harmless.audits = [harmless.reward.model_validate({"kind": "callable", "name": "kept",
                                                        "function": "test_disputes:kept_base_answer"})]
     harmless.anchor = "none"  # the rigged judge would (rightly) fail the harmless probes
-    cfg.run_dir = str(folder / "run")
     run_pipeline(cfg, ("mva",), progress=False)
     return RunDir(cfg.run_dir)
 

@@ -17,9 +17,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
-from common import open_page, write_builtin_config
+from common import answering_config, open_page
 from mvalign.cli import app
-from mvalign.config import load_config
 from mvalign.explorer import serve
 from mvalign.labels import LabelIndex, agreement_with_people, labels_path, latest, read_labels
 from mvalign.pipeline import run_pipeline
@@ -38,16 +37,9 @@ def words(prompt: str, response: str) -> float:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_model_dir) -> RunDir:
     folder = tmp_path_factory.mktemp("labels")
-    sweep = {"grid": [0.5, 2.0], "val_prompts": 12, "test_prompts": 5, "max_new_tokens": 6, "bootstrap": 100,
-             "racing": "off"}
-    path = write_builtin_config(folder, tiny_model_dir, 8, sweep=sweep, cache_dir=str(folder / "cache"),
-                                split={"train": 0.6, "val": 0.3, "test": 0.1},
-                                dpo={"max_steps": 3, "lr": 0.05, "batch_size": 4, "max_length": 96,
-                                     "max_prompt_length": 64, "eval_pairs": 4})
-    cfg = load_config(path)
+    cfg = answering_config(folder, tiny_model_dir, 12, 5, {"train": 0.6, "val": 0.3, "test": 0.1})
     cfg.value("harmless").audits = [cfg.value("harmless").reward.model_validate(
         {"kind": "callable", "function": "test_labels:words", "name": "words"})]
-    cfg.run_dir = str(folder / "run")
     run_pipeline(cfg, ("mva",), progress=False)
     return RunDir(cfg.run_dir)
 
