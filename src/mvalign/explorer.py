@@ -197,6 +197,20 @@ def default_out(runs: Sequence[RunDir]) -> Path:
     return runs[0].root / "explorer.html" if len(runs) == 1 else Path("explorer.html")
 
 
+def check_page_destination(out: Path) -> None:
+    """Refuse to write the page over anything that is not an earlier explorer page (a run's store, a config, a
+    model file), into a folder, or through a symbolic link."""
+    if out.is_symlink():
+        raise ConfigError(f"--out {out}: is a symbolic link; give a plain file path (writes never follow a link)")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give the page's file path, e.g. {out / 'explorer.html'}")
+    if out.exists():
+        with open(out, "rb") as f:
+            head = f.read(2048)
+        if b"<title>mvalign front explorer</title>" not in head:
+            raise ConfigError(f"--out {out}: exists and is not an explorer page; it is kept. Choose another path")
+
+
 def write_explorer(runs: Sequence[RunDir], out: Path | None = None) -> Path:
     """Write explorer.html (atomically): into the run for one run, ./explorer.html for several, or `out`."""
     if not runs:
@@ -205,6 +219,7 @@ def write_explorer(runs: Sequence[RunDir], out: Path | None = None) -> Path:
         if not run.root.is_dir():
             raise ConfigError(f"{run.root}: no such run directory")
     out = Path(out) if out is not None else default_out(runs)
+    check_page_destination(out)
     html = render(explorer_data(runs))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, "the explorer page", lambda tmp: tmp.write_text(html, encoding="utf-8"),

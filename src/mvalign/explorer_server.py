@@ -12,11 +12,13 @@ are refused (413). Requests are handled on threads; appends are serialised by a 
 
 from __future__ import annotations
 
+import errno
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .config import ConfigError
 from .errors import MvalignError
 from .rundir import RunDir
 
@@ -79,4 +81,11 @@ def make_server(page: Path, port: int, runs: list[RunDir]) -> ThreadingHTTPServe
                 return self._error(400, str(e))
             return self._send(200, json.dumps({"saved": saved}).encode())
 
-    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: not a TCP port (0-65535; 0 picks a free one)")
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as e:
+        why = ("in use" if e.errno == errno.EADDRINUSE else "not allowed (ports below 1024 need privileges)"
+               if e.errno == errno.EACCES else e.strerror)
+        raise ConfigError(f"--port {port}: {why}; choose another port, or 0 for a free one") from None

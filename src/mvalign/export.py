@@ -8,7 +8,8 @@ Formats:
           server can hold several such adapters for several trade-offs. Adapters that are not plain linear LoRA
           (bias, modules_to_save, embedding LoRA, DoRA) are refused when read (`lora.load_lora_adapter`).
 Every export writes a model card (`card.py`: README.md) and mvalign_combination.json. The destination must be a
-new or empty folder unless `overwrite`; the run directory and the base model's own folder are always refused.
+new or empty folder unless `overwrite`; the run directory and the base model's own folder, a folder holding either or
+the cache, and a symbolic link are always refused. The export folder gets the mode the umask gives new folders.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def resolve_method(run: RunDir, method: str | None) -> str:
 def check_destination(out: Path, run: RunDir, cfg: RunConfig, overwrite: bool) -> None:
     """Refuse a file, the run directory (or a folder inside it), the base model's folder, and a non-empty folder
     unless `overwrite`."""
+    if out.is_symlink():
+        raise ConfigError(f"--out {out}: is a symbolic link; give a real folder (writes never follow a link)")
     out = out.resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; give a folder")
@@ -87,6 +90,11 @@ def check_destination(out: Path, run: RunDir, cfg: RunConfig, overwrite: bool) -
     base = Path(source).expanduser()
     if base.exists() and out == base.resolve():
         raise ConfigError(f"--out {out}: is the base model's own folder; export elsewhere")
+    kept = {"the run directory": root, "the base model": base.resolve() if base.exists() else None,
+            "the cache": cache_root(cfg.cache_dir).resolve()}
+    for what, path in kept.items():  # --overwrite replaces `out` whole: it must not hold any of these
+        if path is not None and (out == path or out in path.parents):
+            raise ConfigError(f"--out {out}: holds {what} ({path}); export to a folder of its own")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out}: not empty; choose a new folder or pass --overwrite")
 
@@ -164,6 +172,9 @@ def combine_run(run_dir: str | Path, weights: dict[str, float] | str, out: str |
                 "adapters": [a.path for a in adapters], "base": cfg.model.name, "base_path": source}
         (tmp / "mvalign_combination.json").write_text(json.dumps(info, indent=2))
         (tmp / "README.md").write_text(export_card(run, cfg, info, command))
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the export gets the mode any new folder gets here
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -93,6 +93,9 @@ def make_target(values: Sequence[str], maximize: str | None, require: Sequence[s
         raise ConfigError("give exactly one of --maximize VALUE or --weights NAME=W,...")
     if maximize is not None and maximize not in values:
         raise ConfigError(f"--maximize {maximize!r}: not a value of this run; values: {list(values)}")
+    unknown = sorted(set(weights or {}) - set(values))
+    if unknown:
+        raise ConfigError(f"--weights: {unknown} not a value of this run; values: {list(values)}")
     if weights is not None and any(w < 0 for w in weights.values()):
         raise ConfigError(f"--weights {weights}: scalarisation weights must be >= 0")
     return Target(maximize, weights, [parse_constraint(t, values) for t in require])

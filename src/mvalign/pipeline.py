@@ -42,7 +42,8 @@ def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: 
     settings = {"model": cfg.model.name, "steps": cfg.training.max_steps, "strategy": cfg.sweep.strategy,
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,
                 "test_prompts": cfg.sweep.test_prompts, "max_new_tokens": cfg.sweep.max_new_tokens}
-    report = write_report(run, fronts, settings)
+    earlier = {m: run.read_front(m) for m in run.fronts() if m not in fronts}  # the report covers every method
+    report = write_report(run, {**fronts, **earlier}, settings)
     explorer = write_run_explorer(run, run.root)
     summary = {
         "run_dir": str(run.root),

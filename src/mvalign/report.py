@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -15,6 +17,11 @@ from .hvstats import hv_differences, shared_reference
 from .judging import judges_section
 from .rewards import run_judges
 from .rundir import RunDir
+
+
+def md(text: object) -> str:
+    """`text` as literal Markdown (a method is named by its front-<name>.json file: anything can be in it)."""
+    return re.sub(r"([\\`*_\[\]<>|#!])", r"\\\1", str(text))
 
 
 def _fmt_w(w: dict) -> str:
@@ -103,16 +110,16 @@ def write_report(run: RunDir, fronts: dict[str, Front], settings: dict, out: Pat
               "| method | HV test | non-dominated (val) | test points dominating base |", "|---|---|---|---|"]
     for method, front in fronts.items():
         nd = sum(p.pareto for p in front.on("val", usable=False))
-        lines.append(f"| {method} | {front.hv_with(ref):.4g} | {nd} | {len(front.dominates_base())} |")
+        lines.append(f"| {md(method)} | {front.hv_with(ref):.4g} | {nd} | {len(front.dominates_base())} |")
     lines += [""] + method_differences(fronts, ref)
     for method, front in fronts.items():
         png = plot_front(front, dest.plot("front", method))
         heat = plot_heatmaps(front, dest.plot("heatmap", method))
         values = front.values
         base = front.base.test
-        lines += [f"## {method}", "", f"![front]({png.name})", ""]
+        lines += [f"## {md(method)}", "", f"![front]({quote(png.name)})", ""]
         if heat:
-            lines += [f"![reward vs weights]({heat.name})", ""]
+            lines += [f"![reward vs weights]({quote(heat.name)})", ""]
         lines += ["Selected (non-dominated on val) points, scored on test: mean and bootstrap 95% interval, then the "
                   "paired change from the base model on the same prompts (Δ and its paired bootstrap 95% interval):", "",
                   "| weights | " + " | ".join(values) + " | " + " | ".join(f"Δ {v} vs base" for v in values)
@@ -158,7 +165,7 @@ def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
             if a is not None:
                 rho = "undefined (a measure is constant)" if a["spearman"] is None else f"{a['spearman']:+.2f}" + (
                     f" [{a['ci95'][0]:+.2f}, {a['ci95'][1]:+.2f}]" if a["ci95"] else "")
-                agree.append(f"{method}: {rho}")
+                agree.append(f"{md(method)}: {rho}")
         lines.append(f"| {e['value']} | {e['measure']} | {e['role']} | {e['kind']} | {anchor_text(e)} | "
                      f"{'; '.join(agree) or '—'} | {people_text(e.get('people'))} |")
     try:
@@ -177,7 +184,8 @@ def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
     for m, p in disputes:
         deltas = ", ".join(f"{k} {d['mean']:+.3f}" for k, d in p.vs_base.items()
                            if any(k == v or k.startswith(f"{v}:") for v in p.disputed))
-        lines.append(f"- {m} {_fmt_w(p.weights)} ({p.split}): disputed in {', '.join(p.disputed)} — Δ vs base {deltas}")
+        lines.append(f"- {md(m)} {md(_fmt_w(p.weights))} ({p.split}): disputed in {', '.join(p.disputed)} — Δ vs base "
+                     f"{deltas}")
     return lines + ([""] if disputes else [])
 
 
@@ -194,7 +202,7 @@ def method_differences(fronts: dict[str, Front], ref) -> list[str]:
              "difference these settings detect with 80% power.", "",
              "| A − B | difference | 95% interval | detectable | verdict |", "|---|---|---|---|---|"]
     for (a, b), d in diffs.items():
-        lines.append(f"| {a} − {b} | {d['mean']:+.4g} | [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}] | "
+        lines.append(f"| {md(a)} − {md(b)} | {d['mean']:+.4g} | [{d['ci95'][0]:+.4g}, {d['ci95'][1]:+.4g}] | "
                      f"{d['detectable']:.3g} | {d['verdict']} |")
     return lines + [""]
 

@@ -66,6 +66,10 @@ __all__ = [
     "resolve_anchors",
 ]
 
+MAX_LATTICE = 200_000
+"""Grid points a grid or adaptive sweep may enumerate (10 weights per value and 7 values would be 10⁷)."""
+
+
 class RunConfig(BaseModel):
     """Top-level configuration of one mvalign run."""
 
@@ -109,6 +113,11 @@ class RunConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"value names must be unique; repeated: {dupes}")
+        lattice = len(self.sweep.grid) ** len(names)
+        if self.sweep.strategy in ("grid", "adaptive") and lattice > MAX_LATTICE:
+            raise ValueError(f"sweep.grid: {len(self.sweep.grid)} weights per value and {len(names)} values make "
+                             f"{lattice:,} grid points (at most {MAX_LATTICE:,}); give fewer grid weights, or "
+                             "sweep.strategy list with the points to try")
         ref = self.sweep.reference_point
         if ref is not None and names and len(ref) != len(names):
             raise ValueError(f"sweep.reference_point has {len(ref)} numbers; give one per value {names}")

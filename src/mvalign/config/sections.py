@@ -189,6 +189,12 @@ class SweepSettings(Strict):
         "auto", description="Drop candidates dominated with paired confidence after a share of the val prompts and "
         "finish only the rest (mvalign.race). auto: on for 16 or more fixed candidates (grid / simplex / list); off "
         "reproduces the full evaluation of every candidate.")
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML 1.1 reads an unquoted on / off as true / false; they mean the same here."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     racing_first: int = Field(8, ge=2, description="Racing: val prompts in the first share, at least an eighth of "
                               "them; every later round adds as many.")
     racing_z: float = Field(2.5, gt=0, description="Racing: a candidate is dropped when another beats it on every "

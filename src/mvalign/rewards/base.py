@@ -63,7 +63,19 @@ class CallableReward(RewardModel):
         self.identity = f"callable:{name}:{getattr(fn, '__module__', '')}.{qualname}:{version}:cost={cost}"
 
     def _score(self, prompts, responses):
-        return [float(self.fn(prompt_text(p), r)) for p, r in zip(prompts, responses)]
+        out = []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            returned, x = False, None
+            try:
+                x = self.fn(prompt_text(p), r)
+                returned = True
+                out.append(float(x))
+            except Exception as e:  # noqa: BLE001 - user code: any failure becomes one line naming judge and item
+                why = (f"returned {type(x).__name__} {str(x)[:60]!r}, not a number" if returned
+                       else f"raised {type(e).__name__}: {str(e)[:160]}")
+                raise RewardError(f"callable judge {self.name!r} ({self.identity.split(':')[2]}) {why} on item {i} "
+                                  f"(prompt {prompt_text(p)[:60]!r}); fix the function or bump its `version`") from None
+        return out
 
 
 class ScoreCache:
