@@ -107,3 +107,99 @@ def test_report_covers_every_method_escapes_names_and_cards_use_the_runs_referen
     ref = report.split("One reference point for every hypervolume below: ")[1].split(" ")[0]
     assert f"against the run's one reference point {ref}" in card.replace(", ", ",").replace(",", ", ")
     assert str(tmp_path) not in card and cfg["run_dir"] == "run"
+
+
+def test_a_copied_run_uses_its_own_adapters_and_swapped_adapters_are_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    from mvalign.rundir import RunDir
+    from mvalign.store import AdapterRef
+
+    original = tmp_path / "a"
+    original.mkdir()
+    path = write_builtin_config(original, tiny_model_dir, 8)
+    assert runner.invoke(app, ["train", str(path), "--method", "dpo"]).exit_code == 0
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    # the original's adapters change after the copy: the copy must not read them (its store held absolute paths)
+    first = original / "run" / "adapters" / "dpo" / "helpful" / "adapter_model.safetensors"
+    first.write_bytes(first.read_bytes()[:-8] + b"\0" * 8)
+    r = runner.invoke(app, ["train", str(copy / "config.yaml"), "--method", "mva"])
+    assert r.exit_code == 0, r.output
+    mine = copy / "run" / "adapters"
+    assert (mine / "mva" / "helpful" / "adapter_model.safetensors").read_bytes() == \
+        (mine / "dpo" / "helpful" / "adapter_model.safetensors").read_bytes()  # reused from this run's dpo vector
+    rec = RunDir(copy / "run").store().get_vector(AdapterRef("dpo", "helpful"))
+    assert rec.adapter_dir == str(copy / "run" / "adapters" / "dpo" / "helpful")
+
+    # adapters swapped between values by hand: one line naming the folder, never a silent mix
+    d = copy / "run" / "adapters" / "dpo"
+    (d / "helpful").rename(d / "tmp")
+    (d / "harmless").rename(d / "helpful")
+    (d / "tmp").rename(d / "harmless")
+    out = runner.invoke(app, ["combine", str(copy / "run"), "--method", "dpo", "--weights", "helpful=1,harmless=1",
+                              "--out", str(tmp_path / "x")])
+    assert out.exit_code == 1 and "holds the adapter trained as dpo/harmless" in out.output and "not dpo/helpful" \
+        in out.output, out.output
+
+
+def test_damaged_store_rows_and_foreign_stores_are_one_line(tmp_path):
+    import sqlite3
+
+    from mvalign.store import PointRecord, RunStore, StoreError
+
+    store = RunStore(tmp_path)
+    rec = PointRecord("mva", {"a": 1.0}, "val", "k", {"a": 0.5}, {"a": [0.4, 0.6]}, 3, 1.0, 0.1, {}, ["x", "y", "z"],
+                      scores={"a": [0.1, 0.5, 0.9]})
+    store.put_point(rec)
+    assert store.points()[0].scores == rec.scores
+    con = sqlite3.connect(tmp_path / "store.sqlite")
+    for sql, match in [("UPDATE points SET scores = '{\"a\": [0.1, 0.5]}'", r"scores\['a'\] must list one score per prompt"),
+                       ("UPDATE points SET rewards = '{\"a\": \"high\"}'", r"rewards\['a'\] is 'high', not a finite number"),
+                       ("UPDATE points SET rewards = 'not json'", "damaged"),
+                       ("UPDATE points SET weights = '[1, 2]'", "weights is list, not a mapping")]:
+        con.execute(sql)
+        con.commit()
+        with pytest.raises(StoreError, match=match):
+            store.points()
+        store.put_point(rec)  # repaired by writing the row again
+        con.execute("DELETE FROM points WHERE weights != ?", ('{"a": 1.0}',))
+        con.commit()
+    con.close()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    con = sqlite3.connect(foreign / "store.sqlite")
+    con.execute("CREATE TABLE points (method TEXT, weights TEXT)")
+    con.close()
+    with pytest.raises(StoreError, match="table points lacks columns"):
+        RunStore(foreign)
+
+
+def test_hand_edited_fronts_are_one_line_naming_the_field():
+    from mvalign.front import Front
+
+    base = {"rewards": {"a": 0.0}, "ci95": {"a": [0, 0]}, "rewards_val": {"a": 0.0}, "scores": {"a": [0.0, 1.0]},
+            "scores_val": {"a": [0.0, 1.0]}}
+    good = {"values": ["a"], "reference_point": [0.0], "hypervolume": {"val": 0, "test": 0}, "base": base,
+            "points": [{"method": "m", "weights": {"a": 1.0}, "split": "val", "rewards": {"a": 0.5},
+                        "ci95": {"a": [0, 1]}, "pareto": True, "scores": {"a": [0.0, 1.0]}}]}
+    Front.from_json(good, "m")
+    for edit, match in [(lambda f: f["points"][0]["rewards"].update(a="high"), r"points\[0\].rewards\['a'\] is 'high'"),
+                        (lambda f: f["points"][0]["rewards"].update(a=float("nan")), r"points\[0\].rewards\['a'\] is nan"),
+                        (lambda f: f["points"][0].update(weights=[1.0]), r"points\[0\].weights is list"),
+                        (lambda f: f.update(points=None), "points is NoneType, not a list"),
+                        (lambda f: f["points"][0]["scores"].update(a=[1.0]), r"points\[0\].scores\['a'\] must list one")]:
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        with pytest.raises(ConfigError, match=match):
+            Front.from_json(bad, "m", "front-m.json")
+
+
+def test_a_local_hf_reward_model_replaced_at_the_same_path_gets_a_new_identity(tmp_path):
+    from mvalign.rewards.hf import folder_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"a" * 1000)
+    before = folder_fingerprint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"b" * 1000)  # same name, same size, other weights
+    assert folder_fingerprint(str(tmp_path)) != before and folder_fingerprint("org/hub-model") == ""

@@ -10,6 +10,7 @@ RUN/
   rewards/<value>/             BT reward heads (unless the config puts them elsewhere)
   consistency/<value>.json     VC-soup scores of a value's training pairs; summary.json, consistency.png
   front-<method>.json          a method's evaluated front; front.json is the first method's (the contract)
+  audit.json, labels.jsonl     the measures against people (`mvalign.audit`); a person's labels (`mvalign.labels`)
   report.md, *.png             the report; summary.json of `mvalign run`; diagnostics/ of `mvalign diagnose`
   .locks/                      lock files: one process at a time trains an adapter or evaluates a method
 """
@@ -34,7 +35,7 @@ from pydantic import ValidationError
 from .config import ConfigError, RunConfig, config_yaml, load_config
 from .errors import MvalignError, write_atomic
 from .front import Front
-from .store import AdapterRef, RunStore
+from .store import ADAPTER_MARK, AdapterRef, RunStore
 
 PACKAGES = ("mvalign", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "pydantic")
 EVALUATION_ONLY = ("sweep", "report_to")
@@ -81,8 +82,18 @@ class RunDir:
     def store(self) -> RunStore:
         return RunStore(self.root)
 
-    def adapter(self, ref: AdapterRef) -> Path:
-        return self.root / "adapters" / ref.group / ref.name
+    def adapter(self, ref: AdapterRef, check: bool = True) -> Path:
+        """adapters/<group>/<name>/; `check`: one ConfigError when its mvalign_adapter.json names another adapter
+        (swapped or copied in by hand: using it would mix values). Adapters from before the mark pass."""
+        path = self.root / "adapters" / ref.group / ref.name
+        try:
+            made = json.loads((path / ADAPTER_MARK).read_text()) if check else None
+        except (OSError, ValueError):
+            made = None
+        if isinstance(made, dict) and (made.get("group"), made.get("name")) != (ref.group, ref.name):
+            raise ConfigError(f"{path}: holds the adapter trained as {made.get('group')}/{made.get('name')} "
+                              f"({ADAPTER_MARK}), not {ref}; put the adapters back or retrain it with --force")
+        return path
 
     def train_dir(self, ref: AdapterRef) -> Path:
         return self.root / "train" / ref.group / ref.name
@@ -276,7 +287,7 @@ def _identity(dump: dict, device: str) -> dict:
     if model.get("dtype") == "auto":
         with contextlib.suppress(DeviceError):  # a bad device is reported, with its field, where the model loads
             model["dtype"] = str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
-    out.pop("audit", None)  # checking the measures changes no trained or stored work
+    out.pop("audit", None)  # checking the measures changes no trained or stored work (config.yaml is not rewritten)
     for v in out.get("values") or []:
         if isinstance(v.get("reward"), dict):
             v["reward"].pop("device", None)

@@ -6,6 +6,7 @@ One file, `RUN/store.sqlite`; every write is its own transaction, so a killed pr
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from contextlib import closing
@@ -115,8 +116,38 @@ class PointRecord:
     """Per value, each prompt's score in prompt order (what paired statistics resample; {} in older stores)."""
 
 
+COLUMNS = {"vectors": {"value", "method", "adapter_dir", "steps", "seconds", "seconds_per_step", "train_pairs",
+                       "metrics", "created"},
+           "points": {"method", "weights", "split", "settings_key", "rewards", "ci95", "n_prompts", "seconds_generate",
+                      "seconds_score", "generation", "responses", "created", "flag", "scores"}}
+
+
+ADAPTER_MARK = "mvalign_adapter.json"
+"""In every trained adapter folder: which adapter it is (`RunDir.adapter` checks it on every use)."""
+
+
+def mark_adapter(folder: Path, ref: AdapterRef, **extra) -> None:
+    (folder / ADAPTER_MARK).write_text(json.dumps({"group": ref.group, "name": ref.name, **extra}))
+
+
 def weights_key(weights: dict[str, float]) -> str:
     return json.dumps({k: round(float(v), 10) for k, v in weights.items()}, sort_keys=True)
+
+
+def check_point(data: dict) -> None:
+    """ValueError / TypeError unless a decoded point row is well formed (see `RunStore._point`)."""
+    for k in ("weights", "rewards", "ci95", "generation", "scores"):
+        if not isinstance(data[k], dict):
+            raise TypeError(f"{k} is {type(data[k]).__name__}, not a mapping")
+    n = data["n_prompts"]
+    if not isinstance(data["responses"], list):
+        raise ValueError("responses must be a list of texts")
+    for k, x in data["rewards"].items():
+        if not isinstance(x, int | float) or (not data.get("flag") and not math.isfinite(x)):
+            raise ValueError(f"rewards[{k!r}] is {x!r}, not a finite number")
+    for k, s in data["scores"].items():
+        if not isinstance(s, list) or (":" not in k and len(s) != n):  # audits of the model itself have their items
+            raise ValueError(f"scores[{k!r}] must list one score per prompt ({n})")
 
 
 class RunStore:
@@ -131,6 +162,11 @@ class RunStore:
                     con.execute("ALTER TABLE points ADD COLUMN flag TEXT NOT NULL DEFAULT ''")
                 if "scores" not in columns:  # stores made before per-prompt scores
                     con.execute("ALTER TABLE points ADD COLUMN scores TEXT NOT NULL DEFAULT '{}'")
+                for table, need in COLUMNS.items():
+                    have = {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}
+                    if not need <= have:
+                        raise sqlite3.DatabaseError(f"table {table} lacks columns {sorted(need - have)} (not a store "
+                                                    "mvalign wrote)")
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: {e}; move the file aside (e.g. to store.sqlite.bad) and re-run: finished "
                              "adapters are kept and recorded again, points are re-evaluated") from None
@@ -155,8 +191,16 @@ class RunStore:
         if row is None:
             return None
         data = dict(row)
-        data["metrics"] = json.loads(data["metrics"])
+        try:
+            data["metrics"] = json.loads(data["metrics"])
+            if not isinstance(data["metrics"], dict):
+                raise ValueError("metrics is not a mapping")
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{self.path}: the record of adapter {ref} is damaged ({e}); move the store aside (e.g. "
+                             "to store.sqlite.bad) and re-run: finished adapters are recorded again") from None
         data["name"], data["group"] = data.pop("value"), data.pop("method")
+        # the adapter is always this run's own folder (a copied or moved run never reads another run's files)
+        data["adapter_dir"] = str(self.path.parent / "adapters" / ref.group / ref.name)
         return VectorRecord(**data)
 
     def put_point(self, rec: PointRecord) -> None:
@@ -184,11 +228,18 @@ class RunStore:
         with closing(self._connect()) as con:
             return [self._point(r) for r in con.execute(sql, args).fetchall()]
 
-    @staticmethod
-    def _point(row: sqlite3.Row) -> PointRecord:
+    def _point(self, row: sqlite3.Row) -> PointRecord:
+        """A point row, validated: JSON cells of the right types, finite means on a usable point, one score and one
+        response per prompt. A damaged row is one StoreError naming the file and the row."""
         data = dict(row)
-        for k in ("weights", "rewards", "ci95", "generation", "responses", "scores"):
-            data[k] = json.loads(data[k])
+        try:
+            for k in ("weights", "rewards", "ci95", "generation", "responses", "scores"):
+                data[k] = json.loads(data[k])
+            check_point(data)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{self.path}: the {data.get('split')} point {data.get('weights')} of "
+                             f"{data.get('method')!r} is damaged ({str(e)[:160]}); delete that row or move the store "
+                             "aside (e.g. to store.sqlite.bad) and re-run: it is evaluated again") from None
         data["label"] = data.pop("weights")
         return PointRecord(**data)
 

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from ..devices import place, resolve_device
 from .base import RewardError, RewardModel, prompt_text
+
+
+def folder_fingerprint(path: str) -> str:
+    """For a local model folder: sha256 over its files' names, sizes and first and last MiB (a model replaced at
+    the same path gets new cached scores); '' for a hub name (its commit hash identifies it)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(folder)}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
 
 
 class HFRewardModel(RewardModel):
@@ -27,7 +48,8 @@ class HFRewardModel(RewardModel):
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.name, self.cost, self.batch_size, self.max_length = name, cost, batch_size, max_length
-        self.identity = f"hf:{path}:{getattr(self.model.config, '_commit_hash', '')}:cost={cost}"
+        self.identity = (f"hf:{path}:{getattr(self.model.config, '_commit_hash', '') or ''}:{folder_fingerprint(path)}"
+                         f":cost={cost}")
 
     def _text(self, prompt, response: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):

@@ -29,7 +29,7 @@ from ..faults import reached
 from ..lora import add_value_adapter
 from ..models import cache_root, load_model
 from ..rundir import RunDir, replace_dir
-from ..store import AdapterRef, VectorRecord
+from ..store import AdapterRef, VectorRecord, mark_adapter
 from ..track import finish, make_accelerator
 from .dpo import dpo_loss
 from .logprobs import compute_logprobs, reference_logprobs
@@ -125,7 +125,7 @@ def run_adapter_job(cfg: RunConfig, run: RunDir, job: AdapterJob, *, force: bool
 def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progress: bool,
                state: PartialState) -> VectorRecord | None:
     """Train and record; returns the record on the main process and None on the others."""
-    out_dir = run.adapter(job.ref)
+    out_dir = run.adapter(job.ref, check=False)
     train_dir = run.train_dir(job.ref)
     if force and state.is_main_process:
         shutil.rmtree(train_dir, ignore_errors=True)
@@ -154,6 +154,7 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
     try:
         with writing(tmp, "the trained adapter", f"its training checkpoint is kept in {train_dir}"):
             peft_model.save_pretrained(tmp, safe_serialization=True)
+            mark_adapter(tmp, job.ref)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,17 +189,18 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
 def finished(run: RunDir, ref: AdapterRef) -> VectorRecord | None:
     """The store record of a finished adapter whose folder exists, else None."""
     rec = run.store().get_vector(ref)
-    return rec if rec is not None and run.adapter(ref).is_dir() else None
+    return rec if rec is not None and run.adapter(ref, check=False).is_dir() else None  # --force may retrain a swap
 
 
 def reuse(run: RunDir, src: VectorRecord, group: str) -> VectorRecord:
     """Record a copy of another method's finished adapter as this group's (the same training, done once); under a
     multi-process launch the main process copies and records, the others wait for it."""
-    out_dir = run.adapter(AdapterRef(group, src.name))
+    out_dir = run.adapter(AdapterRef(group, src.name), check=False)
     rec = dataclasses.replace(src, group=group, adapter_dir=str(out_dir), metrics={**src.metrics, "reused": src.group})
     state = PartialState()
     if state.is_main_process:
-        replace_dir(Path(src.adapter_dir), out_dir, copy=True)
+        replace_dir(run.adapter(src.ref), out_dir, copy=True)  # this run's own copy, never a stored absolute path
+        mark_adapter(out_dir, AdapterRef(group, src.name), reused=src.group)
         run.store().put_vector(rec)
     state.wait_for_everyone()
     return rec
