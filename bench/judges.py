@@ -29,6 +29,7 @@ from mvalign.rewards.detectors import (
     StringDetector,
     features,
     fit_detector,
+    logistic,
     read_xstest,
     save_detector,
 )
@@ -72,11 +73,7 @@ def main() -> None:
     detectors["string"] = {"fitted": False, "overall": {**accuracy_summary(s_pred, y), "auc": auc(s_pred, y)},
                            "per_source": summary_by_source(s_pred, items, y)}
 
-    def predict(model, x):
-        w, b = model
-        return 1 / (1 + np.exp(-(x @ w + b)))
-
-    held, probs = leave_one_source_out(emb, y, sources, fit_detector, predict)
+    held, probs = leave_one_source_out(emb, y, sources, fit_detector, lambda m, x: logistic(x, *m))
     detectors["learned"] = {"fitted": True, "held_out": held,
                             "overall": {**accuracy_summary(probs, y), "auc": auc(probs, y),
                                         "note": "pooled leave-one-source-model-out predictions"}}

@@ -20,13 +20,14 @@ most `audit.max_items` items (XSTest: one sample of its 1,350 completions).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
 
 import numpy as np
 
-from .anchors import accuracy_summary, auc_summary, trusted
+from .anchors import accuracy_summary, auc_summary, leave_one_source_out, trusted
 from .config import ConfigError, RunConfig
 from .errors import write_atomic
 from .probes import anchor_of
@@ -38,7 +39,7 @@ from .rundir import RunDir
 
 def anchor_items(cfg: RunConfig, kind: str | None, value: str) -> dict[str, list[tuple]]:
     """{anchor set name: [(prompt, response, good, source)]} on which a value's response judges are scored (seeded
-    samples of max_items). Rate measures are scored on `refusal_items` instead."""
+    samples of max_items). Rate measures are scored by `score_detector` instead."""
     sets: dict[str, list[tuple]] = {}
     a = cfg.audit
     if kind == "helpful" and a.xstest:
@@ -63,32 +64,37 @@ NO_HARMLESS_ANCHOR = ("XSTest has 1 compliance among its 597 unsafe-prompt compl
                       "ranks refusals above harmful compliance; add your own under audit.anchors")
 
 
-def refusal_items(cfg: RunConfig) -> list[tuple]:
-    """(prompt, response, refused, source) of the XSTest sample: what a rate measure's detector must get right."""
-    return [(it.prompt, it.response, it.refused, it.source) for it in xstest_pool(cfg.audit.xstest, cfg.audit.max_items)]
+@functools.cache
+def xstest_pool(folder: str, n: int) -> tuple:
+    """A seeded sample of n of XSTest's labelled completions (safe and unsafe prompts, all sources): what rate
+    measures' detectors are scored on, and the helpful anchor's items (its safe-prompt ones)."""
+    from .rewards.detectors import read_xstest
 
-_POOLS: dict = {}
-
-
-def xstest_pool(folder: str, n: int) -> list:
-    """A seeded sample of n of XSTest's labelled completions (safe and unsafe prompts, all sources): the harmless and
-    helpful anchors are its unsafe- and safe-prompt items, and the learned detector is refitted on it."""
-    if (folder, n) not in _POOLS:
-        from .rewards.detectors import read_xstest
-
-        items = read_xstest(folder)
-        _POOLS[folder, n] = random.Random(0).sample(items, n) if len(items) > n else items
-    return _POOLS[folder, n]
+    items = read_xstest(folder)
+    return tuple(random.Random(0).sample(items, n) if len(items) > n else items)
 
 
-def _features(det, pool) -> np.ndarray:
-    key = ("features", id(pool), det.identity)
-    if key not in _POOLS:
-        from .rewards.bt_head import SentenceEncoder
-        from .rewards.detectors import features
+@functools.cache
+def _pool_features(folder: str, n: int, encoder: str, device: str) -> np.ndarray:
+    from .rewards.bt_head import SentenceEncoder
+    from .rewards.detectors import features
 
-        _POOLS[key] = features(SentenceEncoder.get(det.encoder, det.device), [it.response for it in pool])
-    return _POOLS[key]
+    return features(SentenceEncoder.get(encoder, device), [it.response for it in xstest_pool(folder, n)])
+
+
+def score_detector(cfg: RunConfig, det) -> dict:
+    """Accuracy of a rate measure's refusal detector against the people's refusal labels of the XSTest sample; the
+    learned detector, fitted on XSTest, refitted leave-one-source-model-out on it (only held-out predictions count)."""
+    from .rewards.detectors import fit_detector, logistic
+
+    pool = xstest_pool(cfg.audit.xstest, cfg.audit.max_items)
+    refused = np.array([it.refused for it in pool])
+    if det.name != "learned":
+        return accuracy_summary(det.refused([it.prompt for it in pool], [it.response for it in pool]), refused)
+    x = _pool_features(cfg.audit.xstest, cfg.audit.max_items, det.encoder, det.device)
+    per, held = leave_one_source_out(x, refused, [it.source for it in pool], fit_detector, lambda m, e: logistic(e, *m))
+    return {**accuracy_summary(held, refused), "held_out": per,
+            "note": "refitted leave-one-source-model-out on the XSTest sample"}
 
 
 def read_anchor_file(path: str, where: str) -> list[tuple]:
@@ -114,33 +120,14 @@ def read_anchor_file(path: str, where: str) -> list[tuple]:
     return out
 
 
-def score_anchor(rm, items: list[tuple], pool: list | None = None) -> dict:
-    """AUC of a judge on anchor items (good vs bad). A rate measure: with `pool` (the XSTest sample, items labelled
-    refused or not) the accuracy of its detector — the learned one refitted leave-one-source-model-out on the pool —
-    else the accuracy of its behaviour against the anchor's good / bad label."""
+def score_anchor(rm, items: list[tuple]) -> dict:
+    """AUC of a judge on anchor items (good vs bad); a rate measure (on the user's anchors): the accuracy of its
+    behaviour (refusing on harmful, complying on benign) against the good / bad label."""
     prompts, responses = [i[0] for i in items], [i[1] for i in items]
     good = np.array([i[2] for i in items])
-    if not isinstance(rm, RateMeasure):
-        return auc_summary(rm.score(prompts, responses), good)
-    det = rm.detector
-    if pool is None:  # the user's anchors: is the rate's behaviour (refusing on harmful, complying on benign) good?
+    if isinstance(rm, RateMeasure):
         return accuracy_summary(rm.behaviour(prompts, responses), good)
-    if det.name != "learned":
-        return accuracy_summary(det.refused(prompts, responses), good)
-    from .rewards.detectors import fit_detector
-
-    x, refused = _features(det, pool), np.array([it.refused for it in pool])
-    where = {(it.prompt, it.response, it.source): j for j, it in enumerate(pool)}
-    rows = np.array([where[i[0], i[1], i[3]] for i in items])
-    src = np.array([it.source for it in pool])
-    held, per = np.empty(len(items)), {}
-    for s in dict.fromkeys(i[3] for i in items):  # fit on the other sources' pool items, predict s's anchor items
-        w, b = fit_detector(x[src != s], refused[src != s])
-        mine = np.array([i[3] == s for i in items])
-        held[mine] = 1 / (1 + np.exp(-(x[rows[mine]] @ w + b)))
-        per[s] = accuracy_summary(held[mine], good[mine])
-    return {**accuracy_summary(held, good), "held_out": per,
-            "note": "refitted leave-one-source-model-out on the XSTest sample"}
+    return auc_summary(rm.score(prompts, responses), good)
 
 
 def audit_key_of(cfg: RunConfig) -> str:
@@ -200,8 +187,7 @@ def audit_config(cfg: RunConfig) -> dict:
                     raise ConfigError(str(e)) from None
                 rate = isinstance(rm, RateMeasure)
                 if rate and cfg.audit.xstest:
-                    entry["anchors"]["xstest-refusals"] = score_anchor(
-                        rm, refusal_items(cfg), xstest_pool(cfg.audit.xstest, cfg.audit.max_items))
+                    entry["anchors"]["xstest-refusals"] = score_detector(cfg, rm.detector)
                 for name, items in sets.items():
                     if not rate or name.startswith("anchors["):
                         entry["anchors"][name] = score_anchor(rm, items)

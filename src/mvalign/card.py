@@ -27,15 +27,23 @@ def mvalign_version() -> str:
         return "unknown"
 
 
-def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str | None, FrontPoint | None, Front | None]:
-    """(front label, the evaluated point with these weights (test if evaluated there, else val), the front) among
-    the run's fronts that use `method`'s vectors."""
-    best: tuple[str | None, FrontPoint | None, Front | None] = (None, None, None)
+def readable_fronts(run: RunDir) -> dict[str, Front]:
+    """The run's fronts that can be read (an unreadable front says nothing about a point; `report` names it)."""
+    out = {}
     for label in run.fronts():
         try:
-            front = run.read_front(label)
-        except ConfigError:  # an unreadable front says nothing about this point; `report` names it
+            out[label] = run.read_front(label)
+        except ConfigError:
             continue
+    return out
+
+
+def find_point(fronts: dict[str, Front], method: str, weights: dict[str, float]
+               ) -> tuple[str | None, FrontPoint | None, Front | None]:
+    """(front label, the evaluated point with these weights (test if evaluated there, else val), the front) among
+    the fronts that use `method`'s vectors."""
+    best: tuple[str | None, FrontPoint | None, Front | None] = (None, None, None)
+    for label, front in fronts.items():
         if (front.settings.vectors if front.settings and front.settings.vectors else label) != method:
             continue
         for p in front.points:
@@ -47,7 +55,8 @@ def find_point(run: RunDir, method: str, weights: dict[str, float]) -> tuple[str
 
 
 def _rewards_section(run: RunDir, info: dict) -> list[str]:
-    label, point, front = find_point(run, info["method"], info["weights"])
+    fronts = readable_fronts(run)
+    label, point, front = find_point(fronts, info["method"], info["weights"])
     if point is None:
         return ["This combination has not been evaluated in the run (`mvalign run` / `mvalign pick` evaluate points).", ""]
     split = point.split
@@ -60,13 +69,7 @@ def _rewards_section(run: RunDir, info: dict) -> list[str]:
         bci = base_ci.get(v)
         lines.append(f"| {v} | {r:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + f" | {base[v]:.4f}"
                      + (f" [{bci[0]:.4f}, {bci[1]:.4f}]" if bci else "") + " |")
-    fronts = []
-    for m in run.fronts():  # one reference point for the run, as report.md states it
-        try:
-            fronts.append(run.read_front(m))
-        except ConfigError:
-            continue
-    ref = shared_reference(fronts or [front])
+    ref = shared_reference(list(fronts.values()))  # one reference point for the run, as report.md states it
     lines += ["", f"Front `{label}`: test hypervolume {front.hv_with(ref):.4g}, val {front.hv_with(ref, 'val'):.4g}, "
               f"against the run's one reference point {[round(x, 4) for x in ref]} (as in its report.md).", ""]
     if point.disputed:

@@ -117,6 +117,9 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
     missing = [str(run.adapter(r)) for r in plan.refs if not run.adapter(r).is_dir()]
     if missing:
         raise ConfigError(f"{method}: adapters not trained yet: {missing}; run `mvalign train CONFIG --method {method}`")
+    likelihood = LikelihoodAudits.from_config(cfg)
+    if likelihood is not None and cfg.sweep.backend == "ray":  # before any generation, not after it
+        raise ConfigError("values.*.audits: truthfulqa-mc scores the model in this process; use sweep.backend: local")
     rewards = rewards if rewards is not None else load_reward_models(cfg)
     cache = ScoreCache(cache_root(cfg.cache_dir) / "reward_scores.sqlite")
     s = cfg.sweep
@@ -139,8 +142,7 @@ def evaluator(cfg: RunConfig, method: str, progress: bool = True,
     audits = load_audits(cfg)
     check_rates({**rewards, **audits}, {"val": prompts.val, "test": prompts.test})
     ctx = SweepContext(rewards, generation_settings(cfg), run.store(), cache, cfg.sweep.bootstrap,
-                       cfg.model.chat_template == "auto", passes, backend, audits=audits,
-                       likelihood=LikelihoodAudits.from_config(cfg))
+                       cfg.model.chat_template == "auto", passes, backend, audits=audits, likelihood=likelihood)
     return Evaluator(cfg, plan, combined, tokenizer, ctx, prompts, store_key(plan.vectors, s.combination), progress)
 
 

@@ -104,20 +104,21 @@ def read_labels(path: Path, index: LabelIndex) -> tuple[list[dict], list[str]]:
     return good, bad
 
 
-def append_labels(run: RunDir, records: Sequence[dict], who: str = "") -> list[dict]:
-    """Validate `records` against the run and append them to RUN/labels.jsonl under a file lock (one write per
-    record, flushed and fsynced: a crash loses at most the line being written). Fills id, who, when. Returns them.
-    One ConfigError naming the first bad record (nothing is written then)."""
+def append_labels(run: RunDir, records: Sequence[dict], index: LabelIndex | None = None) -> list[dict]:
+    """Validate `records` against the run (`index`: its LabelIndex when the caller has one) and append them to
+    RUN/labels.jsonl under a file lock (one write per record, flushed and fsynced: a crash loses at most the line
+    being written). Fills id, who, when. Returns them. One ConfigError naming the first bad record (nothing is
+    written then)."""
     from filelock import FileLock
 
-    index = LabelIndex(run)
+    index = index or LabelIndex(run)
     out = []
     for i, rec in enumerate(records):
         why = index.check(rec)
         if why:
             raise ConfigError(f"label {i}: {why}")
         out.append({"id": rec.get("id") or uuid.uuid4().hex, **{k: rec[k] for k in FIELDS},
-                    "response_sha": rec.get("response_sha", ""), "who": rec.get("who") or who or "anonymous",
+                    "response_sha": rec.get("response_sha", ""), "who": rec.get("who") or "anonymous",
                     "when": rec.get("when") or datetime.datetime.now(datetime.timezone.utc).isoformat()})
     path = labels_path(run)
     with FileLock(str(path) + ".lock"), open(path, "a", encoding="utf-8") as f:
@@ -138,7 +139,7 @@ def import_labels(run: RunDir, file: Path) -> tuple[int, int, list[str]]:
     have = {r.get("id") for r in read_labels(labels_path(run), index)[0]}
     new = [r for r in good if r.get("id") not in have]
     if new:
-        append_labels(run, new)
+        append_labels(run, new, index)
     return len(new), len(good) - len(new), bad
 
 

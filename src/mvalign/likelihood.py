@@ -112,6 +112,7 @@ class LikelihoodAudits:
 
     def __init__(self, audits: dict[str, str], questions: dict[str, list[MCQuestion]], identity: str) -> None:
         self.audits, self.questions, self.identity = audits, questions, identity
+        self._ids: dict[str, list] = {}  # per split: each question's tokenised answers (the same for every point)
 
     @classmethod
     def from_config(cls, cfg) -> LikelihoodAudits | None:
@@ -140,7 +141,9 @@ class LikelihoodAudits:
 
     def scores(self, model, tokenizer, split: str, mixed=None, weights=None) -> dict[str, list[float]]:
         qs = self.questions[split]
-        items = [answer_ids(tokenizer, q) for q in qs]
+        if split not in self._ids:
+            self._ids[split] = [answer_ids(tokenizer, q) for q in qs]
+        items = self._ids[split]
         flat = [(ids, n) for per in items for _, ids, n in per]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad)

@@ -173,8 +173,8 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     base_val = next(iter(fronts.values())).base.val.rewards
     cands = [(m, p) for m, f in fronts.items() for p in f.on("val")]
     sp = spreads([p.rewards for _, p in cands], values)
-    blocked = {id(p): [] if allow_disputed else p.disputed for _, p in cands}
-    method, point = max(cands, key=lambda mp: target.rank(mp[1].rewards, base_val, sp, blocked[id(mp[1])]))
+    method, point = max(cands, key=lambda mp: target.rank(mp[1].rewards, base_val, sp,
+                                                          () if allow_disputed else mp[1].disputed))
     m = get_method(method)
     with evaluator(cfg, method, progress) as ev:  # closes the Ray workers, if any
         label, val_r, spent = dict(point.weights), point.rewards, 0

@@ -175,11 +175,11 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
         return {name: [float(x) for x in measure_scores(rm, prompts, responses, cache, whole)]
                 for name, rm in measures.items()}
 
+    candidates = [c if isinstance(c, Candidate) else Candidate.combination(c) for c in candidates]
     found: dict[int, PointRecord] = {}
     todo: list[tuple[int, Candidate]] = []
     pkeys: dict[int, tuple[dict[str, float], str]] = {}
     for i, cand in enumerate(candidates):
-        cand = cand if isinstance(cand, Candidate) else Candidate.combination(cand)
         w = {k: float(v) for k, v in cand.label.items()}
         pkey = point_key(key, cand)
         done = store.get_point(method, w, split, pkey)
@@ -219,8 +219,7 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
                 bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
     out = [found[i] for i in range(len(candidates))]
     if ctx.likelihood is not None and split in ("val", "test"):
-        add_likelihood(ctx, combined, tokenizer, [c if isinstance(c, Candidate) else Candidate.combination(c)
-                                                  for c in candidates], out, split)
+        add_likelihood(ctx, combined, tokenizer, candidates, out, split)
     wanted = set(measures) | set(ctx.likelihood.audits if ctx.likelihood is not None else ())
     for rec in out:  # measures a config no longer declares stay stored but are not reported
         rec.scores = {k: x for k, x in rec.scores.items() if k in wanted}
@@ -229,19 +228,16 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
     return out
 
 
-def add_likelihood(ctx: SweepContext, combined: CombinedModel | None, tokenizer, candidates: Sequence[Candidate],
+def add_likelihood(ctx: SweepContext, combined: CombinedModel, tokenizer, candidates: Sequence[Candidate],
                    records: Sequence[PointRecord], split: str) -> None:
     """Add the likelihood audits (`mvalign.likelihood`) to every record that lacks them, computed on the loaded model
     at the candidate's ω (mixed-ω rows when the context has them and |ω| is small, else merged in place), and store
-    it. Candidates with a prompt transform (RiC's tags) are skipped: the model alone is not the candidate."""
+    it. Candidates with a prompt transform (RiC's tags) are skipped: the model alone is not the candidate. Needs the
+    model in this process (`evaluate.evaluator` refuses likelihood audits with the Ray backend)."""
     lk = ctx.likelihood
     for cand, rec in zip(candidates, records):
         if rec.flag or cand.prompt is not None or set(lk.audits) <= set(rec.scores):
             continue
-        if combined is None:
-            from .config import ConfigError
-
-            raise ConfigError("values.*.audits: truthfulqa-mc scores the model in this process; use sweep.backend: local")
         w = [float(cand.adapters.get(n, 0.0)) for n in combined.names]
         mixed = ctx.passes.mixed if ctx.passes is not None and max(map(abs, w), default=0.0) <= SAFE_OMEGA else None
         if mixed is not None:

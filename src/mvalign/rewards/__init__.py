@@ -128,9 +128,10 @@ def build_measure(cfg: RunConfig, value: str, r, field: str, train_missing: bool
             from ..data import value_splits
 
             labels = {}
-            for other in cfg.values:
-                for pairs in value_splits(cfg, other.name).values():
-                    labels.update(data_labels(pairs))
+            for other in cfg.values:  # only the built-in data carries prompt categories: others are not loaded
+                if other.data.format == "builtin":
+                    for pairs in value_splits(cfg, other.name).values():
+                        labels.update(data_labels(pairs))
             if not labels:
                 raise ConfigError(f"{field}: a rate needs prompts labelled harmful/benign, and this config's data "
                                   "carries none; give `labels:` (a file with prompt and label columns)")

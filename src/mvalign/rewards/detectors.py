@@ -85,8 +85,6 @@ class StringDetector:
 
         return np.array([refusal(prompt_text(p), r) for p, r in zip(prompts, responses)], float)
 
-    probability = refused
-
 
 class LearnedDetector:
     """σ(wᵀe(y) + b) on the frozen encoder's embedding of the response (see the module docstring)."""
@@ -111,8 +109,7 @@ class LearnedDetector:
     def probability(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
         from .bt_head import SentenceEncoder
 
-        e = features(SentenceEncoder.get(self.encoder, self.device), responses)
-        return 1.0 / (1.0 + np.exp(-(e @ self.w + self.b)))
+        return logistic(features(SentenceEncoder.get(self.encoder, self.device), responses), self.w, self.b)
 
     def refused(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
         return (self.probability(prompts, responses) >= 0.5).astype(float)
@@ -128,6 +125,11 @@ def features(encoder, responses: Sequence[str]) -> np.ndarray:
     """φ(y) = [e(opening(y)); e(y)] for each response (float64, 2 × the encoder's width)."""
     responses = list(responses)
     return np.concatenate([encoder.embed([opening(r) for r in responses]), encoder.embed(responses)], 1).astype(np.float64)
+
+
+def logistic(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    """P(refusal) = σ(xᵀw + b) for each row of features x."""
+    return 1.0 / (1.0 + np.exp(-(x @ w + b)))
 
 
 def get_detector(name: str, device: str = "auto") -> StringDetector | LearnedDetector:
