@@ -13,7 +13,7 @@ BENCH = SRC.parents[1] / "bench"
 LAYERS = [
     # 0: foundations, no mvalign imports but among themselves
     {"errors", "faults", "pareto", "stats", "judges", "judging", "store", "devices", "config", "config.sections",
-     "config.objectives", "data.pairs", "testing", "agreement", "anchors"},
+     "config.objectives", "data.pairs", "testing", "agreement", "anchors", "shapes"},
     # 1: data, models, run directory, the front type
     {"data", "data.builtin", "data.generic", "data.hh_rlhf", "data.pku", "data.readers", "data.truthfulqa", "models",
      "lora", "rundir", "front", "frontparts", "hvstats", "rewards.base", "search", "train", "train.dpo"},

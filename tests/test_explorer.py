@@ -54,7 +54,7 @@ def row_of(rows, method: str, weights: dict, split: str, key: str) -> dict:
 
 
 def fronts(run: RunDir) -> dict[str, dict]:
-    return {m: json.loads(p.read_text()) for m, p in run.fronts().items()}
+    return {m: json.loads(p.read_text()) for m, p in run.front_files().items()}
 
 
 def test_payload_matches_the_store_read_directly(run):
@@ -234,16 +234,16 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
         return rec
 
     base = {s: point("base", dict.fromkeys(values, 0.0), s) for s in ("val", "test")}
-    val = [point("m", {"a": a, "b": b, "c": c}, "val") for a, b, c in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0.5)]]
-    test = [point("m", dict(p.label), "test") for p in val[:2]]
-    front = Front.build(values, "m", val, test, base["val"], base["test"])
+    val = [point("mva", {"a": a, "b": b, "c": c}, "val") for a, b, c in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0.5)]]
+    test = [point("mva", dict(p.label), "test") for p in val[:2]]
+    front = Front.build(values, "mva", val, test, base["val"], base["test"])
     front.prompts = PerSplit(*([f"{s} prompt {i}" for i in range(6)] for s in ("val", "test")))
-    run.write_front(front, "m", primary=True)
+    run.write_front(front, "mva", primary=True)
     page, errors = open_page(browser, write_explorer([run]).as_uri())
     assert page.locator("#yaxis option").all_inner_texts() == values
     page.select_option("#yaxis", "2")
     traces = page.evaluate("document.getElementById('plot').data")
-    got = next(t for t in traces if t["name"] == "m · val")
+    got = next(t for t in traces if t["name"] == "mva · val")
     assert got["y"] == [p.rewards["c"] for p in val] and got["x"] == [p.rewards["a"] for p in val]
     assert "weights: a=1, b=0, c=0" in got["text"][0] and f"[{val[0].ci95['c'][0]:.3f}, " in got["text"][0]
     assert page.evaluate("document.getElementById('plot').layout.yaxis.title.text").startswith("c (judge")

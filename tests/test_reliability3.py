@@ -84,7 +84,7 @@ def test_serving_on_a_busy_or_invalid_port_is_one_line(tmp_path):
         make_server(page, 70000, [])
 
 
-def test_report_covers_every_method_escapes_names_and_cards_use_the_runs_reference(tmp_path, tiny_model_dir):
+def test_report_covers_every_method_escapes_names_and_cards_use_the_runs_reference(tmp_path, tiny_model_dir, caplog):
     path = write_builtin_config(tmp_path, tiny_model_dir, 8, sweep={"grid": [1.0], "val_prompts": 4,
                                                                     "test_prompts": 3, "max_new_tokens": 4})
     cfg = yaml.safe_load(path.read_text())
@@ -95,11 +95,12 @@ def test_report_covers_every_method_escapes_names_and_cards_use_the_runs_referen
     report = (run / "report.md").read_text()
     assert "## mva" in report and "## dpo" in report, "the report must cover both methods"
     front = json.loads((run / "front-mva.json").read_text())
-    (run / "front-a|b<i>x*.json").write_text(json.dumps(front))
+    (run / "front-a|b<i>x*.json").write_text(json.dumps(front))  # not a method of this run: ignored, named
     r = runner.invoke(app, ["report", str(run)])
     assert r.exit_code == 0, r.output
     report = (run / "report.md").read_text()
-    assert "a\\|b\\<i\\>x\\*" in report and "<i>" not in report
+    assert "a|b" not in report and "a\\|b" not in report and "## mva" in report
+    assert "front-a|b<i>x*.json: no method 'a|b<i>x*'" in caplog.text
     exported = runner.invoke(app, ["combine", str(run), "--method", "mva", "--weights", "helpful=1,harmless=1",
                                    "--format", "peft", "--out", str(tmp_path / "out")])
     assert exported.exit_code == 0, exported.output
@@ -203,3 +204,98 @@ def test_a_local_hf_reward_model_replaced_at_the_same_path_gets_a_new_identity(t
     before = folder_fingerprint(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"b" * 1000)  # same name, same size, other weights
     assert folder_fingerprint(str(tmp_path)) != before and folder_fingerprint("org/hub-model") == ""
+
+
+def test_a_grid_of_zeros_or_all_zero_points_is_refused_at_load():
+    values = [{"name": v, "data": {"format": "builtin", "value": v}} for v in ("helpful", "harmless")]
+    with pytest.raises(ValueError, match=r"sweep.grid: every weight is 0 \(\[0.0\]\), so every candidate is the base"):
+        RunConfig.model_validate({"values": values, "sweep": {"grid": [0.0]}})
+    with pytest.raises(ValueError, match="sweep.points: every point is all zeros"):
+        RunConfig.model_validate({"values": values, "sweep": {"strategy": "list", "points": [{"helpful": 0.0}]}})
+    RunConfig.model_validate({"values": values, "sweep": {"grid": [0.0, 1.0]}})
+
+
+def test_a_symlink_in_the_run_dir_is_replaced_never_written_through(tmp_path, tiny_model_dir):
+    path = write_builtin_config(tmp_path, tiny_model_dir, 8)
+    assert runner.invoke(app, ["train", str(path), "--method", "dpo"]).exit_code == 0
+    adapter = tmp_path / "run" / "adapters" / "dpo" / "helpful"
+    train = tmp_path / "run" / "train" / "dpo" / "helpful"
+    outside = {}
+    for name, folder in (("adapter", adapter), ("train", train)):
+        outside[name] = tmp_path / f"outside-{name}"
+        folder.rename(outside[name])
+        folder.symlink_to(outside[name])
+    before = {n: {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} for n, d in outside.items()}
+    r = runner.invoke(app, ["train", str(path), "--method", "dpo", "--force"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert not adapter.is_symlink() and (adapter / "adapter_model.safetensors").is_file() and not train.is_symlink()
+    assert {n: {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} for n, d in outside.items()} == before
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled (what an attacker plants)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.target}",)
+
+
+def test_planted_pickles_are_refused_with_one_line_and_never_run(tmp_path, tiny_model_dir):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mvalign.config import ModelConfig
+    from mvalign.lora import AdapterError, attached
+    from mvalign.models import ModelLoadError, load_model
+    from mvalign.train.trainer import CheckpointError, _load_checkpoint
+
+    ran = tmp_path / "payload-ran"
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    save_file({}, str(ckpt / "trainable.safetensors"))
+    (ckpt / "state.json").write_text('{"step": 1}')
+    torch.save({"optimizer": _Payload(ran)}, ckpt / "optimizer.pt")
+    with pytest.raises(CheckpointError, match=r"optimizer.pt: not an optimizer state mvalign wrote .*delete"):
+        _load_checkpoint(ckpt, torch.nn.Linear(2, 2), None, None)
+    assert not ran.exists()
+
+    pickled = tmp_path / "pickled-model"  # a model folder offering only pytorch_model.bin
+    shutil.copytree(tiny_model_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"x": _Payload(ran)}, pickled / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"no safetensors weights .* never unpickles weights such as pytorch_model.bin"):
+        load_model(ModelConfig(name=str(pickled)))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4}')
+    torch.save({"x": _Payload(ran)}, adapter / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="no adapter_model.safetensors"), attached(torch.nn.Linear(2, 2), adapter):
+        pass
+    assert not ran.exists()
+
+
+def test_a_damaged_page_in_the_store_or_the_score_cache_is_one_line(tmp_path):
+    from mvalign.rewards.base import RewardError, ScoreCache
+    from mvalign.store import PointRecord, RunStore, StoreError
+
+    store = RunStore(tmp_path)
+    for i in range(60):  # several pages
+        store.put_point(PointRecord("mva", {"a": float(i)}, "val", "k", {"a": 0.5}, {"a": [0.4, 0.6]}, 3, 1.0, 0.1,
+                                    {}, ["x" * 200] * 3, scores={"a": [0.1, 0.5, 0.9]}))
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    with cache._connect() as con:
+        con.executemany("INSERT INTO scores VALUES (?, ?)", [(f"{i:064d}", 0.5) for i in range(2000)])
+    for path in (store.path, cache.path):
+        data = bytearray(path.read_bytes())
+        data[4096:] = b"Z" * (len(data) - 4096)  # every page after the first: the header still says SQLite
+        path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"store.sqlite: .*malformed.*move the file aside"):
+        store.points()
+    with pytest.raises(RewardError, match=r"scores.sqlite: the score cache is damaged .*delete it"), cache._connect() as con:
+        con.execute("SELECT count(*) FROM scores WHERE score > 0").fetchall()

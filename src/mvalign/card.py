@@ -15,6 +15,7 @@ import yaml
 from .config import EMBEDDED_MODEL, ConfigError, RunConfig
 from .front import Front, FrontPoint
 from .hvstats import shared_reference
+from .methods import run_fronts
 from .rundir import RunDir
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -30,7 +31,7 @@ def mvalign_version() -> str:
 def readable_fronts(run: RunDir) -> dict[str, Front]:
     """The run's fronts that can be read (an unreadable front says nothing about a point; `report` names it)."""
     out = {}
-    for label in run.fronts():
+    for label in run_fronts(run):
         try:
             out[label] = run.read_front(label)
         except ConfigError:

@@ -18,6 +18,7 @@ from scipy import stats
 
 from .config import ConfigError
 from .hvstats import pooled_differences, shared_reference
+from .methods import run_fronts
 from .pareto import hypervolume, non_dominated
 from .rundir import RunDir
 
@@ -26,7 +27,7 @@ def load_fronts(runs: Sequence[str | Path], methods: Sequence[str] = ()) -> list
     """[{run, method, front (`Front`)}] for every front-<method>.json in `runs` (only `methods` when given)."""
     out = []
     for run in runs:
-        files = RunDir(run).fronts()
+        files = run_fronts(RunDir(run))
         if not files:
             raise ConfigError(f"{run}: no front-<method>.json; evaluate a method first (`mvalign run CONFIG --method ...`)")
         for method in files:

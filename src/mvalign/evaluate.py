@@ -173,6 +173,10 @@ def _evaluate_with(ev: Evaluator, cfg: RunConfig, method: str, primary: bool) ->
         cands = raced.survivors
     val = ev.points(cands, "val", ev.progress)
     usable = [(c, p) for c, p in zip(cands, val) if not p.flag]  # degenerate models are never selected
+    if not usable:
+        raise ConfigError(f"{method}: none of its {len(val)} candidates is a usable model" + (
+            f" (every one flagged degenerate, e.g. {val[0].flag}); lower the weights in sweep.grid" if val else
+            " (no candidate other than the base model); check sweep.grid / sweep.points"))
     mask = non_dominated([[p.rewards[v] for v in values] for _, p in usable]) if usable else []
     chosen = [c for (c, _), keep in zip(usable, mask) if keep]
     test = ev.points(chosen, "test", ev.progress)

@@ -36,6 +36,7 @@ from .errors import write_atomic
 from .front import SPLITS, Front
 from .hvstats import shared_reference
 from .labels import run_labels
+from .methods import run_fronts
 from .rewards import run_judges
 from .rewards.base import prompt_text
 from .rundir import RunDir
@@ -97,7 +98,7 @@ def _responses(strings: Strings, rec: PointRecord | None) -> list[int] | None:
 
 def run_data(run: RunDir, strings: Strings) -> dict:
     """One run's part of the payload (see the module docstring)."""
-    names = run.fronts()
+    names = run_fronts(run)
     if not names:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first (the explorer shows evaluated "
                           "fronts)")

@@ -48,6 +48,7 @@ from .agreement import dispute_counts, disputed, rank_agreement
 from .config import ConfigError
 from .frontparts import DroppedPoint, EvalSettings, Racing, Training
 from .pareto import bootstrap_ci, default_reference_point, hypervolume, non_dominated
+from .shapes import check_front
 from .stats import change_vs_base
 
 SPLITS = ("val", "test")
@@ -246,19 +247,6 @@ class Front:
         return json.dumps(self.to_json(), indent=1)
 
 
-def _check_point(p: dict, i: int, values: list[str], n: int) -> None:
-    """ValueError naming the field unless a point's weights, means and per-prompt scores are well formed."""
-    if not isinstance(p["weights"], dict):
-        raise ValueError(f"points[{i}].weights is {type(p['weights']).__name__}, not a mapping")
-    for v in values:
-        x = p["rewards"][v]
-        if isinstance(x, bool) or not isinstance(x, int | float) or (not p.get("flag") and not np.isfinite(x)):
-            raise ValueError(f"points[{i}].rewards[{v!r}] is {x!r}, not a finite number")
-    for v, sc in (p.get("scores") or {}).items():
-        if not isinstance(sc, list) or (v in values and n and len(sc) != n):
-            raise ValueError(f"points[{i}].scores[{v!r}] must list one score per prompt ({n})")
-
-
 _TOP = ("values", "reference_point", "reference_point_rule", "points", "hypervolume", "base", "settings", "prompts",
         "store_method", "racing", "training", "agreement")
 _POINT = ("method", "weights", "split", "rewards", "ci95", "pareto", "settings_key", "scores", "vs_base", "flag",
@@ -268,22 +256,9 @@ _POINT = ("method", "weights", "split", "rewards", "ci95", "pareto", "settings_k
 def _parse(raw: Any, method: str) -> Front:
     if not isinstance(raw, dict) or "points" not in raw or "values" not in raw:
         raise ValueError("not a front (no points / values)")
-    values = [str(v) for v in raw["values"]]
-    if not values:
-        raise ValueError("values is empty")
-    points = []
-    if not isinstance(raw["points"], list):
-        raise ValueError(f"points is {type(raw['points']).__name__}, not a list")
-    b = raw["base"]
-    counts = {s: len(next(iter((b.get("scores" + ("_val" if s == "val" else "")) or {"": []}).values())))
-              for s in SPLITS}
-    for i, p in enumerate(raw["points"]):
-        if p.get("split") not in SPLITS:
-            raise ValueError(f"points[{i}].split is {p.get('split')!r}, not val or test")
-        missing = [v for v in values if v not in p["rewards"]]
-        if missing:
-            raise ValueError(f"points[{i}].rewards lacks {missing}")
-        _check_point(p, i, values, counts[p["split"]])
+    check_front(raw)
+    values, b, points = list(raw["values"]), raw["base"], []
+    for p in raw["points"]:
         points.append(FrontPoint(p.get("method", method), dict(p["weights"]), p["split"], dict(p["rewards"]),
                                  p.get("ci95"), bool(p.get("pareto")), p.get("settings_key"), p.get("scores") or {},
                                  p.get("vs_base") or {}, p.get("flag") or "",

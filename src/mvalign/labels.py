@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import ConfigError
 from .judging import wilson_interval
+from .methods import run_fronts
 from .rundir import RunDir
 from .stats import json_key
 
@@ -51,7 +52,7 @@ class LabelIndex:
     """The run's labellable responses: (method, split, weights key, settings key) -> (front, point), from its fronts."""
 
     def __init__(self, run: RunDir) -> None:
-        self.run, self.fronts = run, {m: run.read_front(m) for m in run.fronts()}
+        self.run, self.fronts = run, {m: run.read_front(m) for m in run_fronts(run)}
         self.points = {(m, p.split, json_key(p.weights), p.settings_key): (f, p)
                        for m, f in self.fronts.items() for p in f.points if p.scores}
 

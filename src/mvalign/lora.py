@@ -190,6 +190,9 @@ def attached(model: torch.nn.Module, path: str | Path):
     base weights are never modified (nothing is merged)."""
     from peft import PeftModel
 
+    if not (Path(path) / ADAPTER_WEIGHTS).is_file():  # peft would fall back to unpickling adapter_model.bin
+        raise AdapterError(f"{path}: no {ADAPTER_WEIGHTS} (mvalign reads adapters from safetensors only); retrain it "
+                           "with --force or convert it")
     peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     try:
         yield peft_model

@@ -34,6 +34,10 @@ class ModelLoadError(MvalignError, RuntimeError):
     """A model that cannot be loaded; the message says what was tried and what to do."""
 
 
+SAFETENSORS_HOW = ("load it once in a trusted Python and save_pretrained(folder, safe_serialization=True), then "
+                   "point the config at that folder")
+
+
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The shared cache directory: $MVALIGN_CACHE_DIR, else `cache_dir`, else ~/.cache/mvalign."""
     root = os.environ.get("MVALIGN_CACHE_DIR") or cache_dir or "~/.cache/mvalign"
@@ -127,9 +131,13 @@ def load_model(
             f"unknown model {cfg.name!r}: not '{EMBEDDED_MODEL}', not a local directory or .gguf file, and the hub "
             f"could not provide it ({type(e).__name__}: {str(e).splitlines()[0]}). Offline? Use a local path."
         ) from e
-    model = AutoModelForCausalLM.from_pretrained(
-        source, gguf_file=gguf_file, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code
-    )
+    try:  # weights from safetensors only: a pickled pytorch_model.bin could run code when loaded
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_file, dtype=resolve_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code,
+            **({} if gguf_file else {"use_safetensors": True}))
+    except OSError as e:
+        raise ModelLoadError(f"model {cfg.name!r}: no safetensors weights ({str(e).splitlines()[0]}); mvalign never "
+                             f"unpickles weights such as pytorch_model.bin: {SAFETENSORS_HOW}") from None
     place(model, device, "base model")
     model.eval()
     return model, load_tokenizer(source, gguf_file, cfg.trust_remote_code)

@@ -160,13 +160,13 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
     `method`, `weights`, val / test rewards with intervals, base test rewards, P(constraints hold), misses)."""
 
     from .evaluate import evaluator
-    from .methods import get_method
+    from .methods import get_method, run_fronts
 
     run = RunDir(run_dir)
     cfg = run.load_config()
     values = [v.name for v in cfg.values]
     target = make_target(values, maximize, require, weights)
-    fronts = {m: run.read_front(m) for m in run.fronts() if not methods or m in methods}
+    fronts = {m: run.read_front(m) for m in run_fronts(run) if not methods or m in methods}
     if not fronts:
         raise ConfigError(f"{run.root}: no evaluated fronts{' for ' + str(list(methods)) if methods else ''}; "
                           "run `mvalign run CONFIG --method ...` first")

@@ -8,7 +8,7 @@ import time
 from .audit import ensure_audit
 from .config import RunConfig
 from .evaluate import evaluate_method
-from .methods import get_method, prepare_run, train_method
+from .methods import get_method, prepare_run, run_fronts, train_method
 from .probes import run_probes
 from .report import write_report, write_run_explorer
 from .rewards import load_audits, load_reward_models, reward_dir
@@ -42,7 +42,7 @@ def run_pipeline(cfg: RunConfig, methods: tuple[str, ...] = ("mva",), progress: 
     settings = {"model": cfg.model.name, "steps": cfg.training.max_steps, "strategy": cfg.sweep.strategy,
                 "grid": cfg.sweep.grid if cfg.sweep.strategy == "grid" else "", "val_prompts": cfg.sweep.val_prompts,
                 "test_prompts": cfg.sweep.test_prompts, "max_new_tokens": cfg.sweep.max_new_tokens}
-    earlier = {m: run.read_front(m) for m in run.fronts() if m not in fronts}  # the report covers every method
+    earlier = {m: run.read_front(m) for m in run_fronts(run) if m not in fronts}  # the report covers every method
     report = write_report(run, {**fronts, **earlier}, settings)
     explorer = write_run_explorer(run, run.root)
     summary = {

@@ -15,6 +15,7 @@ from .explorer import write_explorer
 from .front import Front
 from .hvstats import hv_differences, shared_reference
 from .judging import judges_section
+from .methods import run_fronts
 from .rewards import run_judges
 from .rundir import RunDir
 
@@ -210,7 +211,7 @@ def method_differences(fronts: dict[str, Front], ref) -> list[str]:
 def report_run(run: RunDir, out: Path | None = None) -> Path:
     """Rewrite report.md, its PNGs and explorer.html from the run's front-<method>.json files and store (into `out`
     when given, e.g. for a read-only run)."""
-    fronts = {m: run.read_front(m) for m in run.fronts()}
+    fronts = {m: run.read_front(m) for m in run_fronts(run)}
     if not fronts:
         raise ConfigError(f"{run.root}: no front-<method>.json; run `mvalign run` first")
     path = write_report(run, fronts, {"run": str(run.root)}, out)

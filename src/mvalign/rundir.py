@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -112,8 +111,9 @@ class RunDir:
         """<kind>-<method>.png beside the report, e.g. front-mva.png, heatmap-mva.png."""
         return self.root / f"{kind}-{method}.png"
 
-    def fronts(self) -> dict[str, Path]:
-        """{method: path} of every evaluated front-<method>.json."""
+    def front_files(self) -> dict[str, Path]:
+        """{label: path} of every front-*.json here, whoever put it there (`mvalign.methods.run_fronts` keeps the
+        fronts of mvalign's methods)."""
         return {p.stem.removeprefix("front-"): p for p in sorted(self.root.glob("front-*.json"))}
 
     def read_front(self, method: str) -> Front:
@@ -324,15 +324,3 @@ def value_seed(seed: int, value: str) -> int:
     Reproducible from the config seed, and different per value, so two value vectors never share their random
     A-factor initialisation by accident (which would correlate them before any training)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{value}".encode()).digest()[:4], "big") % 2**31
-
-
-def replace_dir(src: Path, dst: Path, copy: bool = False) -> None:
-    """Put `src` at `dst` (replacing it) atomically: copy or move into a sibling, then rename."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if copy:
-        staging = dst.with_name(dst.name + ".copy")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(src, staging)
-        src = staging
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(src, dst)

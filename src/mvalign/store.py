@@ -5,16 +5,16 @@ One file, `RUN/store.sqlite`; every write is its own transaction, so a killed pr
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import sqlite3
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MvalignError, writing
+from .errors import MvalignError, sqlite_transaction, writing
+from .shapes import check_store_point, check_vector
 
 KEPT = "the store keeps every record written before; the adapter folder is kept and recorded on re-run"
 
@@ -134,28 +134,12 @@ def weights_key(weights: dict[str, float]) -> str:
     return json.dumps({k: round(float(v), 10) for k, v in weights.items()}, sort_keys=True)
 
 
-def check_point(data: dict) -> None:
-    """ValueError / TypeError unless a decoded point row is well formed (see `RunStore._point`)."""
-    for k in ("weights", "rewards", "ci95", "generation", "scores"):
-        if not isinstance(data[k], dict):
-            raise TypeError(f"{k} is {type(data[k]).__name__}, not a mapping")
-    n = data["n_prompts"]
-    if not isinstance(data["responses"], list):
-        raise ValueError("responses must be a list of texts")
-    for k, x in data["rewards"].items():
-        if not isinstance(x, int | float) or (not data.get("flag") and not math.isfinite(x)):
-            raise ValueError(f"rewards[{k!r}] is {x!r}, not a finite number")
-    for k, s in data["scores"].items():
-        if not isinstance(s, list) or (":" not in k and len(s) != n):  # audits of the model itself have their items
-            raise ValueError(f"scores[{k!r}] must list one score per prompt ({n})")
-
-
 class RunStore:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "store.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with closing(self._connect()) as con, con:
+            with self._connect() as con:
                 con.executescript(SCHEMA)
                 columns = {r["name"] for r in con.execute("PRAGMA table_info(points)")}
                 if "flag" not in columns:  # stores made before flags
@@ -168,13 +152,14 @@ class RunStore:
                         raise sqlite3.DatabaseError(f"table {table} lacks columns {sorted(need - have)} (not a store "
                                                     "mvalign wrote)")
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: {e}; move the file aside (e.g. to store.sqlite.bad) and re-run: finished "
-                             "adapters are kept and recorded again, points are re-evaluated") from None
+            raise self._damaged(e) from None
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30)
-        con.row_factory = sqlite3.Row
-        return con
+    def _damaged(self, e: Exception) -> StoreError:
+        return StoreError(f"{self.path}: {e}; move the file aside (e.g. to store.sqlite.bad) and re-run: finished "
+                          "adapters are kept and recorded again, points are re-evaluated")
+
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return sqlite_transaction(self.path, self._damaged)
 
     def put_vector(self, rec: VectorRecord) -> None:
         row = asdict(rec)
@@ -182,19 +167,18 @@ class RunStore:
         row["metrics"] = json.dumps(rec.metrics)
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
-        with writing(self.path, f"the record of adapter {rec.ref}", KEPT), closing(self._connect()) as con, con:
+        with writing(self.path, f"the record of adapter {rec.ref}", KEPT), self._connect() as con:
             con.execute(f"INSERT OR REPLACE INTO vectors ({cols}) VALUES ({marks})", row)
 
     def get_vector(self, ref: AdapterRef) -> VectorRecord | None:
-        with closing(self._connect()) as con:
+        with self._connect() as con:
             row = con.execute("SELECT * FROM vectors WHERE value = ? AND method = ?", (ref.name, ref.group)).fetchone()
         if row is None:
             return None
         data = dict(row)
         try:
             data["metrics"] = json.loads(data["metrics"])
-            if not isinstance(data["metrics"], dict):
-                raise ValueError("metrics is not a mapping")
+            check_vector(data)
         except (TypeError, ValueError) as e:
             raise StoreError(f"{self.path}: the record of adapter {ref} is damaged ({e}); move the store aside (e.g. "
                              "to store.sqlite.bad) and re-run: finished adapters are recorded again") from None
@@ -209,11 +193,11 @@ class RunStore:
         for k in ("rewards", "ci95", "generation", "responses", "scores"):
             row[k] = json.dumps(row[k])
         cols = ", ".join(row)
-        with writing(self.path, "an evaluated point", KEPT), closing(self._connect()) as con, con:
+        with writing(self.path, "an evaluated point", KEPT), self._connect() as con:
             con.execute(f"INSERT OR REPLACE INTO points ({cols}) VALUES ({', '.join(':' + k for k in row)})", row)
 
     def get_point(self, method: str, label: dict[str, float], split: str, settings_key: str) -> PointRecord | None:
-        with closing(self._connect()) as con:
+        with self._connect() as con:
             row = con.execute("SELECT * FROM points WHERE method = ? AND weights = ? AND split = ? AND settings_key = ?",
                               (method, weights_key(label), split, settings_key)).fetchone()
         return None if row is None else self._point(row)
@@ -225,7 +209,7 @@ class RunStore:
                 where.append(f"{col} = ?")
                 args.append(val)
         sql = "SELECT * FROM points" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
-        with closing(self._connect()) as con:
+        with self._connect() as con:
             return [self._point(r) for r in con.execute(sql, args).fetchall()]
 
     def _point(self, row: sqlite3.Row) -> PointRecord:
@@ -235,7 +219,7 @@ class RunStore:
         try:
             for k in ("weights", "rewards", "ci95", "generation", "responses", "scores"):
                 data[k] = json.loads(data[k])
-            check_point(data)
+            check_store_point(data)
         except (TypeError, ValueError) as e:
             raise StoreError(f"{self.path}: the {data.get('split')} point {data.get('weights')} of "
                              f"{data.get('method')!r} is damaged ({str(e)[:160]}); delete that row or move the store "
@@ -245,7 +229,7 @@ class RunStore:
 
     def vectors(self, group: str | None = None) -> list[VectorRecord]:
         """Finished adapters (of one group when given), oldest first."""
-        with closing(self._connect()) as con:
+        with self._connect() as con:
             rows = con.execute(
                 "SELECT value, method FROM vectors" + (" WHERE method = ?" if group else "") + " ORDER BY created",
                 (group,) if group else (),

@@ -118,6 +118,11 @@ class RunConfig(BaseModel):
             raise ValueError(f"sweep.grid: {len(self.sweep.grid)} weights per value and {len(names)} values make "
                              f"{lattice:,} grid points (at most {MAX_LATTICE:,}); give fewer grid weights, or "
                              "sweep.strategy list with the points to try")
+        if self.sweep.strategy in ("grid", "adaptive") and not any(self.sweep.grid):
+            raise ValueError(f"sweep.grid: every weight is 0 ({self.sweep.grid}), so every candidate is the base model; "
+                             "add nonzero weights, e.g. [0, 0.5, 1]")
+        if self.sweep.strategy == "list" and self.sweep.points and not any(any(p.values()) for p in self.sweep.points):
+            raise ValueError("sweep.points: every point is all zeros (the base model); give at least one nonzero weight")
         ref = self.sweep.reference_point
         if ref is not None and names and len(ref) != len(names):
             raise ValueError(f"sweep.reference_point has {len(ref)} numbers; give one per value {names}")

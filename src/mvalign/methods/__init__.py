@@ -7,6 +7,7 @@ Each method's settings (`methods.<name>` in the config) are validated by the met
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +20,23 @@ from ..store import VectorRecord
 from .base import Method
 from .registry import REGISTRY
 
-__all__ = ["Method", "get_method", "method_names", "methods_table", "prepare_run", "readers", "train_method",
-           "update_methods_table"]
+__all__ = ["Method", "get_method", "method_names", "methods_table", "prepare_run", "readers", "run_fronts",
+           "train_method", "update_methods_table"]
+log = logging.getLogger(__name__)
+_IGNORED: set[Path] = set()  # front files already warned about in this process
+
+
+def run_fronts(run: RunDir) -> dict[str, Path]:
+    """{method: path} of the run's evaluated fronts: front-<method>.json of a registered method (or its factor-wise
+    mode); any other front-*.json is not the run's and is ignored, with a warning naming it."""
+    out = {}
+    for label, path in run.front_files().items():
+        if label.removesuffix("-factorwise") in REGISTRY:
+            out[label] = path
+        elif path not in _IGNORED:
+            _IGNORED.add(path)
+            log.warning("%s: no method %r (known: %s); ignored", path, label, ", ".join(REGISTRY))
+    return out
 
 
 def method_names() -> list[str]:

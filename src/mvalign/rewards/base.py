@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from ..data.pairs import Prompt
-from ..errors import MvalignError
+from ..errors import MvalignError, sqlite_transaction
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -84,8 +82,12 @@ class ScoreCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as con, con:
+        with self._connect() as con:
             con.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL NOT NULL)")
+
+    def _connect(self):
+        return sqlite_transaction(self.path, lambda e: RewardError(
+            f"{self.path}: the score cache is damaged ({e}); delete it (scores are recomputed)"))
 
     @staticmethod
     def key(identity: str, prompt: Prompt, response: str) -> str:
@@ -94,7 +96,7 @@ class ScoreCache:
     def score(self, model: RewardModel, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
         """model.score with cached items served from disk and the rest computed in one batch and stored."""
         keys = [self.key(model.identity, p, r) for p, r in zip(prompts, responses)]
-        with closing(sqlite3.connect(self.path, timeout=30)) as con:
+        with self._connect() as con:
             found = {}
             for i in range(0, len(keys), 500):
                 chunk = keys[i : i + 500]
@@ -102,7 +104,7 @@ class ScoreCache:
         todo = [i for i, k in enumerate(keys) if k not in found]
         if todo:
             fresh = model.score([prompts[i] for i in todo], [responses[i] for i in todo])
-            with closing(sqlite3.connect(self.path, timeout=30)) as con, con:
+            with self._connect() as con:
                 con.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", [(keys[i], float(s)) for i, s in zip(todo, fresh)])
             found.update({keys[i]: float(s) for i, s in zip(todo, fresh)})
         return np.array([found[k] for k in keys])

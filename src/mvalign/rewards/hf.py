@@ -39,11 +39,13 @@ class HFRewardModel(RewardModel):
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+            self.model = AutoModelForSequenceClassification.from_pretrained(  # safetensors only: never a pickle
+                path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
             self.device = resolve_device(device, f"values.{name}.reward.device")
             place(self.model, self.device, "reward model")
         except OSError as e:
-            raise RewardError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path") from e
+            raise RewardError(f"reward model {path!r} for {name!r} cannot be loaded ({e}); offline? use a local path "
+                              "(with safetensors weights: mvalign never unpickles pytorch_model.bin)") from e
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

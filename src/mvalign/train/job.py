@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from ..config import RunConfig, TrainingSettings
 from ..data.pairs import PreferencePair
 from ..devices import process_state
-from ..errors import writing
+from ..errors import remove_tree, replace_dir, writing
 from ..faults import reached
 from ..lora import add_value_adapter
 from ..models import cache_root, load_model
-from ..rundir import RunDir, replace_dir
+from ..rundir import RunDir
 from ..store import AdapterRef, VectorRecord, mark_adapter
 from ..track import finish, make_accelerator
 from .dpo import dpo_loss
@@ -127,8 +127,8 @@ def _train_job(cfg: RunConfig, run: RunDir, job: AdapterJob, force: bool, progre
     """Train and record; returns the record on the main process and None on the others."""
     out_dir = run.adapter(job.ref, check=False)
     train_dir = run.train_dir(job.ref)
-    if force and state.is_main_process:
-        shutil.rmtree(train_dir, ignore_errors=True)
+    if (force or train_dir.is_symlink()) and state.is_main_process:  # never train through a link out of the run
+        remove_tree(train_dir)
     cache = cache_root(cfg.cache_dir)
     model, tokenizer = load_model(cfg.model, cache)
     d = cfg.training.model_copy(update={"seed": job.seed, **job.overrides})

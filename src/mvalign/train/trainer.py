@@ -112,7 +112,11 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
                                   f"Delete {folder} to restart")
         params[name].data.copy_(value)
     # map to the CPU: a checkpoint made on a GPU resumes anywhere (load_state_dict moves the state to the parameters)
-    states = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    try:  # weights_only: a planted pickle that would run code is refused, never executed
+        states = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{folder}/optimizer.pt: not an optimizer state mvalign wrote ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]}); delete {folder} to restart") from None
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     return int(json.loads((folder / "state.json").read_text())["step"])
