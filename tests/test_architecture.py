@@ -22,13 +22,14 @@ LAYERS = [
      "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "rewards.rate",
      "rewards.detectors", "track"},
     # 3: training jobs, consistency, the sweep engine and racing, measures of the model itself
-    {"train.job", "consistency", "sweep", "race", "scaleout", "likelihood", "probes"},
+    {"train.job", "consistency", "sweep", "race", "scaleout", "likelihood", "probes", "serve_engine"},
     # 4: the methods (a module of the methods package is here without being listed: a new method adds nothing)
     {"methods", "diagnose"},
     # 5: evaluation and its outputs
-    {"evaluate", "report", "explorer", "explorer_server", "compare", "card", "export", "audit", "labels"},
+    {"evaluate", "report", "explorer", "explorer_server", "compare", "card", "export", "audit", "labels", "serve",
+     "serve_api"},
     # 6: entry points
-    {"pick", "pipeline", "demo", "cli", "cli_group", "cli_judges"},
+    {"pick", "pipeline", "demo", "cli", "cli_group", "cli_judges", "cli_serve"},
 ]
 
 

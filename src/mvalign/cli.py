@@ -18,6 +18,7 @@ import typer
 
 from .cli_group import STATE, Group, check_methods
 from .cli_judges import judges_app, labels_app
+from .cli_serve import serve, view
 
 METHOD_HELP = "See `mvalign methods` for what each one trains and evaluates."
 app = typer.Typer(cls=Group, add_completion=False, no_args_is_help=True,
@@ -26,6 +27,8 @@ reward_app = typer.Typer(cls=Group, no_args_is_help=True, help="Reward models: t
 app.add_typer(reward_app, name="reward")
 app.add_typer(judges_app, name="judges")
 app.add_typer(labels_app, name="labels")
+app.command()(view)
+app.command()(serve)
 
 
 def _echo_json(rows) -> None:
@@ -152,6 +155,8 @@ def pick(
     as_json: bool = typer.Option(False, "--json", help="Print the answer as one JSON object."),
     allow_disputed: bool = typer.Option(False, "--allow-disputed", help="Let a point whose measures dispute its gain "
                                         "in a value satisfy a constraint on that value (the model card says so)."),
+    preset: str | None = typer.Option(None, "--save-preset", help="Save the chosen ω as a named trade-off that "
+                                      "`mvalign serve` offers (a model id in /v1/models)."),
 ) -> None:
     """Choose the trade-off that meets value targets: selected on val, reported on test with intervals and the
     probability the constraints hold. Exit status 3 when the targets are not achievable (the closest point is
@@ -168,6 +173,11 @@ def pick(
             raise ConfigError(f"--export: {answer['method']}'s models are not weight combinations of value vectors")
         answer["export"] = str(combine_run(run, answer["weights"], export, "exact", answer["vectors"], fmt, overwrite,
                                            _command(ctx), hub))
+    if preset is not None and answer["feasible"] and answer["exportable"]:
+        from .serve import save_preset
+
+        save_preset(run, preset, answer["method"], answer["weights"])
+        answer["preset"] = preset
     if as_json:
         typer.echo(json.dumps(answer))
     else:
@@ -298,33 +308,6 @@ def report(
     from .rundir import RunDir
 
     typer.echo(f"wrote {report_run(RunDir(run), out)}")
-
-
-@app.command()
-def view(
-    runs: list[Path] = typer.Argument(..., help="Run directories with evaluated fronts (several: one page, a run selector)."),
-    out: Path | None = typer.Option(None, "--out", help="Page path [default: RUN/explorer.html for one run, "
-                                    "./explorer.html for several]."),
-    serve: bool = typer.Option(False, "--serve", help="Then serve it on http://127.0.0.1:PORT until Ctrl-C."),
-    port: int = typer.Option(8765, "--port", help="Port for --serve (127.0.0.1 only)."),
-) -> None:
-    """Write the front explorer: one self-contained HTML page (works from file://, no network) with every evaluated
-    point, each method's front, the paired change from the base model and each point's responses."""
-    from .explorer import serve as serve_page
-    from .explorer import write_explorer
-    from .rundir import RunDir
-
-    path = write_explorer([RunDir(r) for r in runs], out)
-    typer.echo(f"wrote {path}")
-    if serve:
-        server = serve_page(path, port, [RunDir(r) for r in runs])
-        typer.echo(f"serving http://127.0.0.1:{server.server_address[1]}/{path.name} (Ctrl-C to stop)")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
 
 
 def main() -> None:

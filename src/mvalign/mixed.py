@@ -62,19 +62,34 @@ class MixedLoRA:
     @contextlib.contextmanager
     def rows(self, weights: torch.Tensor | Sequence[Sequence[float]]) -> Iterator[None]:
         """Within the context, batch row i is computed at ω = weights[i] (rows × adapters, in `self.names` order)."""
-        w = torch.as_tensor(weights, dtype=torch.float64)
-        if w.dim() != 2 or w.shape[1] != len(self.names):
-            raise ValueError(f"row weights must be rows × {len(self.names)} ({self.names}), got {tuple(w.shape)}")
-        handles = []
+        self._check(weights)
+        with self.hooks():
+            self.set_rows(weights)
+            yield
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator[None]:
+        """The hooks on every target module for the context (a server's whole life); `set_rows` before each forward
+        pass chooses its rows' ω."""
+        handles = [module.register_forward_hook(self._hook(name)) for name, (module, *_) in self._factors.items()]
         try:
-            for name, (module, a_t, _, owner, scale) in self._factors.items():
-                self._scales[name] = (w[:, owner] * scale.double()).to(a_t.device, a_t.dtype)
-                handles.append(module.register_forward_hook(self._hook(name)))
             yield
         finally:
             for h in handles:
                 h.remove()
             self._scales.clear()
+
+    def set_rows(self, weights: torch.Tensor | Sequence[Sequence[float]]) -> None:
+        """Row i of the next forward passes at ω = weights[i] (rows × adapters, in `self.names` order)."""
+        w = self._check(weights)
+        for name, (_, a_t, _, owner, scale) in self._factors.items():
+            self._scales[name] = (w[:, owner] * scale.double()).to(a_t.device, a_t.dtype)
+
+    def _check(self, weights) -> torch.Tensor:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.dim() != 2 or w.shape[1] != len(self.names):
+            raise ValueError(f"row weights must be rows × {len(self.names)} ({self.names}), got {tuple(w.shape)}")
+        return w
 
 
 def generate_mixed(
