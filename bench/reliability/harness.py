@@ -123,6 +123,10 @@ def template(tree: Tree, folder: Path, model: Path) -> Path:
     """Train once per tree: both values' dpo vectors, mva's, the reward heads, mva's evaluated front."""
     folder.mkdir(parents=True)
     path = write_builtin_config(folder, model, 8, dpo=DPO, sweep=SWEEP)
+    if not (tree.src / "mvalign" / "audit.py").is_file():  # trees from before the `audit` section (issue 32)
+        raw = yaml.safe_load(path.read_text())
+        raw.pop("audit", None)
+        path.write_text(yaml.safe_dump(raw))
     for args in (("reward", "train", str(path)), ("train", str(path), "--method", "dpo"),
                  ("run", str(path), "--method", "mva")):
         done = tree.cli(folder, *args)

@@ -12,6 +12,7 @@ are refused (413). Requests are handled on threads; appends are serialised by a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,8 @@ def make_server(page: Path, port: int, runs: list[RunDir]) -> ThreadingHTTPServe
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the browser hung up: no traceback
+                self.wfile.write(body)
 
         def _error(self, code: int, message: str) -> None:
             self._send(code, json.dumps({"error": message}).encode())
