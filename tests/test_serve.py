@@ -207,6 +207,19 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_server_up_and_exact(ser
     assert ask(served.client, omega, PROMPTS[3]).choices[0].text == served.merged_text(omega, PROMPTS[3])
 
 
+def test_an_engine_failure_ends_only_its_batch(served):
+    import queue
+
+    from mvalign.serve_engine import GenRequest
+
+    finished = queue.Queue()
+    bad = GenRequest([5, 6, 7], [1.0], 4, lambda delta, finish: finish and finished.put(finish))  # ω of one value
+    served.engine.submit(bad)
+    assert finished.get(timeout=60).startswith("error: ValueError: row weights must be rows × 3")
+    omega = (1.2, 0.8, 0.0)
+    assert ask(served.client, omega, PROMPTS[1]).choices[0].text == served.merged_text(omega, PROMPTS[1])
+
+
 def test_queue_limit_api_key_and_host(tmp_path, _llama_once, tokenizer):
     from mvalign.config import ConfigError
     from mvalign.serve import check_host

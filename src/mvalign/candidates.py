@@ -65,8 +65,8 @@ def strategy_points(settings: SweepSettings, values: Sequence[str]) -> list[dict
         return grid_points(values, settings.grid)
     if settings.strategy == "simplex":
         return simplex_points(values, settings.simplex_step)
-    if settings.strategy == "adaptive":
-        raise ConfigError("sweep.strategy 'adaptive' chooses its points while it evaluates (mvalign.search)")
+    if settings.strategy in ("adaptive", "bo"):
+        raise ConfigError(f"sweep.strategy {settings.strategy!r} chooses its points while it evaluates")
     points = []
     for i, p in enumerate(settings.points):
         unknown = sorted(set(p) - set(values))
@@ -107,6 +107,36 @@ class AdaptiveCandidates:
         def rewards(omegas):
             return [rec.rewards for rec in evaluate([Candidate.combination(w) for w in omegas])]
         return [Candidate.combination(w) for w, _ in adaptive_search(rewards, self.values, self.budget, self.grid)]
+
+
+@dataclass
+class BayesCandidates:
+    """Up to `settings.budget` weight combinations, `bo_batch` per round, chosen by `mvalign.bo.bo_search` from each
+    point's mean and standard error of the mean per value (its per-prompt scores)."""
+
+    values: Sequence[str]
+    settings: SweepSettings
+
+    def run(self, evaluate: Evaluate) -> list[Candidate]:
+        from .bo import bo_search
+
+        def observe(omegas):
+            recs = evaluate([Candidate.combination(w) for w in omegas])
+            return [(rec.rewards, {v: standard_error(rec, v) for v in self.values}) for rec in recs]
+        s = self.settings
+        found = bo_search(observe, self.values, s.budget, s.grid, s.bo_batch, s.seed, s.bo_snap, s.bo_initial,
+                          s.bo_stop_at_noise)
+        return [Candidate.combination(w) for w, _ in found]
+
+
+def standard_error(rec, value: str) -> float:
+    """s/√n of a point's per-prompt scores for `value` (from its 95% interval's width when scores are missing)."""
+    scores = rec.scores.get(value) or []
+    if len(scores) > 1:
+        mean = sum(scores) / len(scores)
+        return (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1) / len(scores)) ** 0.5
+    lo, hi = rec.ci95[value]
+    return (hi - lo) / 3.92
 
 
 @dataclass

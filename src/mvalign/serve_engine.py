@@ -150,7 +150,7 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - the server stays up; the rows in flight get the error
                     for req in self._rows + [r for r in new if r not in self._rows]:
                         req.emit("", f"error: {type(e).__name__}: {str(e)[:200]}")
-                    self._rows, self._cache = [], None
+                    self._select([])  # the batch is dropped whole: the next request starts a fresh one
         for req in self._rows + list(self._waiting):
             req.emit("", "cancelled")
 
@@ -239,7 +239,7 @@ class Engine:
 
     def _select(self, keep: list[int]) -> None:
         """Keep these rows of the batch (cache, mask, positions); cut columns that only hold padding."""
-        if len(keep) == len(self._rows):
+        if keep and len(keep) == len(self._rows):
             return
         if not keep:
             self._rows, self._cache = [], None

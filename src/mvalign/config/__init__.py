@@ -114,11 +114,12 @@ class RunConfig(BaseModel):
         if dupes:
             raise ValueError(f"value names must be unique; repeated: {dupes}")
         lattice = len(self.sweep.grid) ** len(names)
-        if self.sweep.strategy in ("grid", "adaptive") and lattice > MAX_LATTICE:
+        lattice_search = self.sweep.strategy in ("grid", "adaptive") or (self.sweep.strategy == "bo" and self.sweep.bo_snap)
+        if lattice_search and lattice > MAX_LATTICE:
             raise ValueError(f"sweep.grid: {len(self.sweep.grid)} weights per value and {len(names)} values make "
                              f"{lattice:,} grid points (at most {MAX_LATTICE:,}); give fewer grid weights, or "
                              "sweep.strategy list with the points to try")
-        if self.sweep.strategy in ("grid", "adaptive") and not any(self.sweep.grid):
+        if self.sweep.strategy in ("grid", "adaptive", "bo") and not any(self.sweep.grid):
             raise ValueError(f"sweep.grid: every weight is 0 ({self.sweep.grid}), so every candidate is the base model; "
                              "add nonzero weights, e.g. [0, 0.5, 1]")
         if self.sweep.strategy == "list" and self.sweep.points and not any(any(p.values()) for p in self.sweep.points):

@@ -158,12 +158,22 @@ class RaySettings(Strict):
 
 
 class SweepSettings(Strict):
-    strategy: Literal["grid", "simplex", "list", "adaptive"] = Field(
+    strategy: Literal["grid", "simplex", "list", "adaptive", "bo"] = Field(
         "grid", description="grid: every combination of `grid` values per value (MVA extrapolation box); simplex: "
         "weights on the simplex in steps of `simplex_step` (soups); list: exactly `points`; adaptive: `budget` of the "
-        "grid's points, chosen where the front has its largest gaps (mvalign.search)."
+        "grid's points, chosen where the front has its largest gaps (mvalign.search); bo: `budget` points, "
+        "`bo_batch` per round, by BoTorch's noisy expected hypervolume improvement (mvalign.bo; the `bo` extra)."
     )
-    budget: int = Field(25, ge=2, description="adaptive: weight vectors evaluated on val (the seed grid included).")
+    budget: int = Field(25, ge=2, description="adaptive, bo: weight vectors evaluated on val (the first design "
+                        "included).")
+    bo_batch: int = Field(4, ge=1, description="bo: points proposed per round, generated together (one mixed-ω pass "
+                          "when at most points_per_pass).")
+    bo_initial: int | None = Field(None, ge=1, description="bo: points of the first (Sobol) design [default: "
+                                   "2·(values + 1), at least bo_batch].")
+    bo_snap: bool = Field(True, description="bo: propose only points of the lattice gridⁿ (comparable point for "
+                          "point with the dense sweep); false: anywhere in the box [min grid, max grid]ⁿ.")
+    bo_stop_at_noise: bool = Field(True, description="bo: stop before `budget` when the next batch's expected "
+                                   "hypervolume improvement is below the hypervolume's own noise (one standard error).")
     grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)], min_length=1,
         description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",

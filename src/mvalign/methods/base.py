@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from ..candidates import AdaptiveCandidates, Candidate, Candidates, FixedCandidates, simplex_points, strategy_points
+from ..candidates import (
+    AdaptiveCandidates,
+    BayesCandidates,
+    Candidate,
+    Candidates,
+    FixedCandidates,
+    simplex_points,
+    strategy_points,
+)
 from ..config import ConfigError, RunConfig
 from ..rundir import RunDir
 from ..store import VectorRecord
@@ -111,6 +119,8 @@ def extrapolation(vectors: str) -> CandidatesFn:
         s = cfg.sweep
         if s.strategy == "adaptive":
             return Candidates(vectors, values, AdaptiveCandidates(values, s.budget, s.grid), "adaptive")
+        if s.strategy == "bo":
+            return Candidates(vectors, values, BayesCandidates(values, s), "bo")
         points = [Candidate.combination(p) for p in strategy_points(s, values) if any(p.values())]
         return Candidates(vectors, values, FixedCandidates(points), s.strategy)
     return build
