@@ -158,8 +158,8 @@ def stray_front(ws):
 @probe("33", "ok", "model card: the report's reference point, no local paths")
 def card(ws):
     ws.cli("report", "run")
-    res = ws.cli("combine", "run", "--method", "mva", "--weights", _weights(), "--format", "peft",
-                 "--out", str(ws.root / "out"))
+    res = ws.cli("combine", "run", "--method", "mva", "--weights", "helpful=0.5,harmless=0.5", "--format", "peft",
+                 "--out", str(ws.root / "out"))  # a point of the workspace's grid: evaluated, so the card has its HV
 
     def right():
         text = (ws.root / "out" / "README.md").read_text()
