@@ -144,6 +144,7 @@ BAD = [({"model": "mva", "prompt": "x", "mvalign": {"weights": {"kind": 1.0}}}, 
        ({"model": "mva", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
        ({"model": "mva", "prompt": "x", "max_tokens": 1000}, 400, "max_tokens"),
        ({"model": "mva", "prompt": "word " * 600}, 400, "prompt"),
+       ({"model": "mva", "prompt": "word " * 500, "max_tokens": 20}, 400, "prompt"),
        ({"model": "mva", "prompt": "x", "temperature": -1}, 400, "temperature"),
        ({"model": "mva", "prompt": "x", "n": 3}, 400, "n"),
        ({"model": "mva"}, 400, "prompt"),
@@ -155,6 +156,18 @@ def test_bad_requests_are_openai_errors_naming_the_field(served, body, status, p
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     r = httpx.post(served.url + path, json=body, timeout=30)
     assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+
+
+def test_max_tokens_left_out_fits_the_context(served):
+    served.server.limits.max_tokens = 4096  # more than the tiny model's context (512)
+    try:
+        r = httpx.post(served.url + "/v1/completions", json={"model": "mva", "prompt": "word " * 30, "temperature": 0},
+                       timeout=120)
+    finally:
+        served.server.limits.max_tokens = 32
+    assert r.status_code == 200, r.text
+    used = r.json()["usage"]
+    assert used["prompt_tokens"] + used["completion_tokens"] <= served.server.context
 
 
 def test_nan_malformed_and_oversized_bodies_are_4xx(served):

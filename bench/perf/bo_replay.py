@@ -4,11 +4,13 @@ adaptive search and random sampling, replayed on stored dense evaluations — no
     .venv/bin/python -m bench.perf.bo_replay dense --setting builtin   # a cell: train + the 10x10 grid on val and test
     .venv/bin/python -m bench.perf.bo_replay dense --setting tqa       #   (resumable through the run's store)
     .venv/bin/python -m bench.perf.bo_replay replay                    # every finished setting -> bench/results/search.json
+    .venv/bin/python -m bench.perf.bo_replay timing --setting builtin  # alone: a real bo search vs the authors' loop
     .venv/bin/python -m bench.perf.bo_replay dense --setting builtin --quick   # smoke run (4x4 grid, 4 prompts)
 
 Dense cell: the quality benchmark v2's recipe for the setting (SmolLM2, BT judges on MiniLM, mva vectors: 60 DPO
 steps each, seed 0) under runs/bench-bo/<setting>, then every ω of the lattice {0.2, 0.4, ..., 2.0}² (100 points)
-on --prompts val and --prompts test prompts, greedy, --tokens new tokens, mixed-ω batching.
+on --prompts val prompts and the val-non-dominated ones on --prompts test prompts (all the recall below reads),
+greedy, --tokens new tokens, mixed-ω batching.
 Replay: each strategy proposes ω from the same lattice and is answered from the stored val records (mean and
 standard error of the mean per value from the per-prompt scores): `bo` (q = 4 per round, seeds 0-2), `adaptive`
 (`mvalign.search`; deterministic, one order), `random` (seeds 0-2). At 10, 15, 20 and 25 points: the fraction of the
@@ -60,9 +62,15 @@ def dense(setting: str, quick: bool, prompts: int, tokens: int) -> dict:
     with evaluator(cfg, "mva") as ev:
         cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
         t0 = time.perf_counter()
-        out = {split: [{"weights": r.label, "rewards": r.rewards, "scores": {v: r.scores[v] for v in ev.ctx.rewards}}
-                       for r in ev.points(cands, split, progress=True)] for split in ("val", "test")}
-        out["seconds"] = {"training": trained, "this_invocation": time.perf_counter() - t0}
+        val = ev.points(cands, "val", progress=True)
+        names = [v.name for v in cfg.values]
+        front = non_dominated([[r.rewards[v] for v in names] for r in val])
+        test = ev.points([c for c, keep in zip(cands, front) if keep], "test", progress=True)  # all recall needs
+
+        def rows(recs):
+            return [{"weights": r.label, "rewards": r.rewards, "scores": {v: r.scores[v] for v in names}} for r in recs]
+        out = {"val": rows(val), "test": rows(test),
+               "seconds": {"training": trained, "this_invocation": time.perf_counter() - t0}}
     out["values"] = [v.name for v in cfg.values]
     out["settings"] = {"run_dir": cfg.run_dir, "grid": cfg.sweep.grid, "prompts": prompts, "tokens": tokens,
                        "budget": "quick" if quick else "v2"}
@@ -158,9 +166,53 @@ def replay(quick: bool) -> dict:
     return out
 
 
+def timing(setting: str, quick: bool, prompts: int, tokens: int, reference_points: int = 2) -> dict:
+    """A real `sweep.strategy: bo` search (20 points, generation through the sweep, on a copy of the dense cell's
+    run without its points) timed against the authors' loop on `reference_points` points of the same prompts; the
+    loop's cost per point does not depend on ω, so the dense grid's is 100 × its mean. Run it alone on the machine."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    from bench.perf.sweep_cost import reference_responses
+    from mvalign.models import resolve_model_source
+
+    cfg = config(setting, quick, prompts, tokens)
+    src = Path(cfg.run_dir)
+    if not (src / "dense.json").is_file():
+        sys.exit(f"{src}: run the dense cell first (the timing reuses its trained vectors and judges)")
+    copy = src.parent / "timing"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("front*.json", "dense.json"))
+    with closing(sqlite3.connect(copy / "store.sqlite")) as con, con:
+        con.execute("DELETE FROM points")
+    cfg.run_dir = str(copy)
+    s = cfg.sweep
+    s.strategy, s.budget, s.bo_batch, s.bo_stop_at_noise = "bo", 20, 4, False
+    with evaluator(cfg, "mva", progress=False) as ev:
+        t0 = time.perf_counter()
+        cands = ev.plan.source.run(lambda cs: ev.points(cs, "val"))
+        bo_seconds = time.perf_counter() - t0
+        folder = Path(resolve_model_source(cfg.model.name)[0])
+        adapters = {n: ev.combined.adapters[i].path for i, n in enumerate(ev.combined.names)}
+        ref = []
+        for cand in cands[:reference_points]:
+            t0 = time.perf_counter()
+            resp = reference_responses(folder, adapters, [cand.adapters[n] for n in adapters], ev.prompts.val, tokens)
+            for rm in ev.ctx.rewards.values():
+                rm.score(ev.prompts.val, resp)
+            ref.append(time.perf_counter() - t0)
+    grid_points = len(cfg.sweep.grid) ** len(cfg.values)
+    return {"bo_points": len(cands), "bo_seconds": bo_seconds, "reference_seconds_per_point": ref,
+            "reference_loop_estimate_for_the_grid": grid_points * sum(ref) / len(ref),
+            "speedup_vs_reference_loop": grid_points * sum(ref) / len(ref) / bo_seconds,
+            "settings": {"setting": setting, "prompts": prompts, "tokens": tokens, "grid_points": grid_points,
+                         "bo_batch": 4, "budget": 20}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("cell", choices=["dense", "replay"])
+    ap.add_argument("cell", choices=["dense", "replay", "timing"])
     ap.add_argument("--setting", choices=["builtin", "tqa", "hh"], default="builtin")
     ap.add_argument("--prompts", type=int, default=32, help="val and test prompts of the dense cell")
     ap.add_argument("--tokens", type=int, default=24)
@@ -171,6 +223,13 @@ def main() -> None:
     if args.cell == "dense":
         d = dense(args.setting, args.quick, args.prompts, args.tokens)
         print(json.dumps({"points": len(d["val"]), "seconds": d["seconds"]}))
+    elif args.cell == "timing":
+        t = timing(args.setting, args.quick, args.prompts, args.tokens)
+        print(json.dumps(t, indent=1))
+        if not args.quick:
+            out = json.loads(OUT.read_text()) if OUT.is_file() else {}
+            out.setdefault("bo", {}).update(speedup_vs_reference_loop=t["speedup_vs_reference_loop"], timing=t)
+            OUT.write_text(json.dumps(out, indent=1))
     else:
         replay(args.quick)
 

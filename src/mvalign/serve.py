@@ -147,7 +147,9 @@ class Server:
         """Queue the generation; its (delta, finish) events arrive on the returned `Pending.events`."""
         omega = self.weights(req.model, req.mvalign)
         ids = self.prompt_ids(req)
-        max_tokens = req.max_tokens if req.max_tokens is not None else self.limits.max_tokens
+        # left out: as many as the server's limit and the context leave (OpenAI's default: until the context ends)
+        room = max(1, self.context - len(ids))
+        max_tokens = req.max_tokens if req.max_tokens is not None else min(self.limits.max_tokens, room)
         if max_tokens > self.limits.max_tokens:
             raise ApiError(f"max_tokens {max_tokens} above this server's limit {self.limits.max_tokens}", "max_tokens")
         if len(ids) + max_tokens > self.context:

@@ -172,8 +172,9 @@ class SweepSettings(Strict):
                                    "2·(values + 1), at least bo_batch].")
     bo_snap: bool = Field(True, description="bo: propose only points of the lattice gridⁿ (comparable point for "
                           "point with the dense sweep); false: anywhere in the box [min grid, max grid]ⁿ.")
-    bo_stop_at_noise: bool = Field(True, description="bo: stop before `budget` when the next batch's expected "
-                                   "hypervolume improvement is below the hypervolume's own noise (one standard error).")
+    bo_stop_at_noise: bool = Field(False, description="bo: stop before `budget` when the next batch's expected "
+                                   "hypervolume improvement is below the hypervolume's own noise (one standard error; "
+                                   "with a few dozen prompts that is often right after the first design).")
     grid: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)], min_length=1,
         description="Weights tried per value (reference: 0.1, 0.2, ..., 1.0, i.e. bound C = 1; any reals allowed).",
