@@ -95,3 +95,19 @@ def test_each_round_is_one_mixed_pass_and_the_run_writes_a_bo_front(tmp_path, ti
     assert r.exit_code == 0, r.output
     front = json.loads((tmp_path / "run" / "front-mva.json").read_text())
     assert front["settings"]["candidates"] == "bo" and len([p for p in front["points"] if p["split"] == "val"]) == 10
+
+
+def test_the_noise_given_to_the_model_is_the_standard_error_of_the_mean():
+    from types import SimpleNamespace
+
+    from mvalign.bo import noise_hypervolume
+    from mvalign.candidates import standard_error
+
+    scores = [0.3, -1.2, 2.5, 0.0, 0.7]
+    rec = SimpleNamespace(scores={"helpful": scores}, ci95={"helpful": [0.0, 1.0], "harmless": [-0.392, 0.392]})
+    assert standard_error(rec, "helpful") == pytest.approx(np.std(scores, ddof=1) / np.sqrt(len(scores)))
+    assert standard_error(rec, "harmless") == pytest.approx(0.2)  # a 95% interval of ±1.96 se
+    y, se = np.array([[1.0, 0.0], [0.0, 1.0]]), np.full((2, 2), 0.1)
+    # reference (-1, -1): the union of two boxes, 2·1 + 1·2 − 1·1 (their overlap); each side 0.1 longer when moved
+    by_hand = (2.1 * 1.1 + 1.1 * 2.1 - 1.1 * 1.1) - (2 * 1 + 1 * 2 - 1 * 1)
+    assert noise_hypervolume(y, se, np.array([-1.0, -1.0])) == pytest.approx(by_hand)

@@ -14,6 +14,7 @@ so asking for a candidate twice costs nothing.
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -133,8 +134,7 @@ def standard_error(rec, value: str) -> float:
     """s/√n of a point's per-prompt scores for `value` (from its 95% interval's width when scores are missing)."""
     scores = rec.scores.get(value) or []
     if len(scores) > 1:
-        mean = sum(scores) / len(scores)
-        return (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1) / len(scores)) ** 0.5
+        return statistics.stdev(scores) / len(scores) ** 0.5
     lo, hi = rec.ci95[value]
     return (hi - lo) / 3.92
 
