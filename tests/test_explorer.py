@@ -247,6 +247,6 @@ def test_three_values_axes_are_selectable_and_hover_names_weights_and_intervals(
     assert got["y"] == [p.rewards["c"] for p in val] and got["x"] == [p.rewards["a"] for p in val]
     assert "weights: a=1, b=0, c=0" in got["text"][0] and f"[{val[0].ci95['c'][0]:.3f}, " in got["text"][0]
     assert page.evaluate("document.getElementById('plot').layout.yaxis.title.text").startswith("c (judge")
-    page.evaluate("explorer.showPoint('m:0')")  # markup in a response is shown as text, never run or parsed
+    page.evaluate("explorer.showPoint('mva:0')")  # markup in a response is shown as text, never run or parsed
     assert page.locator("td.point-response").first.inner_text() == val[0].responses[0]
     assert page.locator("#responses b").count() == 0 and errors == []
