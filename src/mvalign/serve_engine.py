@@ -33,6 +33,11 @@ from .errors import MvalignError
 from .mixed import MixedLoRA
 
 
+def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A cache tensor (batch, heads, length, dim) with n zero positions before its sequence."""
+    return F.pad(t, (0, 0, n, 0)) if n else t
+
+
 class QueueFullError(MvalignError, RuntimeError):
     """More requests are waiting than the server accepts (`max_waiting`)."""
 
@@ -181,11 +186,10 @@ class Engine:
         old = [] if self._cache is None else [(layer.keys, layer.values) for layer in self._cache.layers]
         fresh = [(layer.keys, layer.values) for layer in cache.layers]
         target = max(length, self._mask.shape[1])
-        pad = lambda t, n: F.pad(t, (0, 0, n, 0)) if n else t  # noqa: E731 - left-pad the sequence axis
         if old:
             n_old, n_new = target - self._mask.shape[1], target - length
-            merged = [(torch.cat([pad(ko, n_old), pad(kn, n_new)]), torch.cat([pad(vo, n_old), pad(vn, n_new)]))
-                      for (ko, vo), (kn, vn) in zip(old, fresh)]
+            merged = [(torch.cat([_left_pad(ko, n_old), _left_pad(kn, n_new)]),
+                       torch.cat([_left_pad(vo, n_old), _left_pad(vn, n_new)])) for (ko, vo), (kn, vn) in zip(old, fresh)]
             self._mask = torch.cat([F.pad(self._mask, (n_old, 0)), F.pad(mask, (n_new, 0))])
         else:
             merged, self._mask = fresh, mask
