@@ -83,6 +83,11 @@ class BayesSearch:
         self.rounds = 0
         self.last_improvement = math.inf
 
+    def _cube(self) -> torch.Tensor:
+        """The unit box ω is searched in (bounds for BoTorch)."""
+        n = len(self.values)
+        return torch.tensor([[0.0] * n, [1.0] * n], dtype=torch.double)
+
     def _unit(self, pts) -> torch.Tensor:
         return (torch.tensor(pts, dtype=torch.double) - self.lo) / (self.hi - self.lo)
 
@@ -98,9 +103,8 @@ class BayesSearch:
         """The space-filling first design."""
         from botorch.utils.sampling import draw_sobol_samples
 
-        bounds = torch.tensor([[0.0] * len(self.values), [1.0] * len(self.values)], dtype=torch.double)
         out: list[tuple[float, ...]] = []
-        draws = draw_sobol_samples(bounds, n=4 * self.initial, q=1, seed=self.seed).squeeze(1)
+        draws = draw_sobol_samples(self._cube(), n=4 * self.initial, q=1, seed=self.seed).squeeze(1)
         for u in draws:
             p = self._omega(u)
             if any(p) and p not in out:
@@ -128,10 +132,8 @@ class BayesSearch:
         y = torch.tensor(self.means, dtype=torch.double)
         se = torch.tensor(self.ses, dtype=torch.double)
         model = _fit(x, y, se**2)
-        span = (y.max(0).values - y.min(0).values).clamp(min=1e-9)
-        ref = y.min(0).values - REF_MARGIN * span
         acq = qLogNoisyExpectedHypervolumeImprovement(
-            model, ref.tolist(), x, prune_baseline=True,
+            model, self._reference().tolist(), x, prune_baseline=True,
             sampler=SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=self.seed + self.rounds))
         if self.snap:
             free = self._free()
@@ -139,8 +141,7 @@ class BayesSearch:
                 return []
             cand, _ = optimize_acqf_discrete(acq, min(q, len(free)), self._unit(free), unique=True)
         else:
-            bounds = torch.tensor([[0.0] * len(self.values), [1.0] * len(self.values)], dtype=torch.double)
-            cand, _ = optimize_acqf(acq, bounds, q, num_restarts=4, raw_samples=128,
+            cand, _ = optimize_acqf(acq, self._cube(), q, num_restarts=4, raw_samples=128,
                                     options={"seed": self.seed + self.rounds})
         with torch.no_grad():
             self.last_improvement = float(torch.exp(acq(cand.unsqueeze(0))).item())
@@ -152,9 +153,12 @@ class BayesSearch:
         return [dict(zip(self.values, p)) for p in out]
 
     def below_noise(self) -> bool:
-        y, se = np.array(self.means), np.array(self.ses)
-        ref = y.min(0) - REF_MARGIN * np.maximum(y.max(0) - y.min(0), 1e-9)
-        return self.last_improvement < noise_hypervolume(y, se, ref)
+        return self.last_improvement < noise_hypervolume(np.array(self.means), np.array(self.ses), self._reference())
+
+    def _reference(self) -> np.ndarray:
+        """The acquisition's reference point, min(Y) − REF_MARGIN · range(Y) per value."""
+        y = np.array(self.means)
+        return y.min(0) - REF_MARGIN * np.maximum(y.max(0) - y.min(0), 1e-9)
 
 
 def bo_search(observe: Observe, values: Sequence[str], budget: int, grid: Sequence[float], q: int, seed: int = 0,

@@ -11,6 +11,7 @@ RUN/
   consistency/<value>.json     VC-soup scores of a value's training pairs; summary.json, consistency.png
   front-<method>.json          a method's evaluated front; front.json is the first method's (the contract)
   audit.json, labels.jsonl     the measures against people (`mvalign.audit`); a person's labels (`mvalign.labels`)
+  presets.json                 named trade-offs saved by `mvalign pick --save-preset`, served by `mvalign serve`
   report.md, *.png             the report; summary.json of `mvalign run`; diagnostics/ of `mvalign diagnose`
   .locks/                      lock files: one process at a time trains an adapter or evaluates a method
 """
@@ -77,6 +78,7 @@ class RunDir:
     trackers_dir = property(lambda self: self.root / "trackers")
     consistency_dir = property(lambda self: self.root / "consistency")
     audit_path = property(lambda self: self.root / "audit.json")
+    presets_path = property(lambda self: self.root / "presets.json")
 
     def store(self) -> RunStore:
         return RunStore(self.root)

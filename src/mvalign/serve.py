@@ -35,13 +35,9 @@ from .serve_engine import Engine, GenRequest, QueueFullError
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def presets_path(run: RunDir):
-    return run.root / "presets.json"
-
-
 def read_presets(run: RunDir) -> dict[str, dict]:
     """{name: {"method", "weights"}} saved by `mvalign pick --save-preset` (RUN/presets.json)."""
-    path = presets_path(run)
+    path = run.presets_path
     if not path.is_file():
         return {}
     try:
@@ -62,7 +58,7 @@ def save_preset(run_dir, name: str, method: str, weights: dict[str, float]) -> N
     if not name or name.startswith("omega:") or any(c in name for c in "\n\r\t"):
         raise ConfigError(f"--save-preset: {name!r} is not a usable name (no 'omega:' prefix, no control characters)")
     presets = read_presets(run) | {name: {"method": method, "weights": dict(weights)}}
-    write_atomic(presets_path(run), "the presets", lambda tmp: tmp.write_text(json.dumps(presets, indent=1)))
+    write_atomic(run.presets_path, "the presets", lambda tmp: tmp.write_text(json.dumps(presets, indent=1)))
 
 
 @dataclass

@@ -47,7 +47,7 @@ class _Body(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else list(v or [])
+        stops = _as_list(v)
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("at most 4 non-empty stop strings")
         return v
@@ -64,7 +64,12 @@ class _Body(BaseModel):
             self.max_tokens = self.max_completion_tokens
 
     def stop_list(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return _as_list(self.stop)
+
+
+def _as_list(stop: str | list[str] | None) -> list[str]:
+    """OpenAI's `stop`: one string, a list of them, or none."""
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 class Message(BaseModel):
@@ -178,7 +183,6 @@ def create_app(server: "Server") -> "FastAPI":
                     delta, finish = await pending.events.get()
                     parts.append(delta)
         except TimeoutError:
-            pending.request.cancelled = True
             return refuse(ApiError(f"no answer within {server.limits.timeout_s} s", None, 408, "timeout"))
         finally:
             if finish is None:  # the client went away: the row leaves the batch at the next step
