@@ -81,6 +81,20 @@ class DecorrelationSettings(Strict):
     rows: int = Field(
         128, ge=2, description="delta_w: ΔW rows sampled per step (same rows for both vectors; all rows when d_out is smaller)."
     )
+    denominator: Literal["n-1", "n"] = Field(
+        "n-1", description="hsic: tr(K H L H) divided by (n − 1)² or by n² (the authors' code); no effect on cka."
+    )
+
+
+class PaperDecorrelationSettings(DecorrelationSettings):
+    """`methods.mva-paper`: MVA as the authors' released code trains it (raw HSIC on the lora_A rows paired by rank
+    index, RBF σ = 1, divided by n², α = 10); the same fields as `methods.mva`, with those defaults."""
+
+    alpha: float = Field(10.0, ge=0, description="Weight α of the HSIC penalty (the authors' code: 10).")
+    penalty: Literal["hsic", "cka", "orth", "orth-normalised"] = Field("hsic", description="The authors' code: raw HSIC.")
+    target: Literal["delta_w", "lora_A"] = Field("lora_A", description="The authors' code: lora_A rows by rank index.")
+    sigma: float | Literal["median"] = Field(1.0, description="RBF bandwidth (the authors' code: 1.0).")
+    denominator: Literal["n-1", "n"] = Field("n", description="The authors' code divides tr(K H L H) by n².")
 
 
 class ConsistencySettings(Strict):

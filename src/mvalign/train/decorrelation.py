@@ -2,7 +2,7 @@
 
 Kernel statistics (biased HSIC estimator, Gretton et al. 2005), for two n×d matrices X, Y whose rows are paired:
     D_ab = ‖x_a − x_b‖²,   K = exp(−D / (2σ²)),   L likewise from Y,   H = I − 11ᵀ/n,
-    HSIC(X, Y) = tr(K H L H) / (n − 1)²        (the reference code divides by n²; we use (n − 1)²),
+    HSIC(X, Y) = tr(K H L H) / (n − 1)²        (the reference code divides by n²: `denominator="n"`),
     CKA(X, Y)  = HSIC(X, Y) / sqrt(HSIC(X, X) · HSIC(Y, Y)).
 σ is fixed (reference: 1.0) or the median heuristic σ = median_{a<b} ‖x_a − x_b‖ (per matrix, no gradient).
 
@@ -56,13 +56,14 @@ def rbf_from_sqdist(D: torch.Tensor, sigma: float | str) -> torch.Tensor:
     return torch.exp(-D / (2 * s**2))
 
 
-def hsic_from_kernels(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """tr(K H L H) / (n − 1)², computed as Σ (H K H) ⊙ L / (n − 1)² (H K H is K double-centred)."""
+def hsic_from_kernels(K: torch.Tensor, L: torch.Tensor, denominator: str = "n-1") -> torch.Tensor:
+    """tr(K H L H) / (n − 1)² (or / n², `denominator="n"`, the authors' code), computed as Σ (H K H) ⊙ L / (n − 1)²
+    (H K H is K double-centred)."""
     n = K.shape[-1]
     if n < 2:
         raise ValueError("HSIC needs at least 2 samples (rows)")
     Kc = K - K.mean(-2, keepdim=True) - K.mean(-1, keepdim=True) + K.mean((-2, -1), keepdim=True)
-    return (Kc * L).sum((-2, -1)) / (n - 1) ** 2
+    return (Kc * L).sum((-2, -1)) / ((n - 1) if denominator == "n-1" else n) ** 2
 
 
 def cka_from_kernels(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,7 @@ class PenaltySpec:
     target: str = "delta_w"  # delta_w | lora_A
     sigma: float | str = "median"
     rows: int = 128  # m: ΔW rows sampled per step (delta_w), all rows when d_out <= m
+    denominator: str = "n-1"  # hsic: tr(KHLH) / (n − 1)², or / n² ("n", the authors' code); cka: cancels
 
 
 def _orth_overlap(x: LoraFactors, y: LoraFactors, target: str) -> torch.Tensor:
@@ -141,7 +143,7 @@ def module_penalty(
         Gx = delta_w_gram(train.A, train.B, train.scale, rows)
         Gy = delta_w_gram(frozen.A, frozen.B, frozen.scale, rows)
     K, L = rbf_from_gram(Gx, spec.sigma), rbf_from_gram(Gy, spec.sigma)
-    return cka_from_kernels(K, L) if spec.kind == "cka" else hsic_from_kernels(K, L)
+    return cka_from_kernels(K, L) if spec.kind == "cka" else hsic_from_kernels(K, L, spec.denominator)
 
 
 _LAYER = re.compile(r"\.(\d+)\.")

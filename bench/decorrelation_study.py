@@ -1,0 +1,265 @@
+"""Decorrelation study (issue 36): does MVA's decorrelation help the combined front, and at what α, under which penalty?
+
+    .venv/bin/python -m bench.decorrelation_study run --settings tqa --seeds 0 [--max-minutes 150]   # resumable cells
+    .venv/bin/python -m bench.decorrelation_study report   # decorrelation-study.json -> .md + .png
+
+Cells, per (setting, seed), at quality v2's budget (`bench.quality.run`: 60 steps per vector, LoRA r16/α32, 64 val /
+128 test prompts, 48 new tokens, grid {0, 0.5, 1}², one BT head per value as the judge):
+  none                 the two plain DPO vectors (`mva-nohsic`): the reference every variant is compared with;
+  <kind>-a<α>          the first value's DPO vector (the same adapter, copied) and the second value's vector trained
+                       with α · penalty against it (`mva` with methods.mva set to the kind), α ∈ {0.01, 0.1, 1, 10}:
+    hsic-lora_A        raw HSIC on the lora_A rows paired by rank index, σ = 1 (the authors' released code; at α = 10
+                       this is `mva-paper`, up to HSIC's (n−1)² vs n² denominator);
+    cka-delta_w        CKA on rows of ΔW, median σ (mvalign's default, α = 0.1);
+    orth-delta_w       ‖ΔW_kᵀ ΔW_j‖_F² normalised by the vectors' own (the orthogonality ablation, scale-free).
+A variant's run dir starts as a copy of the seed's `none` run dir (its DPO vectors, store and checkpoints), so the
+first vector is byte-identical across variants and only the second differs.
+
+Reported per variant (pooled over seeds as `mvalign.hvstats.pooled_differences`: paired over prompts within a seed,
+one reference point per setting): HV(variant) − HV(none) on test, re-selected on val in each replicate; and the
+single-value change on generations: the second value's judge score at ω = e_2 (the decorrelated vector alone) minus
+the plain DPO vector's, paired over the val prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.quality.quality_table import cell_front
+from bench.quality.quality_v2 import unit_point
+from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, save
+from mvalign.config import RunConfig
+from mvalign.evaluate import evaluate_method
+from mvalign.hvstats import pooled_differences, shared_reference
+from mvalign.methods import train_method
+from mvalign.rewards import load_reward_models
+from mvalign.rundir import package_versions
+from mvalign.stats import difference_from_replicates
+
+OUT = ROOT / "bench" / "results" / "decorrelation-study.json"
+RUNS = ROOT / "runs" / "bench-decorrelation"
+MODE = "v2"  # --quick: the smoke budget, its own runs and results
+KINDS = {"hsic-lora_A": {"penalty": "hsic", "target": "lora_A", "sigma": 1.0},
+         "cka-delta_w": {"penalty": "cka", "target": "delta_w", "sigma": "median"},
+         "orth-delta_w": {"penalty": "orth-normalised", "target": "delta_w", "sigma": "median"}}
+ALPHAS = [0.01, 0.1, 1.0, 10.0]
+# the order cells run in: the paper's and the default settings first, then the rest of the α grid
+ORDER = [("hsic-lora_A", 10.0), ("cka-delta_w", 0.1), ("orth-delta_w", 0.1), ("hsic-lora_A", 0.1),
+         ("cka-delta_w", 10.0), ("orth-delta_w", 10.0), ("cka-delta_w", 1.0), ("hsic-lora_A", 1.0),
+         ("orth-delta_w", 1.0), ("cka-delta_w", 0.01), ("hsic-lora_A", 0.01), ("orth-delta_w", 0.01)]
+
+
+def variant_name(kind: str, alpha: float) -> str:
+    return f"{kind}-a{alpha:g}"
+
+
+VARIANTS = ["none"] + [variant_name(k, a) for k, a in ORDER]
+
+
+def variant_config(setting: str, seed: int, variant: str) -> RunConfig:
+    base = make_config(setting, seed, BUDGET[MODE], RUNS, "v2")
+    data = base.model_dump(mode="json")
+    data["run_dir"] = str(RUNS / setting / f"seed{seed}" / variant)
+    if variant != "none":
+        kind, alpha = variant.rsplit("-a", 1)
+        data["methods"]["mva"] = {**KINDS[kind], "alpha": float(alpha)}
+    return RunConfig.model_validate(data)
+
+
+def start_from_none(setting: str, seed: int, variant: str) -> None:
+    """The variant's run dir as a copy of the seed's `none` run (made once, atomically; locks not copied)."""
+    src, dst = RUNS / setting / f"seed{seed}" / "none", RUNS / setting / f"seed{seed}" / variant
+    if dst.is_dir():
+        return
+    tmp = dst.with_name(dst.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".locks", "front*.json", "report*", "explorer*"))
+    os.replace(tmp, dst)
+
+
+def run(settings: list[str], seeds: list[int], max_minutes: float | None, variants: list[str]) -> None:
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {"cells": {}}
+    results.update({"budget": {**BUDGET[MODE], "grid": [0.0, 0.5, 1.0], "kinds": KINDS, "alphas": ALPHAS,
+                               "model": "smollm2-135m-instruct (embedded)"},
+                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "torch_threads": torch.get_num_threads()},
+                    "versions": package_versions()})
+    t0 = time.perf_counter()
+    for setting in settings:
+        judges = None
+        for seed in seeds:
+            for variant in variants:
+                key = f"{setting}/{seed}/{variant}"
+                if key in results["cells"]:
+                    continue
+                if max_minutes is not None and (time.perf_counter() - t0) / 60 > max_minutes:
+                    print(f"stopping: {max_minutes} minutes reached; re-run to continue", flush=True)
+                    return
+                t = time.perf_counter()
+                if variant != "none":
+                    start_from_none(setting, seed, variant)
+                cfg = variant_config(setting, seed, variant)
+                judges = judges or load_reward_models(cfg)
+                method = "mva-nohsic" if variant == "none" else "mva"
+                train_method(cfg, method)
+                front = evaluate_method(cfg, method, primary=False, rewards=judges)
+                results["cells"][key] = {**cell_record(cfg, method, front, time.perf_counter() - t), "variant": variant}
+                results = save(results, OUT, key)
+                print(json.dumps({"cell": key, "hv_test_own_ref": front.hypervolume.test,
+                                  "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+
+
+def analyse(results: dict, n_boot: int = 1000) -> dict:
+    """Per setting and variant: pooled HV(variant) − HV(none) and the single-value change, over the seeds that have
+    both cells."""
+    by: dict = {}
+    for key, cell in results["cells"].items():
+        setting, seed, variant = key.split("/")
+        by.setdefault(setting, {}).setdefault(int(seed), {})[variant] = cell
+    out = {}
+    for setting, seeds in by.items():
+        fronts = {s: {v: cell_front(c) for v, c in cells.items()} for s, cells in seeds.items()}
+        ref = shared_reference([f for per in fronts.values() for f in per.values()])
+        rows = {}
+        for variant in VARIANTS[1:]:
+            have = [s for s in sorted(seeds) if variant in seeds[s] and "none" in seeds[s]]
+            if not have:
+                continue
+            hv = pooled_differences([{variant: fronts[s][variant], "none": fronts[s]["none"]} for s in have],
+                                    ref, n_boot)[variant, "none"]
+            rows[variant] = {"seeds": have, "hv_diff": hv, "single_value": single_value(seeds, have, variant, n_boot),
+                             "hv_test": {s: fronts[s][variant].hv_with(ref) for s in have},
+                             "cka": {s: (seeds[s][variant].get("interference") or {}).get("cka") for s in have}}
+        none = {s: {"hv_test": fronts[s]["none"].hv_with(ref),
+                    "cka": (seeds[s]["none"].get("interference") or {}).get("cka")} for s in seeds if "none" in seeds[s]}
+        out[setting] = {"reference_point": ref, "none": none, "variants": rows}
+    return out
+
+
+def single_value(seeds: dict, have: list[int], variant: str, n_boot: int) -> dict | None:
+    """The second value's own score at ω = e_2, variant − plain DPO vector, paired over val prompts, pooled."""
+    diffs, reps = [], []
+    for s in have:
+        value = seeds[s]["none"]["values"][1]
+        a, b = unit_point(seeds[s][variant], value), unit_point(seeds[s]["none"], value)
+        if a is None or b is None:
+            continue
+        d = np.asarray(a["scores"][value]) - np.asarray(b["scores"][value])
+        idx = np.random.default_rng(s).integers(0, len(d), (n_boot, len(d)))
+        diffs.append(float(d.mean()))
+        reps.append(d[idx].mean(axis=1))
+    if not diffs:
+        return None
+    return {**difference_from_replicates(float(np.mean(diffs)), np.mean(reps, axis=0)), "per_seed": diffs}
+
+
+def _iv(d: dict | None, digits: int = 3) -> str:
+    if d is None:
+        return "—"
+    lo, hi = d["ci95"]
+    return f"{d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def markdown(results: dict, analysis: dict) -> str:
+    lines = ["# Decorrelation study (issue 36)", "",
+             f"Settings: `{json.dumps(results['budget'])}`; written by `bench/decorrelation_study.py` (its docstring "
+             "says how each number is estimated).", ""]
+    for setting, a in analysis.items():
+        plain = ", ".join(f"{s}: {v['hv_test']:.4f}" for s, v in a["none"].items())
+        lines += [f"## {setting}", "", f"One reference point: {[round(x, 4) for x in a['reference_point']]}. "
+                  f"No decorrelation (`none`): HV test per seed {plain}.", "",
+                  "| penalty | α | seeds | HV(variant) − HV(none) [95%] | detectable | verdict | "
+                  "single value: own score at ω = e₂, − plain DPO [95%] | CKA(ΔW₁, ΔW₂) per seed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for kind in KINDS:
+            for alpha in ALPHAS:
+                r = a["variants"].get(variant_name(kind, alpha))
+                if r is None:
+                    lines.append(f"| {kind} | {alpha:g} | 0 | not run | | | | |")
+                    continue
+                hv = r["hv_diff"]
+                verdict = hv["verdict"] if len(r["seeds"]) > 1 else f"{hv['verdict']} (1 seed: prompts only)"
+                cka = ", ".join(f"{c:.3f}" if c is not None else "—" for c in r["cka"].values())
+                lines.append(f"| {kind} | {alpha:g} | {len(r['seeds'])} | {_iv(hv, 4)} | {hv['detectable']:.4f} | "
+                             f"{verdict} | {_iv(r['single_value'])} | {cka} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(analysis: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(analysis), figsize=(5.5 * len(analysis), 4), squeeze=False)
+    for ax, (setting, a) in zip(axes[0], analysis.items()):
+        for i, kind in enumerate(KINDS):
+            xs, ys, lo, hi = [], [], [], []
+            for alpha in ALPHAS:
+                r = a["variants"].get(variant_name(kind, alpha))
+                if r is not None:
+                    xs.append(alpha * (1.12 ** (i - 1)))
+                    ys.append(r["hv_diff"]["mean"])
+                    lo.append(r["hv_diff"]["mean"] - r["hv_diff"]["ci95"][0])
+                    hi.append(r["hv_diff"]["ci95"][1] - r["hv_diff"]["mean"])
+            if xs:
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=kind)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("α")
+        ax.set_ylabel("HV(variant) − HV(no decorrelation), test")
+        ax.set_title(setting)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def report() -> str:
+    results = json.loads(OUT.read_text())
+    analysis = analyse(results)
+    results["analysis"] = analysis
+    OUT.write_text(json.dumps(results, indent=1, default=str))
+    md = markdown(results, analysis)
+    OUT.with_suffix(".md").write_text(md)
+    figure(analysis, OUT.with_suffix(".png"))
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--settings", nargs="+", default=["tqa", "builtin"], choices=["tqa", "builtin", "hh"])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--max-minutes", type=float, default=None, help="start no new cell after this long")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS, help="default: all, none first")
+    r.add_argument("--quick", action="store_true", help="smoke run: 1 step, 3 prompts (decorrelation-study-quick.json)")
+    sub.add_parser("report").add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        global OUT, RUNS, MODE
+        OUT, RUNS, MODE = OUT.with_name("decorrelation-study-quick.json"), RUNS.with_name("bench-decorrelation-quick"), "quick"
+    if args.cmd == "run":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run(args.settings, args.seeds, args.max_minutes, [v for v in VARIANTS if v in args.variants])
+    else:
+        print(report())
+
+
+if __name__ == "__main__":
+    main()
