@@ -18,7 +18,7 @@ LAYERS = [
     {"data", "data.builtin", "data.generic", "data.hh_rlhf", "data.pku", "data.readers", "data.truthfulqa", "models",
      "lora", "rundir", "front", "frontparts", "hvstats", "rewards.base", "search", "bo", "train", "train.dpo"},
     # 2: what the methods and the sweep are built from
-    {"candidates", "generate", "mixed", "combine", "train.tokenize", "train.logprobs", "train.losses",
+    {"candidates", "generate", "mixed", "fusion", "combine", "train.tokenize", "train.logprobs", "train.losses",
      "train.decorrelation", "train.trainer", "rewards", "rewards.bt_head", "rewards.hf", "rewards.rate",
      "rewards.detectors", "track"},
     # 3: training jobs, consistency, the sweep engine and racing, measures of the model itself

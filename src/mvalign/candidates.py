@@ -5,7 +5,9 @@ A `Candidate` is one model to evaluate, built whole by its method:
             RiC, the values a seqt stage has seen;
   adapters  the adapter weights that realise it ({name: weight}, names not given get 0; {} is the base model);
   prompt    for methods that steer by prompt (RiC), a transform applied to every prompt before generation (the
-            judges still score the response against the original prompt).
+            judges still score the response against the original prompt);
+  fused     decode-time fusion (`mvalign.fusion`, the `mod` methods): not the merged model but the value models
+            π_k = W0 + ΔW_k read together, next-token logits Σ ω_k logits_k.
 A `CandidateSource` yields the candidates, given a way to evaluate some: a fixed list ignores it, the adaptive
 search (`mvalign.search`) spends a budget choosing where to look next. Every evaluation goes through the store,
 so asking for a candidate twice costs nothing.
@@ -37,11 +39,17 @@ class Candidate:
     label: Mapping[str, float]
     adapters: Mapping[str, float]
     prompt: PromptTransform | None = None
+    fused: bool = False
 
     @classmethod
     def combination(cls, omega: Mapping[str, float]) -> Candidate:
         """W0 + Σ ω_k ΔW_k, reported as ω."""
         return cls(dict(omega), dict(omega))
+
+    @classmethod
+    def fusion(cls, omega: Mapping[str, float]) -> Candidate:
+        """The value models fused at decoding time with weights ω (Σ ω_k logits_k), reported as ω."""
+        return cls(dict(omega), dict(omega), fused=True)
 
 
 def grid_points(values: Sequence[str], grid: Sequence[float]) -> list[dict[str, float]]:
@@ -130,6 +138,23 @@ class BayesCandidates:
         return [Candidate.combination(w) for w, _ in found]
 
 
+@dataclass
+class DecodingFusion:
+    """Another source's weight combinations, each read as a decode-time fusion at the same ω (`mvalign.fusion`):
+    what the inner source evaluates and returns are the fused candidates."""
+
+    inner: CandidateSource
+
+    def run(self, evaluate: Evaluate) -> list[Candidate]:
+        return [as_fusion(c) for c in self.inner.run(lambda cs: evaluate([as_fusion(c) for c in cs]))]
+
+
+def as_fusion(c: Candidate) -> Candidate:
+    if c.prompt is not None:
+        raise ValueError("a prompt-steered candidate cannot be a decode-time fusion")
+    return Candidate.fusion(c.adapters) if not c.fused else c
+
+
 def standard_error(rec, value: str) -> float:
     """s/√n of a point's per-prompt scores for `value` (from its 95% interval's width when scores are missing)."""
     scores = rec.scores.get(value) or []
@@ -150,6 +175,12 @@ class Candidates:
     source: CandidateSource
     label: str
     """How the candidates were chosen, for the front's settings (e.g. 'simplex', 'grid', 'per-weight models')."""
+    fused: bool = False
+    """Its points are decode-time fusions of the value models (`Candidate.fusion`), not merged models."""
+
+    def candidate(self, omega: Mapping[str, float]) -> Candidate:
+        """The plan's candidate at ω (a refinement's new point): a weight combination, or a fusion."""
+        return Candidate.fusion(omega) if self.fused else Candidate.combination(omega)
 
     @property
     def refs(self) -> list[AdapterRef]:

@@ -170,7 +170,8 @@ def pick(
         if not answer["exportable"]:
             from .config import ConfigError
 
-            raise ConfigError(f"--export: {answer['method']}'s models are not weight combinations of value vectors")
+            raise ConfigError(f"--export: {answer['method']}'s models are not weight combinations of value vectors "
+                              "(per-weight models, stages, prompt steering or decode-time fusion)")
         answer["export"] = str(combine_run(run, answer["weights"], export, "exact", answer["vectors"], fmt, overwrite,
                                            _command(ctx), hub))
     if preset is not None and answer["feasible"] and answer["exportable"]:

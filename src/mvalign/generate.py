@@ -44,12 +44,13 @@ def format_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], 
 @torch.no_grad()
 def generate_texts(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], settings: GenerationSettings,
-    chat: bool, batch_size: int | None = None,
+    chat: bool, batch_size: int | None = None, logits_processor=None,
 ) -> list[str]:
     """One response per formatted prompt (`chat`: formatted by the chat template, which brings its own special
     tokens): left-padded into batches (`batch_size`, default settings.batch_size), `model.generate` with its KV
     cache (greedy unless do_sample), new tokens decoded without special tokens. Sampling is seeded per batch, so a
-    point's responses do not depend on what ran before it."""
+    point's responses do not depend on what ran before it. `logits_processor` (a `LogitsProcessorList`) goes to
+    `generate` as it is (`mvalign.fusion`)."""
     size = batch_size or settings.batch_size
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -63,6 +64,8 @@ def generate_texts(
                               truncation=True, max_length=settings.max_prompt_length, add_special_tokens=not chat)
             batch = {k: v.to(device) for k, v in batch.items()}
             kwargs = {"do_sample": settings.do_sample}
+            if logits_processor is not None:
+                kwargs["logits_processor"] = logits_processor
             if settings.do_sample:
                 torch.manual_seed(settings.seed + start)
                 kwargs.update(temperature=settings.temperature, top_p=settings.top_p)

@@ -11,7 +11,8 @@ the answer tokenised on its own as " {a}" and appended to x's tokens. Per questi
 questions are split into val / test by the run's split hash of the question text (`data.split_of`, the split the
 truthfulqa preference data uses, so a question trained on is never a val / test question), the first `questions`
 of each in file order. At ω the log-likelihoods come from the mixed-ω hooks (`mvalign.mixed`: every row at ω, W0
-unchanged) when the evaluator has them, else from the model merged in place; both equal the merged model's.
+unchanged) when the evaluator has them, else from the model merged in place; both equal the merged model's. For a
+decode-time fusion (`mod`) they are the fused policy's (`mvalign.fusion`).
 Forward passes only: no generation, no judge.
 """
 
@@ -139,14 +140,21 @@ class LikelihoodAudits:
             raise ConfigError(f"{folder}: no TruthfulQA question falls in split {empty}; enlarge split.val / split.test")
         return cls(audits, per, f"truthfulqa-mc:{n}:{cfg.split.seed}")
 
-    def scores(self, model, tokenizer, split: str, mixed=None, weights=None) -> dict[str, list[float]]:
+    def scores(self, model, tokenizer, split: str, mixed=None, weights=None, fused: bool = False) -> dict[str, list[float]]:
+        """Per-question MC1 / MC2 per audit key, at ω = `weights` (`fused`: under the decode-time fusion of the value
+        models at ω, `mvalign.fusion.fused_log_likelihoods`; needs `mixed`)."""
         qs = self.questions[split]
         if split not in self._ids:
             self._ids[split] = [answer_ids(tokenizer, q) for q in qs]
         items = self._ids[split]
         flat = [(ids, n) for per in items for _, ids, n in per]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad)
+        if fused:
+            from .fusion import fused_log_likelihoods
+
+            ll = fused_log_likelihoods(model, flat, mixed, weights, pad_id=pad).numpy()
+        else:
+            ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad)
         mc, k = [], 0
         for q, per in zip(qs, items):
             mc.append(mc_from_loglik(q, {a: float(ll[k + j]) for j, (a, _, _) in enumerate(per)}))

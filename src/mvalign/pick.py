@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .candidates import Candidate
 from .config import ConfigError
 from .rundir import RunDir
 
@@ -125,7 +124,7 @@ def refine(ev, target: Target, start: dict[str, float], base_val: dict[str, floa
         if not moves:
             delta /= 2
             continue
-        recs = ev.points([Candidate.combination(w) for w in moves], "val")
+        recs = ev.points([ev.plan.candidate(w) for w in moves], "val")
         spent += len(moves)
         known += [(w, rec.rewards) for w, rec in zip(moves, recs)]
         sp = spreads([r for _, r in known], values)
@@ -186,7 +185,7 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
         if cand is None:
             if m.kind != "value-vectors":
                 raise ConfigError(f"{method}: point {label} is not one of its candidates")
-            cand = Candidate.combination(label)
+            cand = ev.plan.candidate(label)
         rec, base = ev.points([cand], "test")[0], ev.base("test")
         ev.reset()
         prob = paired_probability(target, ev.scores(rec, "test"), ev.scores(base, "test"), cfg.sweep.bootstrap,
@@ -197,7 +196,7 @@ def pick_run(run_dir, maximize: str | None = None, require: Sequence[str] = (), 
         return {"feasible": all(x <= 0 for x in misses.values()) and not held, "method": method,
                 "vectors": ev.plan.vectors, "disputed": disputed, "allow_disputed": allow_disputed,
                 "blocked_by_dispute": held,
-                "weights": label, "exportable": m.kind == "value-vectors", "objective": target.maximize or target.weights,
+                "weights": label, "exportable": m.exportable, "objective": target.maximize or target.weights,
                 "constraints": [str(c) for c in target.constraints], "val": {"rewards": val_r, "base": base_val},
                 "test": {"rewards": rec.rewards, "ci95": rec.ci95, "base": base.rewards, "base_ci95": base.ci95,
                          "prompts": rec.n_prompts},

@@ -173,9 +173,10 @@ def load_server(run_dir, method: str = "mva", rows_per_pass: int = 16, max_waiti
     run = RunDir(run_dir)
     cfg = run.load_config()
     m = get_method(method)
-    if m.kind != "value-vectors":
+    if not m.exportable:
         raise ConfigError(f"--method {method}: its models are not weight combinations of value vectors (serve one "
-                          "of: the methods `mvalign methods` lists as value-vectors)")
+                          "of: the methods `mvalign methods` lists as value-vectors, other than the decode-time "
+                          "fusions mod / mod-mva)")
     plan = m.plan(cfg, run)
     missing = [str(run.adapter(r)) for r in plan.refs if not run.adapter(r).is_dir()]
     if missing:

@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 
 from .candidates import Candidate
 from .combine import SAFE_OMEGA, CombinedModel
+from .config import ConfigError
 from .data.pairs import Prompt
 from .faults import reached
+from .fusion import generate_fused
 from .generate import GenerationSettings, format_texts, generate_responses
 from .mixed import MixedLoRA, generate_mixed
 from .models import has_chat_template
@@ -44,10 +46,12 @@ def settings_key(prompts: Sequence[Prompt], generation: GenerationSettings, rewa
 
 
 def point_key(settings: str, candidate: Candidate) -> str:
-    """The stored point's settings key: the sweep's, extended by the candidate's prompt transform when it has one."""
-    if candidate.prompt is None:
+    """The stored point's settings key: the sweep's, extended by the candidate's prompt transform when it has one and
+    by 'fused' for a decode-time fusion (the same ω as a weight combination of the same vectors, another model)."""
+    extra = "|".join(x for x in (candidate.prompt.key if candidate.prompt else "", "fused" if candidate.fused else "") if x)
+    if not extra:
         return settings
-    return hashlib.sha256(f"{settings}|{candidate.prompt.key}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{settings}|{extra}".encode()).hexdigest()[:24]
 
 
 def point_stats(scores: Mapping[str, Sequence[float]], bootstrap: int, seed: int) -> tuple[dict, dict]:
@@ -99,8 +103,9 @@ class SweepContext:
 
 @dataclass
 class Task:
-    """One unit of generation: a group of candidates generated together with mixed-ω rows (`mixed`), or one candidate
-    alone on the model moved in place to its weights. `items` are (position, candidate) pairs."""
+    """One unit of generation: a group of candidates generated together with mixed-ω rows (`mixed`; decode-time
+    fusions are grouped apart from weight combinations), or one candidate alone on the model moved in place to its
+    weights. `items` are (position, candidate) pairs."""
 
     items: list[tuple[int, Candidate]]
     mixed: bool
@@ -127,7 +132,8 @@ def run_task(combined: CombinedModel, passes: Passes | None, tokenizer, task: Ta
         texts = [format_texts(tokenizer, prompts if c.prompt is None else [c.prompt.apply(p) for p in prompts], chat)
                  for _, c in task.items]
         rows = [[float(c.adapters.get(n, 0.0)) for n in combined.names] for _, c in task.items]
-        responses = generate_mixed(passes.mixed, tokenizer, rows, texts, generation, passes.rows, chat)
+        run = generate_fused if task.items[0][1].fused else generate_mixed
+        responses = run(passes.mixed, tokenizer, rows, texts, generation, passes.rows, chat)
         return Generated(task, responses, [True] * len(rows), (time.perf_counter() - t0) / len(rows))
     (_, cand), = task.items
     combined.set_weights({n: float(cand.adapters.get(n, 0.0)) for n in combined.names})
@@ -194,11 +200,17 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
             todo.append((i, cand))
             pkeys[i] = (w, pkey)
     fast = passes is not None and not generation.do_sample
+    if not fast and any(c.fused for _, c in todo):
+        raise ConfigError(f"{method}: decode-time fusion reads the value models as mixed-ω rows; set sweep.mixed_batching: "
+                          "true, sweep.combination: exact and sweep.do_sample: false")
     batched = [t for t in todo if fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
-    mixed_ids = {i for i, _ in batched}
+    fused = [t for t in todo if t[1].fused]  # each row of a fusion is at ω = e_k, whatever the point's scale
+    mixed_ids = {i for i, _ in batched + fused}
+    batched = [t for t in batched if not t[1].fused]
     alone = [t for t in todo if t[0] not in mixed_ids]
     step = passes.points if passes else 1
-    tasks = [Task(batched[a : a + step], True) for a in range(0, len(batched), step)] + [Task([t], False) for t in alone]
+    tasks = [Task(group[a : a + step], True) for group in (batched, fused) for a in range(0, len(group), step)]
+    tasks += [Task([t], False) for t in alone]
     backend = ctx.backend or LocalBackend(combined, tokenizer, passes)
     with tqdm(total=len(candidates), initial=len(found), desc=f"sweep {method}/{split}", disable=not progress,
               dynamic_ncols=True) as bar:
@@ -239,13 +251,14 @@ def add_likelihood(ctx: SweepContext, combined: CombinedModel, tokenizer, candid
         if rec.flag or cand.prompt is not None or set(lk.audits) <= set(rec.scores):
             continue
         w = [float(cand.adapters.get(n, 0.0)) for n in combined.names]
-        mixed = ctx.passes.mixed if ctx.passes is not None and max(map(abs, w), default=0.0) <= SAFE_OMEGA else None
+        mixed = ctx.passes.mixed if ctx.passes is not None and (
+            cand.fused or max(map(abs, w), default=0.0) <= SAFE_OMEGA) else None
         if mixed is not None:
             if any(combined.current):
                 combined.reset()
         else:
             combined.set_weights(w)
-        new = lk.scores(combined.model, tokenizer, split, mixed, w)
+        new = lk.scores(combined.model, tokenizer, split, mixed, w, fused=cand.fused)
         means, ci = point_stats(new, ctx.bootstrap, ctx.generation.seed)
         rec.scores, rec.rewards, rec.ci95 = {**rec.scores, **new}, {**rec.rewards, **means}, {**rec.ci95, **ci}
         ctx.store.put_point(rec)

@@ -53,6 +53,14 @@ class Method:
     and `candidates`; changing it is refused once the run dir holds this method's artifacts."""
     block: str | None = None
     """Whose block it reads when another method's (a family sharing settings: mva-orth reads methods.mva)."""
+    fused: bool = False
+    """Its points are decode-time fusions of the value vectors (`mvalign.fusion`): n models read together, so no
+    point is one set of weights to export or serve."""
+
+    @property
+    def exportable(self) -> bool:
+        """Whether each of its points is one model W0 + Σ ω_k ΔW_k (what export, serve and presets need)."""
+        return self.kind == "value-vectors" and not self.fused
 
     @property
     def source(self) -> str:

@@ -7,7 +7,7 @@ from importlib import import_module
 
 from .base import Method
 
-MODULES = ("dpo", "mva", "vcsoup", "seqt", "lw", "modpo", "ric")
+MODULES = ("dpo", "mva", "vcsoup", "seqt", "lw", "modpo", "ric", "mod")
 
 
 def _collect() -> dict[str, Method]:

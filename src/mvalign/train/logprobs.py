@@ -44,8 +44,26 @@ def sequence_logprobs(
     Only positions that predict a response token go through the LM head (the prompt's logits are never formed),
     and each token's log-prob is computed as logit[token] − logsumexp(logits) in float32.
     """
+    return logprobs_from_logits(response_logits(model, input_ids, attention_mask, response_mask), input_ids,
+                                response_mask)
+
+
+def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Σ over each row's response tokens of logit[token] − logsumexp(logits), from `response_logits`' rows."""
     target = response_mask[:, 1:].bool()
     labels = input_ids[:, 1:][target]
+    logits = logits.float()
+    token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target)[target]
+    return torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=torch.float32).index_add_(0, rows, token_logps)
+
+
+def response_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """The logits at the positions that predict a response token (t − 1 for each response token t), row-major:
+    (number of response tokens) × vocabulary."""
+    target = response_mask[:, 1:].bool()
     parts = _backbone_and_head(model)
     if parts is None:  # the full forward (e.g. through DDP's wrapper), from the first response position on
         inner = getattr(model, "module", model)
@@ -59,10 +77,7 @@ def sequence_logprobs(
         body, head = parts
         hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = head(hidden[:, :-1][target])
-    logits = logits.float()
-    token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target)[target]
-    return torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=torch.float32).index_add_(0, rows, token_logps)
+    return logits
 
 
 def pair_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
