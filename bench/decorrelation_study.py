@@ -26,25 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.quality.quality_table import cell_front
-from bench.quality.quality_v2 import unit_point
-from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, save
+from bench.quality.quality_v2 import single_value_generations
+from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, open_results, save, todo_cells
 from mvalign.config import RunConfig
 from mvalign.evaluate import evaluate_method
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import train_method
 from mvalign.rewards import load_reward_models
-from mvalign.rundir import package_versions
-from mvalign.stats import difference_from_replicates
 
 OUT = ROOT / "bench" / "results" / "decorrelation-study.json"
 RUNS = ROOT / "runs" / "bench-decorrelation"
@@ -90,35 +86,24 @@ def start_from_none(setting: str, seed: int, variant: str) -> None:
 def run(settings: list[str], seeds: list[int], max_minutes: float | None, variants: list[str]) -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {"cells": {}}
-    results.update({"budget": {**BUDGET[MODE], "grid": [0.0, 0.5, 1.0], "kinds": KINDS, "alphas": ALPHAS,
-                               "model": "smollm2-135m-instruct (embedded)"},
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "torch_threads": torch.get_num_threads()},
-                    "versions": package_versions()})
-    t0 = time.perf_counter()
-    for setting in settings:
-        judges = None
-        for seed in seeds:
-            for variant in variants:
-                key = f"{setting}/{seed}/{variant}"
-                if key in results["cells"]:
-                    continue
-                if max_minutes is not None and (time.perf_counter() - t0) / 60 > max_minutes:
-                    print(f"stopping: {max_minutes} minutes reached; re-run to continue", flush=True)
-                    return
-                t = time.perf_counter()
-                if variant != "none":
-                    start_from_none(setting, seed, variant)
-                cfg = variant_config(setting, seed, variant)
-                judges = judges or load_reward_models(cfg)
-                method = "mva-nohsic" if variant == "none" else "mva"
-                train_method(cfg, method)
-                front = evaluate_method(cfg, method, primary=False, rewards=judges)
-                results["cells"][key] = {**cell_record(cfg, method, front, time.perf_counter() - t), "variant": variant}
-                results = save(results, OUT, key)
-                print(json.dumps({"cell": key, "hv_test_own_ref": front.hypervolume.test,
-                                  "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+    results = open_results(OUT, {**BUDGET[MODE], "grid": [0.0, 0.5, 1.0], "kinds": KINDS, "alphas": ALPHAS,
+                                 "model": "smollm2-135m-instruct (embedded)"})
+    judges = {}
+    keys = [f"{setting}/{seed}/{variant}" for setting in settings for seed in seeds for variant in variants]
+    for key in todo_cells(results, keys, max_minutes):
+        setting, seed, variant = key.split("/")
+        t = time.perf_counter()
+        if variant != "none":
+            start_from_none(setting, int(seed), variant)
+        cfg = variant_config(setting, int(seed), variant)
+        judges[setting] = judges.get(setting) or load_reward_models(cfg)
+        method = "mva-nohsic" if variant == "none" else "mva"
+        train_method(cfg, method)
+        front = evaluate_method(cfg, method, primary=False, rewards=judges[setting])
+        results["cells"][key] = {**cell_record(cfg, method, front, time.perf_counter() - t), "variant": variant}
+        results = save(results, OUT, key)
+        print(json.dumps({"cell": key, "hv_test_own_ref": front.hypervolume.test,
+                          "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 
 def analyse(results: dict, n_boot: int = 1000) -> dict:
@@ -149,20 +134,9 @@ def analyse(results: dict, n_boot: int = 1000) -> dict:
 
 
 def single_value(seeds: dict, have: list[int], variant: str, n_boot: int) -> dict | None:
-    """The second value's own score at ω = e_2, variant − plain DPO vector, paired over val prompts, pooled."""
-    diffs, reps = [], []
-    for s in have:
-        value = seeds[s]["none"]["values"][1]
-        a, b = unit_point(seeds[s][variant], value), unit_point(seeds[s]["none"], value)
-        if a is None or b is None:
-            continue
-        d = np.asarray(a["scores"][value]) - np.asarray(b["scores"][value])
-        idx = np.random.default_rng(s).integers(0, len(d), (n_boot, len(d)))
-        diffs.append(float(d.mean()))
-        reps.append(d[idx].mean(axis=1))
-    if not diffs:
-        return None
-    return {**difference_from_replicates(float(np.mean(diffs)), np.mean(reps, axis=0)), "per_seed": diffs}
+    """The second value's own score at ω = e_2, variant − plain DPO vector, paired over val prompts, pooled (v2's
+    single-value claim with the variant as mva and `none` as dpo)."""
+    return single_value_generations({s: {"mva": seeds[s][variant], "dpo": seeds[s]["none"]} for s in have}, n_boot)
 
 
 def _iv(d: dict | None, digits: int = 3) -> str:

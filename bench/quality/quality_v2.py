@@ -174,6 +174,22 @@ def _row(label: str, d: dict | None, meaning: str, digits: int = 3, want: str = 
     return (f"| {label} | {d['mean']:+.{digits}f} {ci} | {_agree(d)} | {det} | {v} | {_budget(d, v)} | {meaning} |", v)
 
 
+def claim_rows(seeds: dict[int, dict[str, dict]], ref) -> list[tuple[str, dict | None, str, int, str]]:
+    """(label, estimate, what a positive value means, digits, the claimed direction) of each of the 15 claims."""
+    hv = pooled_hv(seeds, ref)
+    rows = [(label, hv.get((a, b)), meaning, 4, "positive") for label, a, b, meaning in hv_claims()]
+    later = next(iter(next(iter(seeds.values())).values()))["values"][1]
+    return rows + [
+        ("interference: CKA(mva vectors) − CKA(dpo vectors)",
+         per_seed_t(seeds, lambda c: c["interference"]["cka"] if c.get("interference") else float("nan")),
+         "more interference (claim: negative)", 4, "negative"),
+        ("single value, held-out pairs: accuracy of the later vector, mva − dpo",
+         per_seed_t(seeds, lambda c, k=later: c["vectors"].get(k, {}).get("val_accuracy", float("nan")), 1.0),
+         f"the {later} vector's pair accuracy (claim: not hurt)", 3, "not-negative"),
+        ("single value, generations: own-value score at ω = e_k, mva − dpo", single_value_generations(seeds),
+         f"the {later} vector alone raises {later} more (claim: not hurt)", 3, "not-negative")]
+
+
 def markdown(results: dict) -> str:
     settings = by_setting(results.get("cells", {}))
     lines = ["# Quality benchmark v2", "", f"Budget and settings: `{json.dumps(results.get('budget', {}))}`", "",
@@ -212,22 +228,8 @@ def markdown(results: dict) -> str:
                       f"{s['test_prompts']} test prompts in its split (see SPLITS in run.py)."]
         lines += ["", "| claim | estimate [95%] | seeds agreeing | detectable | verdict | prompts × to answer | positive "
                   "means |", "|---|---|---|---|---|---|---|"]
-        hv = pooled_hv(seeds, ref)
         verdicts = []
-        for label, a, b, meaning in hv_claims():
-            row, v = _row(label, hv.get((a, b)), meaning, 4)
-            lines.append(row)
-            verdicts.append(v)
-        later = values[1]
-        for label, d, meaning, digits, want in (
-                ("interference: CKA(mva vectors) − CKA(dpo vectors)",
-                 per_seed_t(seeds, lambda c: c["interference"]["cka"] if c.get("interference") else float("nan")),
-                 "more interference (claim: negative)", 4, "negative"),
-                ("single value, held-out pairs: accuracy of the later vector, mva − dpo",
-                 per_seed_t(seeds, lambda c, k=later: c["vectors"].get(k, {}).get("val_accuracy", float("nan")), 1.0),
-                 f"the {later} vector's pair accuracy (claim: not hurt)", 3, "not-negative"),
-                ("single value, generations: own-value score at ω = e_k, mva − dpo", single_value_generations(seeds),
-                 f"the {later} vector alone raises {later} more (claim: not hurt)", 3, "not-negative")):
+        for label, d, meaning, digits, want in claim_rows(seeds, ref):
             row, v = _row(label, d, meaning, digits, want)
             lines.append(row)
             verdicts.append(v)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.quality.quality_table import cell_front, judges_line
-from bench.quality.quality_v2 import ANSWERED, _row, by_setting, hv_claims, per_seed_t, pooled_hv, single_value_generations
+from bench.quality.quality_v2 import ANSWERED, _row, by_setting
+from bench.quality.quality_v2 import claim_rows as claim_rows_v2
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.pareto import hypervolume, non_dominated
 from mvalign.stats import json_key
@@ -90,18 +91,7 @@ def claim_rows(seeds: dict, new: bool = False) -> list[tuple[str, dict | None, s
             per = [{m: cell_front(f[m]) for m in (a, b)} for _, f in sorted(seeds.items()) if a in f and b in f]
             out.append((label, pooled_differences(per, ref)[a, b] if per else None, meaning, 4, "positive"))
         return out
-    hv = pooled_hv(seeds, ref)
-    rows = [(label, hv.get((a, b)), meaning, 4, "positive") for label, a, b, meaning in hv_claims()]
-    later = next(iter(next(iter(seeds.values())).values()))["values"][1]
-    rows += [("interference: CKA(mva vectors) − CKA(dpo vectors)",
-              per_seed_t(seeds, lambda c: c["interference"]["cka"] if c.get("interference") else float("nan")),
-              "more interference (claim: negative)", 4, "negative"),
-             ("single value, held-out pairs: accuracy of the later vector, mva − dpo",
-              per_seed_t(seeds, lambda c, k=later: c["vectors"].get(k, {}).get("val_accuracy", float("nan")), 1.0),
-              f"the {later} vector's pair accuracy (claim: not hurt)", 3, "not-negative"),
-             ("single value, generations: own-value score at ω = e_k, mva − dpo", single_value_generations(seeds),
-              f"the {later} vector alone raises {later} more (claim: not hurt)", 3, "not-negative")]
-    return rows
+    return claim_rows_v2(seeds, ref)
 
 
 def combine(verdicts: list[str]) -> str:

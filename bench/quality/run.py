@@ -188,6 +188,26 @@ def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
     return merged
 
 
+def open_results(path: Path, budget: dict) -> dict:
+    """The results file's cells (empty when new) with this run's budget, machine and versions recorded."""
+    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    return results | {"budget": budget, "versions": package_versions(),
+                      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                  "torch_threads": torch.get_num_threads()}}
+
+
+def todo_cells(results: dict, keys, max_minutes: float | None):
+    """The keys without a stored cell, in order; stops (saying so) once `max_minutes` have passed since the call."""
+    t0 = time.perf_counter()
+    for key in keys:
+        if key in results["cells"]:
+            continue
+        if max_minutes is not None and (time.perf_counter() - t0) / 60 > max_minutes:
+            print(f"stopping: {max_minutes} minutes reached; re-run to continue", flush=True)
+            return
+        yield key
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")

@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, save
+from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, open_results, save, todo_cells
 from mvalign.config import RunConfig
 from mvalign.data import value_splits
 from mvalign.evaluate import evaluate_method, evaluator
@@ -42,7 +41,6 @@ from mvalign.methods import method_names, train_method
 from mvalign.pareto import non_dominated
 from mvalign.rewards import audit_key, load_reward_models
 from mvalign.rewards.base import prompt_text
-from mvalign.rundir import package_versions
 from mvalign.stats import json_key
 
 RESULTS = ROOT / "bench" / "results"
@@ -121,38 +119,27 @@ def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, ma
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
     out, _ = paths(mode)
-    results = json.loads(out.read_text()) if out.is_file() else {"cells": {}}
-    results.update({"budget": {**MODES[mode], "mode": mode, "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25,
-                               "model": "smollm2-135m-instruct (embedded)"},
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "torch_threads": torch.get_num_threads()},
-                    "versions": package_versions()})
-    t0 = time.perf_counter()
-    for setting in settings:
-        judges = None
-        for seed in seeds:
-            for method in methods:
-                key = f"{setting}/{seed}/{method}"
-                if key in results["cells"]:
-                    continue
-                if max_minutes is not None and (time.perf_counter() - t0) / 60 > max_minutes:
-                    print(f"stopping: {max_minutes} minutes reached; re-run to continue", flush=True)
-                    return
-                t = time.perf_counter()
-                cfg = v3_config(setting, seed, mode)
-                judges = judges or load_reward_models(cfg)
-                results.setdefault("judges", {})[setting] = {
-                    v.name: {k: json.loads((Path(v.reward.path) / "head.json").read_text()).get(k)
-                             for k in ("val_accuracy", "val_pairs", "train_pairs")} for v in cfg.values}
-                train_method(cfg, method)
-                front = evaluate_method(cfg, method, primary=False, rewards=judges)
-                cell = cell_record(cfg, method, front, 0.0)
-                cell |= {"test_all": test_all(cfg, method, judges), "measures": measure_maps(cfg),
-                         "cell_wall_seconds": time.perf_counter() - t}
-                results["cells"][key] = cell
-                results = save(results, out, key)
-                print(json.dumps({"cell": key, "hv_own_ref": front.hypervolume.test,
-                                  "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+    results = open_results(out, {**MODES[mode], "mode": mode, "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25,
+                                 "model": "smollm2-135m-instruct (embedded)"})
+    judges = {}
+    keys = [f"{setting}/{seed}/{method}" for setting in settings for seed in seeds for method in methods]
+    for key in todo_cells(results, keys, max_minutes):
+        setting, seed, method = key.split("/")
+        t = time.perf_counter()
+        cfg = v3_config(setting, int(seed), mode)
+        judges[setting] = judges.get(setting) or load_reward_models(cfg)
+        results.setdefault("judges", {})[setting] = {
+            v.name: {k: json.loads((Path(v.reward.path) / "head.json").read_text()).get(k)
+                     for k in ("val_accuracy", "val_pairs", "train_pairs")} for v in cfg.values}
+        train_method(cfg, method)
+        front = evaluate_method(cfg, method, primary=False, rewards=judges[setting])
+        cell = cell_record(cfg, method, front, 0.0)
+        cell |= {"test_all": test_all(cfg, method, judges[setting]), "measures": measure_maps(cfg),
+                 "cell_wall_seconds": time.perf_counter() - t}
+        results["cells"][key] = cell
+        results = save(results, out, key)
+        print(json.dumps({"cell": key, "hv_own_ref": front.hypervolume.test,
+                          "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 
 def main() -> None:

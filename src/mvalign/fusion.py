@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from .generate import GenerationSettings, generate_texts
 from .mixed import MixedLoRA
-from .train.logprobs import logprobs_from_logits, response_logits
+from .train.logprobs import logprobs_from_logits, padded_sequences, response_logits
 
 
 class FuseLogits(LogitsProcessor):
@@ -113,14 +113,7 @@ def fused_log_likelihoods(model, seqs: Sequence[tuple[list[int], int]], mixed: M
     ks = active(omega)
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        att, resp = torch.zeros_like(ids), torch.zeros_like(ids)
-        for r, (seq, n_prompt) in enumerate(chunk):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            att[r, : len(seq)] = 1
-            resp[r, n_prompt : len(seq)] = 1
-        ids, att, resp = ids.to(device), att.to(device), resp.to(device)
+        ids, att, resp = (t.to(device) for t in padded_sequences(chunk, pad_id))
         fused = None
         for k in ks:
             with mixed.rows([[float(k == m) for m in range(len(mixed.names))]] * len(chunk)):

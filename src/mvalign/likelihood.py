@@ -28,7 +28,7 @@ import torch
 
 from .config import ConfigError
 from .data.pairs import split_of
-from .train.logprobs import sequence_logprobs
+from .train.logprobs import padded_sequences, sequence_logprobs
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,7 @@ def log_likelihoods(model, seqs: Sequence[tuple[list[int], int]], batch_size: in
     out = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        att, resp = torch.zeros_like(ids), torch.zeros_like(ids)
-        for r, (seq, n_prompt) in enumerate(chunk):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            att[r, : len(seq)] = 1
-            resp[r, n_prompt : len(seq)] = 1
-        args = (ids.to(device), att.to(device), resp.to(device))
+        args = tuple(t.to(device) for t in padded_sequences(chunk, pad_id))
         if mixed is not None:
             with mixed.rows([list(weights)] * len(chunk)):
                 out.append(sequence_logprobs(model, *args).cpu())

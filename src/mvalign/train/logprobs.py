@@ -48,6 +48,19 @@ def sequence_logprobs(
                                 response_mask)
 
 
+def padded_sequences(chunk: Sequence[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, response_mask) of (token ids, prompt length) rows, right-padded with `pad_id`:
+    the response is every token after the prompt."""
+    width = max(len(ids) for ids, _ in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    att, resp = torch.zeros_like(ids), torch.zeros_like(ids)
+    for r, (seq, n_prompt) in enumerate(chunk):
+        ids[r, : len(seq)] = torch.tensor(seq)
+        att[r, : len(seq)] = 1
+        resp[r, n_prompt : len(seq)] = 1
+    return ids, att, resp
+
+
 def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Σ over each row's response tokens of logit[token] − logsumexp(logits), from `response_logits`' rows."""
     target = response_mask[:, 1:].bool()
