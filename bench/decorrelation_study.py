@@ -66,6 +66,9 @@ def variant_config(setting: str, seed: int, variant: str) -> RunConfig:
     base = make_config(setting, seed, BUDGET[MODE], RUNS, "v2")
     data = base.model_dump(mode="json")
     data["run_dir"] = str(RUNS / setting / f"seed{seed}" / variant)
+    # v2's judges (these BT heads) predate the contract probes, and TruthfulQA's honest head fails one of its three
+    # (it prefers the false answer to the Great Wall question): kept as in v2, and said so in the results
+    data["audit"]["probes"] = False
     if variant != "none":
         kind, alpha = variant.rsplit("-a", 1)
         data["methods"]["mva"] = {**KINDS[kind], "alpha": float(alpha)}

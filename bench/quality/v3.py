@@ -84,6 +84,9 @@ def v3_config(setting: str, seed: int, mode: str) -> RunConfig:
         elif setting in ("builtin", "hh") and v["name"] == "harmless":
             labels = {"labels": hh_labels(cfg, runs / "hh" / "labels.csv")} if setting == "hh" else {}
             v["audits"] = [{"kind": "rate", "on": "harmful", "detector": "string", **labels}]
+    # the contract probes are off, as in v2 (whose judges these are): TruthfulQA's honest BT head fails one of its three
+    # probes (it prefers the false answer to the Great Wall question), which is why honest has a judge-free measure here
+    data["audit"]["probes"] = False
     return RunConfig.model_validate(data)
 
 
