@@ -109,11 +109,29 @@ def run(settings: list[str], seeds: list[int], max_minutes: float | None, varian
                           "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 
+def penalty_log(key: str, cell: dict) -> dict | None:
+    """The later vector's training log at its first and last step: DPO loss and α · penalty (from the run dir while
+    it exists; kept in the cell once read)."""
+    if "penalty_log" in cell or cell.get("variant", "none") == "none":
+        return cell.get("penalty_log")
+    setting, seed, variant = key.split("/")
+    kind, alpha = variant.rsplit("-a", 1)
+    path = RUNS / setting / f"seed{seed}" / variant / "train" / "mva" / cell["values"][1] / "log.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    total = f"{KINDS[kind]['penalty']}_total"
+    return {f"step{r['step']}": {"dpo_loss": r["dpo_loss"], "alpha_penalty": float(alpha) * r[total]}
+            for r in (rows[0], rows[-1])}
+
+
 def analyse(results: dict, n_boot: int = 1000) -> dict:
     """Per setting and variant: pooled HV(variant) − HV(none) and the single-value change, over the seeds that have
     both cells."""
     by: dict = {}
     for key, cell in results["cells"].items():
+        if penalty_log(key, cell) is not None:
+            cell["penalty_log"] = penalty_log(key, cell)
         setting, seed, variant = key.split("/")
         by.setdefault(setting, {}).setdefault(int(seed), {})[variant] = cell
     out = {}
@@ -129,17 +147,28 @@ def analyse(results: dict, n_boot: int = 1000) -> dict:
                                     ref, n_boot)[variant, "none"]
             rows[variant] = {"seeds": have, "hv_diff": hv, "single_value": single_value(seeds, have, variant, n_boot),
                              "hv_test": {s: fronts[s][variant].hv_with(ref) for s in have},
-                             "cka": {s: (seeds[s][variant].get("interference") or {}).get("cka") for s in have}}
-        none = {s: {"hv_test": fronts[s]["none"].hv_with(ref),
+                             "cka": {s: (seeds[s][variant].get("interference") or {}).get("cka") for s in have},
+                             "later_val_accuracy": {s: later_accuracy(seeds[s][variant]) for s in have},
+                             "penalty_log": {s: seeds[s][variant].get("penalty_log") for s in have}}
+        none = {s: {"hv_test": fronts[s]["none"].hv_with(ref), "later_val_accuracy": later_accuracy(seeds[s]["none"]),
                     "cka": (seeds[s]["none"].get("interference") or {}).get("cka")} for s in seeds if "none" in seeds[s]}
         out[setting] = {"reference_point": ref, "none": none, "variants": rows}
     return out
+
+
+def later_accuracy(cell: dict) -> float | None:
+    """Held-out pair accuracy of the second value's vector (its DPO val pairs)."""
+    return cell["vectors"].get(cell["values"][1], {}).get("val_accuracy")
 
 
 def single_value(seeds: dict, have: list[int], variant: str, n_boot: int) -> dict | None:
     """The second value's own score at ω = e_2, variant − plain DPO vector, paired over val prompts, pooled (v2's
     single-value claim with the variant as mva and `none` as dpo)."""
     return single_value_generations({s: {"mva": seeds[s][variant], "dpo": seeds[s]["none"]} for s in have}, n_boot)
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
 
 
 def _iv(d: dict | None, digits: int = 3) -> str:
@@ -154,23 +183,27 @@ def markdown(results: dict, analysis: dict) -> str:
              f"Settings: `{json.dumps(results['budget'])}`; written by `bench/decorrelation_study.py` (its docstring "
              "says how each number is estimated).", ""]
     for setting, a in analysis.items():
-        plain = ", ".join(f"{s}: {v['hv_test']:.4f}" for s, v in a["none"].items())
+        plain = "; ".join(f"seed {s}: HV test {v['hv_test']:.4f}, CKA {_num(v['cka'])}, later vector's held-out pair "
+                          f"accuracy {_num(v['later_val_accuracy'])}" for s, v in a["none"].items())
         lines += [f"## {setting}", "", f"One reference point: {[round(x, 4) for x in a['reference_point']]}. "
-                  f"No decorrelation (`none`): HV test per seed {plain}.", "",
+                  f"No decorrelation (`none`): {plain}.", "",
                   "| penalty | α | seeds | HV(variant) − HV(none) [95%] | detectable | verdict | "
-                  "single value: own score at ω = e₂, − plain DPO [95%] | CKA(ΔW₁, ΔW₂) per seed |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "single value: own score at ω = e₂, − plain DPO [95%] | CKA(ΔW₁, ΔW₂) | later vector's pair acc. | "
+                  "step 1 → last: α·penalty / DPO loss |", "|---|---|---|---|---|---|---|---|---|---|"]
         for kind in KINDS:
             for alpha in ALPHAS:
                 r = a["variants"].get(variant_name(kind, alpha))
                 if r is None:
-                    lines.append(f"| {kind} | {alpha:g} | 0 | not run | | | | |")
+                    lines.append(f"| {kind} | {alpha:g} | 0 | not run | | | | | | |")
                     continue
                 hv = r["hv_diff"]
                 verdict = hv["verdict"] if len(r["seeds"]) > 1 else f"{hv['verdict']} (1 seed: prompts only)"
-                cka = ", ".join(f"{c:.3f}" if c is not None else "—" for c in r["cka"].values())
+                cka = ", ".join(_num(c) for c in r["cka"].values())
+                acc = ", ".join(_num(c) for c in r["later_val_accuracy"].values())
+                logs = ", ".join(" → ".join(f"{x['alpha_penalty']:.3g} / {x['dpo_loss']:.3f}" for x in lg.values())
+                                 if lg else "—" for lg in r["penalty_log"].values())
                 lines.append(f"| {kind} | {alpha:g} | {len(r['seeds'])} | {_iv(hv, 4)} | {hv['detectable']:.4f} | "
-                             f"{verdict} | {_iv(r['single_value'])} | {cka} |")
+                             f"{verdict} | {_iv(r['single_value'])} | {cka} | {acc} | {logs} |")
         lines.append("")
     return "\n".join(lines)
 
