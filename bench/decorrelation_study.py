@@ -214,25 +214,23 @@ def figure(analysis: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(analysis), figsize=(5.5 * len(analysis), 4), squeeze=False)
-    for ax, (setting, a) in zip(axes[0], analysis.items()):
-        for i, kind in enumerate(KINDS):
-            xs, ys, lo, hi = [], [], [], []
-            for alpha in ALPHAS:
-                r = a["variants"].get(variant_name(kind, alpha))
-                if r is not None:
-                    xs.append(alpha * (1.12 ** (i - 1)))
-                    ys.append(r["hv_diff"]["mean"])
-                    lo.append(r["hv_diff"]["mean"] - r["hv_diff"]["ci95"][0])
-                    hi.append(r["hv_diff"]["ci95"][1] - r["hv_diff"]["mean"])
-            if xs:
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=kind)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("α")
-        ax.set_ylabel("HV(variant) − HV(no decorrelation), test")
-        ax.set_title(setting)
-        ax.legend(fontsize=8)
+    rows = (("hv_diff", "HV(variant) − HV(no decorrelation), test"),
+            ("single_value", "later vector alone: own score − plain DPO's"))
+    fig, axes = plt.subplots(len(rows), len(analysis), figsize=(5.5 * len(analysis), 7.5), squeeze=False)
+    for col, (setting, a) in enumerate(analysis.items()):
+        for (field, ylabel), ax in zip(rows, axes[:, col]):
+            for i, kind in enumerate(KINDS):
+                pts = [(alpha * 1.12 ** (i - 1), a["variants"][variant_name(kind, alpha)][field]) for alpha in ALPHAS
+                       if variant_name(kind, alpha) in a["variants"] and a["variants"][variant_name(kind, alpha)][field]]
+                if pts:
+                    ax.errorbar([x for x, _ in pts], [d["mean"] for _, d in pts], capsize=3, marker="o", label=kind,
+                                yerr=[[d["mean"] - d["ci95"][0] for _, d in pts], [d["ci95"][1] - d["mean"] for _, d in pts]])
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("α")
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.set_title(setting)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
