@@ -130,8 +130,9 @@ def analyse(results: dict, n_boot: int = 1000) -> dict:
     both cells."""
     by: dict = {}
     for key, cell in results["cells"].items():
-        if penalty_log(key, cell) is not None:
-            cell["penalty_log"] = penalty_log(key, cell)
+        logged = penalty_log(key, cell)
+        if logged is not None:
+            cell["penalty_log"] = logged
         setting, seed, variant = key.split("/")
         by.setdefault(setting, {}).setdefault(int(seed), {})[variant] = cell
     out = {}

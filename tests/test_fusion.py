@@ -11,8 +11,9 @@ import torch
 
 from common import TOY, expected_weights, save_random_adapter
 from mvalign.combine import load_lora_adapter
-from mvalign.fusion import FuseLogits, direction, fused_log_likelihoods, generate_fused
+from mvalign.fusion import FuseLogits, direction, generate_fused
 from mvalign.generate import GenerationSettings, format_texts
+from mvalign.likelihood import log_likelihoods
 from mvalign.mixed import MixedLoRA
 
 POINTS = [(1.0, 0.5), (0.2, 0.9), (2.0, 1.0), (1.0, -0.4), (0.0, 1.0)]  # (2, 1) is on (1, 0.5)'s ray
@@ -95,8 +96,8 @@ def test_fused_likelihood_equals_direct(tokenizer, tiny_llama, two):
         a = tokenizer(" " + pair.chosen, add_special_tokens=False)["input_ids"]
         seqs.append((p + a, len(p)))
     for omega in [(1.0, 0.5), (2.0, 1.0), (0.7, -0.3)]:  # scale matters here (a temperature), unlike greedy
-        got = fused_log_likelihoods(mixed.model, seqs, mixed, omega, batch_size=2,
-                                    pad_id=tokenizer.pad_token_id).numpy()
+        got = log_likelihoods(mixed.model, seqs, batch_size=2, mixed=mixed, weights=omega,
+                              pad_id=tokenizer.pad_token_id, fused=True)
         want = []
         for ids, n in seqs:
             with torch.no_grad():
@@ -105,8 +106,8 @@ def test_fused_likelihood_equals_direct(tokenizer, tiny_llama, two):
                 logp = torch.log_softmax(fused, dim=-1)
             want.append(sum(logp[t - 1, ids[t]].item() for t in range(n, len(ids))))
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
-    assert not np.allclose(fused_log_likelihoods(mixed.model, seqs, mixed, (1.0, 0.5)).numpy(),
-                           fused_log_likelihoods(mixed.model, seqs, mixed, (2.0, 1.0)).numpy())
+    assert not np.allclose(log_likelihoods(mixed.model, seqs, mixed=mixed, weights=(1.0, 0.5), fused=True),
+                           log_likelihoods(mixed.model, seqs, mixed=mixed, weights=(2.0, 1.0), fused=True))
 
 
 def test_mod_method_end_to_end(tmp_path, tiny_model_dir):

@@ -12,7 +12,7 @@ group's rows choose the same token and stay one sequence. Because argmax(c·z) =
 responses depend only on ω's direction: points on one ray through 0 share one generation (`generate_fused`).
 
 The likelihood of a given answer under the fused policy (the TruthfulQA multiple-choice audit) does depend on ω's
-scale: ℓ(a) = Σ_t log softmax(Σ_k ω_k logits_t(π_k))[a_t] (`fused_log_likelihoods`).
+scale: ℓ(a) = Σ_t log softmax(Σ_k ω_k logits_t(π_k))[a_t] (`fused_logprobs`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from .generate import GenerationSettings, generate_texts
 from .mixed import MixedLoRA
-from .train.logprobs import logprobs_from_logits, padded_sequences, response_logits
+from .train.logprobs import logprobs_from_logits, response_logits
 
 
 class FuseLogits(LogitsProcessor):
@@ -67,10 +67,11 @@ def generate_fused(mixed: MixedLoRA, tokenizer, points: Sequence[Sequence[float]
     n = len(texts[0]) if texts else 0
     if any(len(t) != n for t in texts) or len(texts) != len(points):
         raise ValueError("every point needs the same number of prompts")
-    firsts: dict[tuple, int] = {}  # direction -> the first point with it (it is generated; the others copy it)
-    for p, w in enumerate(points):
-        active(w)
-        firsts.setdefault((direction(w), tuple(texts[p])), p)
+    keys = [(direction(w), tuple(texts[p])) for p, w in enumerate(points)]  # one generation per ray (and prompts)
+    sizes = [len(active(w)) for w in points]
+    firsts: dict[tuple, int] = {}  # key -> the first point with it (it is generated; the others copy it)
+    for p, key in enumerate(keys):
+        firsts.setdefault(key, p)
     unique = sorted(set(firsts.values()))
     groups = [(p, i) for i in range(n) for p in unique]  # prompt-major, as `mixed.generate_mixed`
     out: dict[tuple[int, int], str] = {}
@@ -78,7 +79,7 @@ def generate_fused(mixed: MixedLoRA, tokenizer, points: Sequence[Sequence[float]
     while start < len(groups):
         chunk, rows = [], 0
         for g in groups[start:]:
-            size = len(active(points[g[0]]))
+            size = sizes[g[0]]
             if chunk and rows + size > rows_per_pass:
                 break
             chunk.append(g)
@@ -100,24 +101,17 @@ def generate_fused(mixed: MixedLoRA, tokenizer, points: Sequence[Sequence[float]
             first_row.setdefault(j, r)
         for j, g in enumerate(chunk):
             out[g] = responses[first_row[j]]
-    return [[out[firsts[(direction(points[p]), tuple(texts[p]))], i] for i in range(n)] for p in range(len(points))]
+    return [[out[firsts[keys[p]], i] for i in range(n)] for p in range(len(points))]
 
 
 @torch.no_grad()
-def fused_log_likelihoods(model, seqs: Sequence[tuple[list[int], int]], mixed: MixedLoRA, omega: Sequence[float],
-                          batch_size: int = 32, pad_id: int = 0) -> torch.Tensor:
-    """ℓ of each (ids, prompt length) under the fused policy at ω: Σ over the answer tokens of
+def fused_logprobs(model, mixed: MixedLoRA, omega: Sequence[float], input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's response log-probability under the fused policy at ω: Σ over its response tokens of
     log softmax(Σ_k ω_k logits_k)[token], the value models' logits from the mixed-ω rows (row at e_k)."""
-    device = next(model.parameters()).device
-    out = []
-    ks = active(omega)
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i : i + batch_size]
-        ids, att, resp = (t.to(device) for t in padded_sequences(chunk, pad_id))
-        fused = None
-        for k in ks:
-            with mixed.rows([[float(k == m) for m in range(len(mixed.names))]] * len(chunk)):
-                part = response_logits(model, ids, att, resp).float() * float(omega[k])
-            fused = part if fused is None else fused + part
-        out.append(logprobs_from_logits(fused, ids, resp).cpu())
-    return torch.cat(out).double() if out else torch.zeros(0, dtype=torch.float64)
+    fused = None
+    for k in active(omega):
+        with mixed.rows([[float(k == m) for m in range(len(mixed.names))]] * input_ids.shape[0]):
+            part = response_logits(model, input_ids, attention_mask, response_mask).float() * float(omega[k])
+        fused = part if fused is None else fused + part
+    return logprobs_from_logits(fused, input_ids, response_mask)

@@ -28,6 +28,7 @@ import torch
 
 from .config import ConfigError
 from .data.pairs import split_of
+from .fusion import fused_logprobs
 from .train.logprobs import padded_sequences, sequence_logprobs
 
 
@@ -84,15 +85,18 @@ def answer_ids(tokenizer, q: MCQuestion) -> list[tuple[str, list[int], int]]:
 
 @torch.no_grad()
 def log_likelihoods(model, seqs: Sequence[tuple[list[int], int]], batch_size: int = 32, mixed=None,
-                    weights: Sequence[float] | None = None, pad_id: int = 0) -> np.ndarray:
+                    weights: Sequence[float] | None = None, pad_id: int = 0, fused: bool = False) -> np.ndarray:
     """ℓ of each (ids, prompt length): the summed log-probs of the tokens after the prompt. With `mixed`
-    (`mixed.MixedLoRA`) every row is computed at ω = `weights`."""
+    (`mixed.MixedLoRA`) every row is computed at ω = `weights`; `fused`: under the decode-time fusion of the value
+    models at ω instead (`mvalign.fusion.fused_logprobs`; needs `mixed`)."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
         args = tuple(t.to(device) for t in padded_sequences(chunk, pad_id))
-        if mixed is not None:
+        if fused:
+            out.append(fused_logprobs(model, mixed, weights, *args).cpu())
+        elif mixed is not None:
             with mixed.rows([list(weights)] * len(chunk)):
                 out.append(sequence_logprobs(model, *args).cpu())
         else:
@@ -135,19 +139,14 @@ class LikelihoodAudits:
 
     def scores(self, model, tokenizer, split: str, mixed=None, weights=None, fused: bool = False) -> dict[str, list[float]]:
         """Per-question MC1 / MC2 per audit key, at ω = `weights` (`fused`: under the decode-time fusion of the value
-        models at ω, `mvalign.fusion.fused_log_likelihoods`; needs `mixed`)."""
+        models at ω; needs `mixed`)."""
         qs = self.questions[split]
         if split not in self._ids:
             self._ids[split] = [answer_ids(tokenizer, q) for q in qs]
         items = self._ids[split]
         flat = [(ids, n) for per in items for _, ids, n in per]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if fused:
-            from .fusion import fused_log_likelihoods
-
-            ll = fused_log_likelihoods(model, flat, mixed, weights, pad_id=pad).numpy()
-        else:
-            ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad)
+        ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad, fused=fused)
         mc, k = [], 0
         for q, per in zip(qs, items):
             mc.append(mc_from_loglik(q, {a: float(ll[k + j]) for j, (a, _, _) in enumerate(per)}))

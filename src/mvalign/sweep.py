@@ -203,10 +203,10 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
     if not fast and any(c.fused for _, c in todo):
         raise ConfigError(f"{method}: decode-time fusion reads the value models as mixed-ω rows; set sweep.mixed_batching: "
                           "true, sweep.combination: exact and sweep.do_sample: false")
-    batched = [t for t in todo if fast and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
     fused = [t for t in todo if t[1].fused]  # each row of a fusion is at ω = e_k, whatever the point's scale
+    batched = [t for t in todo if fast and not t[1].fused
+               and max((abs(x) for x in t[1].adapters.values()), default=0.0) <= SAFE_OMEGA]
     mixed_ids = {i for i, _ in batched + fused}
-    batched = [t for t in batched if not t[1].fused]
     alone = [t for t in todo if t[0] not in mixed_ids]
     step = passes.points if passes else 1
     tasks = [Task(group[a : a + step], True) for group in (batched, fused) for a in range(0, len(group), step)]

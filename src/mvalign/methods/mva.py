@@ -54,16 +54,16 @@ def train_decorrelated(cfg: RunConfig, run: RunDir, group: str, value: str, froz
     splits = value_splits(cfg, value)
     seed = value_seed(cfg.training.seed, value)
     spec = penalty_spec(dc, group)
-    kind = spec.kind
 
     def build(ctx):
         earlier = [load_lora_adapter(run.adapter(AdapterRef(group, v)), v) for v in frozen]
         return ctx.dpo(splits["train"], extra=[PenaltyTerm(DecorrelationLoss(earlier, spec, dc.alpha, seed=seed))])
 
+    settings = f"{spec.kind} on {dc.target}, sigma {dc.sigma}, alpha {dc.alpha:g}" + (
+        f", / {dc.denominator}^2" if spec.kind == "hsic" else "")
     job = AdapterJob(AdapterRef(group, value), seed, build, val_sets={value: splits["val"]},
-                     metrics={"decorrelated_against": ",".join(frozen), "penalty": kind,
-                                      "penalty_settings": f"{kind} on {dc.target}, sigma {dc.sigma}, alpha {dc.alpha:g}"
-                                      + (f", / {dc.denominator}^2" if kind == "hsic" else "")})
+                     metrics={"decorrelated_against": ",".join(frozen), "penalty": spec.kind,
+                              "penalty_settings": settings})
     return run_adapter_job(cfg, run, job, force=force, progress=progress)
 
 
