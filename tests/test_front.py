@@ -65,6 +65,7 @@ def full_front() -> Front:
     front.agreement = {"a": {"a:rate": {"spearman": 0.5, "ci95": [0.1, 0.9], "points": 6}},
                        "signs": {"a": {"a:rate": {"same": 1, "opposite": 0, "unsure": 5}}}}
     front.points[0].disputed = ["a"]
+    front.measured_by = {"a": "a", "b": "b"}
     return front
 
 

@@ -41,11 +41,18 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "results" / "search.json"
 AXIS = {"full": [round(0.2 * i, 1) for i in range(1, 11)], "quick": [0.5, 1.0, 1.5, 2.0]}
 AT = (10, 15, 20, 25)
+PROMPTS = {False: 32, True: 4}  # the headline cells' val / test prompts (full, quick); other cells are reported beside them
+
+
+def cell_name(setting: str, quick: bool, prompts: int) -> str:
+    """The dense cell's folder: the setting, with `-p<N>` when it is not evaluated on the mode's default prompts."""
+    return setting if prompts == PROMPTS[quick] else f"{setting}-p{prompts}"
 
 
 def config(setting: str, quick: bool, prompts: int, tokens: int):
     mode = "quick" if quick else "v2"
     cfg = make_config(setting, 0, BUDGET[mode], ROOT / "runs" / ("bench-bo-quick" if quick else "bench-bo"), mode)
+    cfg.run_dir = str(Path(cfg.run_dir).parent.parent / cell_name(setting, quick, prompts) / "seed0")
     s = cfg.sweep
     s.grid, s.strategy, s.racing = AXIS["quick" if quick else "full"], "grid", "off"
     s.val_prompts = s.test_prompts = prompts
@@ -56,6 +63,9 @@ def config(setting: str, quick: bool, prompts: int, tokens: int):
 def dense(setting: str, quick: bool, prompts: int, tokens: int) -> dict:
     """Train (once) and evaluate every lattice point on val and test; returns the records as plain data."""
     cfg = config(setting, quick, prompts, tokens)
+    first = Path(config(setting, quick, PROMPTS[quick], tokens).run_dir)
+    if prompts != PROMPTS[quick] and not Path(cfg.run_dir).exists() and (first / "dense.json").is_file():
+        copy_without_points(first, Path(cfg.run_dir))  # the same trained vectors and judges, evaluated on more prompts
     t0 = time.perf_counter()
     train_method(cfg, "mva")
     trained = time.perf_counter() - t0
@@ -77,6 +87,18 @@ def dense(setting: str, quick: bool, prompts: int, tokens: int) -> dict:
     path = Path(cfg.run_dir) / "dense.json"
     path.write_text(json.dumps(out))
     return out
+
+
+def copy_without_points(src: Path, dst: Path) -> None:
+    """A copy of a finished cell's run (trained vectors, judges, base records) with no evaluated points."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("front*.json", "dense.json"))
+    with closing(sqlite3.connect(dst / "store.sqlite")) as con, con:
+        con.execute("DELETE FROM points")
 
 
 def _key(w: dict) -> tuple:
@@ -150,13 +172,17 @@ def replay(quick: bool) -> dict:
     per = {name: replay_setting(d) for name, d in cells.items()}
     out = json.loads(OUT.read_text()) if OUT.is_file() and not quick else {}
     out["settings"] = per
+    headline = sorted(n for n in per if "-p" not in n)  # one cell per setting at PROMPTS prompts
     allk = {}
     for k in AT:
         for m in ("hv_fraction", "test_front_recall"):
-            allk[f"{m}_at_{k}"] = float(np.median([r["curve"][k][m] for p in per.values() for r in p["runs"]["bo"]]))
+            allk[f"{m}_at_{k}"] = float(np.median([r["curve"][k][m] for n in headline for r in per[n]["runs"]["bo"]]))
     bo = out.get("bo", {})
     bo.update({"hv_fraction_at_20": allk["hv_fraction_at_20"], "test_front_recall_at_20": allk["test_front_recall_at_20"],
-               "curve_median_over_settings_and_seeds": allk, "settings": sorted(per)})
+               "curve_median_over_settings_and_seeds": allk, "settings": headline,
+               "more_prompts": {n: {"median_at_20": per[n]["median"]["bo"]["20"], "prompts": per[n]["settings"]["prompts"],
+                                    "hv_bootstrap_fraction_2.5_97.5": per[n]["dense"]["hv_bootstrap_fraction_2.5_97.5"]}
+                                for n in sorted(per) if n not in headline}})
     out["bo"] = bo
     out["versions"] = package_versions()
     out["date"] = time.strftime("%Y-%m-%d")
@@ -170,10 +196,6 @@ def timing(setting: str, quick: bool, prompts: int, tokens: int, reference_point
     """A real `sweep.strategy: bo` search (20 points, generation through the sweep, on a copy of the dense cell's
     run without its points) timed against the authors' loop on `reference_points` points of the same prompts; the
     loop's cost per point does not depend on ω, so the dense grid's is 100 × its mean. Run it alone on the machine."""
-    import shutil
-    import sqlite3
-    from contextlib import closing
-
     from bench.perf.sweep_cost import reference_responses
     from mvalign.models import resolve_model_source
 
@@ -182,10 +204,7 @@ def timing(setting: str, quick: bool, prompts: int, tokens: int, reference_point
     if not (src / "dense.json").is_file():
         sys.exit(f"{src}: run the dense cell first (the timing reuses its trained vectors and judges)")
     copy = src.parent / "timing"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("front*.json", "dense.json"))
-    with closing(sqlite3.connect(copy / "store.sqlite")) as con, con:
-        con.execute("DELETE FROM points")
+    copy_without_points(src, copy)
     cfg.run_dir = str(copy)
     s = cfg.sweep
     s.strategy, s.budget, s.bo_batch, s.bo_stop_at_noise = "bo", 20, 4, False
@@ -219,7 +238,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.prompts, args.tokens = 4, 4
+        args.prompts, args.tokens = (PROMPTS[True] if args.prompts == PROMPTS[False] else args.prompts), 4
     if args.cell == "dense":
         d = dense(args.setting, args.quick, args.prompts, args.tokens)
         print(json.dumps({"points": len(d["val"]), "seconds": d["seconds"]}))

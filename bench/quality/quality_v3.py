@@ -73,7 +73,8 @@ def remeasure(cell: dict, mapping: dict[str, str]) -> dict:
         return hypervolume(m[non_dominated(m)], ref) if len(m) else 0.0
 
     return {**cell, "points": [{**q, "split": "val"} for q in val] + [{**q, "split": "test"} for q in test],
-            "base": base, "own_reference_point": ref.tolist(), "hypervolume_own_reference": {"val": hv(val), "test": hv(test)}}
+            "base": base, "measured_by": dict(mapping), "own_reference_point": ref.tolist(),
+            "hypervolume_own_reference": {"val": hv(val), "test": hv(test)}}
 
 
 def measure_label(mapping: dict[str, str]) -> str:

@@ -22,6 +22,9 @@ exactly these keys (tests/test_front.py checks this text against the type):
                         vectors, mixed_batching, backend
   prompts               {"val", "test"}: the prompt texts
   store_method          the store key the points were saved under (`store_key`)
+  measured_by           (optional; a front re-read under a second measure) {value: the score key its axis is}; a
+                        value measured by an audit '<value>:<measure>' is scored on that audit's own items (e.g.
+                        TruthfulQA questions, not the prompts), so its lists have their own length
   racing                (raced evaluations only) candidates, survivors, rounds, token_fraction, first, z, rule,
                         dropped: [{weights, prompts, rewards, scores, responses, vs_base}] on the first `prompts` prompts
   training              adapters, steps, tokens, seconds summed over the adapters the candidates use
@@ -128,6 +131,7 @@ class Front:
     training: Training | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, Any] = field(default_factory=dict)
+    measured_by: dict[str, str] = field(default_factory=dict)
 
     # ---- what readers ask of a front
     def on(self, split: str, usable: bool = True) -> list[FrontPoint]:
@@ -149,10 +153,10 @@ class Front:
         base = self.base.of(split).rewards
         return [p for p in self.on(split, usable=False) if all(p.rewards[v] > base[v] for v in self.values)]
 
-    def prompt_counts(self) -> tuple[int, int]:
-        """(val prompts, test prompts), from the base model's per-prompt scores."""
-        v = self.values[0]
-        return len(self.base.val.scores[v]), len(self.base.test.scores[v])
+    def item_counts(self) -> tuple[tuple[int, int], ...]:
+        """(val items, test items) per value, from the base model's scores: the prompts, unless a value is measured
+        on its own items (`measured_by`)."""
+        return tuple((len(self.base.val.scores[v]), len(self.base.test.scores[v])) for v in self.values)
 
     # ---- building
     @classmethod
@@ -220,6 +224,8 @@ class Front:
             out["training"] = vars(self.training)
         if self.agreement:
             out["agreement"] = self.agreement
+        if self.measured_by:
+            out["measured_by"] = self.measured_by
         return out | self.extra
 
     @classmethod
@@ -248,7 +254,7 @@ class Front:
 
 
 _TOP = ("values", "reference_point", "reference_point_rule", "points", "hypervolume", "base", "settings", "prompts",
-        "store_method", "racing", "training", "agreement")
+        "store_method", "racing", "training", "agreement", "measured_by")
 _POINT = ("method", "weights", "split", "rewards", "ci95", "pareto", "settings_key", "scores", "vs_base", "flag",
           "disputed")
 
@@ -286,5 +292,6 @@ def _parse(raw: Any, method: str) -> Front:
         PerSplit(list(prompts["val"]), list(prompts["test"])) if prompts else None,
         Racing(**{**racing, "dropped": [DroppedPoint(**d) for d in racing.get("dropped", [])]}) if racing else None,
         Training(**raw["training"]) if isinstance(raw.get("training"), dict) else None,
-        {k: x for k, x in raw.items() if k not in _TOP}, dict(raw.get("agreement") or {}))
+        {k: x for k, x in raw.items() if k not in _TOP}, dict(raw.get("agreement") or {}),
+        dict(raw.get("measured_by") or {}))
 

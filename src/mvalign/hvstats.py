@@ -1,7 +1,8 @@
 """Hypervolume differences between fronts, paired over prompts (every method of a run is scored on the same prompts).
 
 Hypervolume difference between methods of one run (`hv_bootstrap`), per replicate b = 1..B:
-  1. resample the val prompt indices and the test prompt indices (once each, shared by every method and the base);
+  1. resample the val prompt indices and the test prompt indices (once each, shared by every method and the base;
+     a value measured on its own items, e.g. TruthfulQA questions under `measured_by`, gets its own indices);
   2. for each method, recompute every candidate's val means on the resampled val prompts and re-select the
      non-dominated ones among the candidates that have test scores (the original selection: only they were scored
      on test; selection noise among candidates outside it is not captured, so intervals are slightly optimistic
@@ -26,38 +27,49 @@ from .pareto import hypervolume, non_dominated
 from .stats import difference_from_replicates, json_key, verdict
 
 
-def _scores(p: FrontPoint, values: Sequence[str]) -> np.ndarray | None:
-    """values × prompts matrix of a front point's per-prompt scores (None when the front predates them)."""
+def _scores(p: FrontPoint, values: Sequence[str]) -> list[np.ndarray] | None:
+    """Per value, the point's per-item scores (None when the front predates them)."""
     if not p.scores or any(v not in p.scores for v in values):
         return None
-    return np.asarray([p.scores[v] for v in values], float)
+    return [np.asarray(p.scores[v], float) for v in values]
 
 
-def hv_replicates(front: Front, reference: Sequence[float], val_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
-    """Test hypervolume of one method's front per replicate (rows of the index matrices), re-selected on val."""
+def hv_replicates(front: Front, reference: Sequence[float], val_idx, test_idx) -> np.ndarray:
+    """Test hypervolume of one method's front per replicate, re-selected on val. `val_idx` / `test_idx`: one index
+    matrix (replicates × items) shared by every value, or one per value (a value measured on its own items)."""
     values = front.values
     test = {json_key(p.weights): _scores(p, values) for p in front.on("test")}
     val = [(json_key(p.weights), _scores(p, values)) for p in front.on("val") if json_key(p.weights) in test]
     if not val or any(s is None for _, s in val) or any(s is None for s in test.values()):
         raise ValueError("the front has no per-prompt scores (made before mvalign stored them): re-run `mvalign run`")
-    val_s = np.stack([s for _, s in val])  # candidates × values × prompts
-    test_s = np.stack([test[k] for k, _ in val])
-    out = np.empty(len(val_idx))
-    for b, (vi, ti) in enumerate(zip(val_idx, test_idx)):
-        mask = non_dominated(val_s[:, :, vi].mean(axis=2))
-        out[b] = hypervolume(test_s[mask][:, :, ti].mean(axis=2), reference)
+    per_value = [np.stack([s[j] for _, s in val]) for j in range(len(values))]  # values × (candidates × items)
+    test_per_value = [np.stack([test[k][j] for k, _ in val]) for j in range(len(values))]
+    vi_all = val_idx if isinstance(val_idx, list) else [val_idx] * len(values)
+    ti_all = test_idx if isinstance(test_idx, list) else [test_idx] * len(values)
+    out = np.empty(len(vi_all[0]))
+    for b in range(len(out)):
+        val_m = np.stack([s[:, i[b]].mean(axis=1) for s, i in zip(per_value, vi_all)], axis=1)
+        mask = non_dominated(val_m)
+        test_m = np.stack([s[mask][:, i[b]].mean(axis=1) for s, i in zip(test_per_value, ti_all)], axis=1)
+        out[b] = hypervolume(test_m, reference)
     return out
 
 
 def hv_bootstrap(fronts: Mapping[str, Front], reference: Sequence[float], n_boot: int = 1000,
                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Per method: B test-hypervolume replicates, every method resampled with the same prompt indices."""
-    counts = {f.prompt_counts() for f in fronts.values()}
+    """Per method: B test-hypervolume replicates, every method resampled with the same prompt indices. The values
+    share one index draw per split; a value measured on its own items (another count, `Front.measured_by`) is
+    resampled on its own, since its items are not the prompts."""
+    counts = {f.item_counts() for f in fronts.values()}
     if len(counts) != 1:
         raise ValueError(f"the methods were evaluated on different numbers of prompts {sorted(counts)}: not paired")
-    (n_val, n_test), = counts
+    (per_value,) = counts
     rng = np.random.default_rng(seed)
-    val_idx, test_idx = rng.integers(0, n_val, (n_boot, n_val)), rng.integers(0, n_test, (n_boot, n_test))
+    (n_val, n_test) = per_value[0]
+    shared = rng.integers(0, n_val, (n_boot, n_val)), rng.integers(0, n_test, (n_boot, n_test))
+    own = [shared if c == per_value[0] else (rng.integers(0, c[0], (n_boot, c[0])), rng.integers(0, c[1], (n_boot, c[1])))
+           for c in per_value]
+    val_idx, test_idx = ([o[0] for o in own], [o[1] for o in own]) if len(set(per_value)) > 1 else shared
     return {m: hv_replicates(f, reference, val_idx, test_idx) for m, f in fronts.items()}
 
 

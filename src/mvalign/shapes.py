@@ -48,10 +48,13 @@ def intervals(ci: Any, where: str) -> None:
             number(x, f"{where}[{k!r}]", finite=False)
 
 
-def scores(scores: Any, where: str, values: list[str], n: int | None) -> None:
+def scores(scores: Any, where: str, values: list[str], n: int | dict[str, int] | None) -> None:
+    """`n`: the count every value's list must have, or one count per value (a front with a value measured on its own
+    items, e.g. TruthfulQA questions instead of the prompts), or None when unknown."""
     for k, s in mapping(scores, where).items():
-        if len(list_(s, f"{where}[{k!r}]")) != n and k in values and n is not None:
-            raise ValueError(f"{where}[{k!r}] must list one score per prompt ({n})")
+        want = n.get(k) if isinstance(n, dict) else n
+        if len(list_(s, f"{where}[{k!r}]")) != want and k in values and want is not None:
+            raise ValueError(f"{where}[{k!r}] must list one score per prompt ({want})")
         for x in s:
             number(x, f"{where}[{k!r}]", finite=False)
 
@@ -65,8 +68,9 @@ def means(rewards: Any, where: str, values: list[str], finite: bool) -> None:
         number(x, f"{where}[{k!r}]", finite=finite and k in values)
 
 
-def check_front_point(p: Any, where: str, values: list[str], n: int | None) -> None:
-    """ValueError naming the field unless a front point is well formed (`n`: its split's prompt count, if known)."""
+def check_front_point(p: Any, where: str, values: list[str], n: dict[str, int] | None) -> None:
+    """ValueError naming the field unless a front point is well formed (`n`: its split's item count per value, from
+    the base, if known)."""
     p = mapping(p, where)
     if p.get("split") not in SPLITS:
         raise ValueError(f"{where}.split is {p.get('split')!r}, not val or test")
@@ -103,6 +107,9 @@ def check_front(raw: Any) -> None:
     if "base" not in raw:
         raise ValueError("missing field 'base'")
     base = mapping(raw["base"], "base")
+    own = mapping(raw.get("measured_by") or {}, "measured_by")
+    for k, x in own.items():
+        text(x, f"measured_by[{k!r}]")
     counts = {}
     for split, suffix in (("val", "_val"), ("test", "")):
         if f"rewards{suffix}" in base or split == "test":
@@ -110,7 +117,11 @@ def check_front(raw: Any) -> None:
         if base.get(f"ci95{suffix}") is not None:
             intervals(base[f"ci95{suffix}"], f"base.ci95{suffix}")
         per_prompt = mapping(base.get(f"scores{suffix}") or {}, f"base.scores{suffix}")
-        counts[split] = len(list_(next(iter(per_prompt.values())), f"base.scores{suffix}")) if per_prompt else None
+        # the values share the prompts, except one measured by an audit on its own items (measured_by)
+        shared = [v for v in values if v in per_prompt and ":" not in str(own.get(v, v))]
+        n = len(list_(per_prompt[shared[0]], f"base.scores{suffix}")) if shared else None
+        counts[split] = {v: len(list_(per_prompt[v], f"base.scores{suffix}[{v!r}]"))
+                         if v in per_prompt and v not in shared else n for v in values}
         scores(per_prompt, f"base.scores{suffix}", values, counts[split])
     for i, p in enumerate(list_(raw.get("points"), "points")):
         check_front_point(p, f"points[{i}]", values, counts.get(p.get("split")) if isinstance(p, dict) else None)
