@@ -3,6 +3,8 @@ adaptive search and random sampling, replayed on stored dense evaluations — no
 
     .venv/bin/python -m bench.perf.bo_replay dense --setting builtin   # a cell: train + the 10x10 grid on val and test
     .venv/bin/python -m bench.perf.bo_replay dense --setting tqa       #   (resumable through the run's store)
+    .venv/bin/python -m bench.perf.bo_replay dense --setting builtin --prompts 128   # builtin-p128: the same vectors
+                                                                       #   on more prompts, reported beside the median
     .venv/bin/python -m bench.perf.bo_replay replay                    # every finished setting -> bench/results/search.json
     .venv/bin/python -m bench.perf.bo_replay timing --setting builtin  # alone: a real bo search vs the authors' loop
     .venv/bin/python -m bench.perf.bo_replay dense --setting builtin --quick   # smoke run (4x4 grid, 4 prompts)
