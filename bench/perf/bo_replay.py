@@ -174,7 +174,7 @@ def replay(quick: bool) -> dict:
     per = {name: replay_setting(d) for name, d in cells.items()}
     out = json.loads(OUT.read_text()) if OUT.is_file() and not quick else {}
     out["settings"] = per
-    headline = sorted(n for n in per if "-p" not in n)  # one cell per setting at PROMPTS prompts
+    headline = sorted(n for n in per if per[n]["settings"]["prompts"] == PROMPTS[quick])  # one cell per setting
     allk = {}
     for k in AT:
         for m in ("hv_fraction", "test_front_recall"):

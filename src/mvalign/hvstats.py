@@ -69,7 +69,7 @@ def hv_bootstrap(fronts: Mapping[str, Front], reference: Sequence[float], n_boot
     shared = rng.integers(0, n_val, (n_boot, n_val)), rng.integers(0, n_test, (n_boot, n_test))
     own = [shared if c == per_value[0] else (rng.integers(0, c[0], (n_boot, c[0])), rng.integers(0, c[1], (n_boot, c[1])))
            for c in per_value]
-    val_idx, test_idx = ([o[0] for o in own], [o[1] for o in own]) if len(set(per_value)) > 1 else shared
+    val_idx, test_idx = [o[0] for o in own], [o[1] for o in own]
     return {m: hv_replicates(f, reference, val_idx, test_idx) for m, f in fronts.items()}
 
 
