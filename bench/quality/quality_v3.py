@@ -37,6 +37,10 @@ NEW_CLAIMS = [
     ("as published vs default: HV(mva-paper) − HV(mva)", "mva-paper", "mva", "the authors' variant's front larger"),
     ("decode-time vs weights, dpo vectors: HV(mod) − HV(mva-nohsic)", "mod", "mva-nohsic", "fusion's front larger"),
     ("decode-time vs weights, mva vectors: HV(mod-mva) − HV(mva)", "mod-mva", "mva", "fusion's front larger"),
+    # greedy fusion depends only on ω's direction (argmax(c·z) = argmax(z)), so mod's box grid generates only
+    # five policies (ω ∝ e₁, e₂, (1, 1), (1, ½), (½, 1)), all interpolations: the like-for-like weight-space comparison
+    # is the soup on the simplex (the MOD paper's own baseline)
+    ("decode-time vs weights on the simplex, dpo vectors: HV(mod) − HV(soup)", "mod", "soup", "fusion's front larger"),
     ("decode-time vs prompt: HV(mod) − HV(ric)", "mod", "ric", "fusion's front larger"),
 ]
 
