@@ -12,7 +12,9 @@ questions are split into val / test by the run's split hash of the question text
 truthfulqa preference data uses, so a question trained on is never a val / test question), the first `questions`
 of each in file order. At ω the log-likelihoods come from the mixed-ω hooks (`mvalign.mixed`: every row at ω, W0
 unchanged) when the evaluator has them, else from the model merged in place; both equal the merged model's. For a
-decode-time fusion (`mod`) they are the fused policy's (`mvalign.fusion`).
+decode-time fusion (`mod`) they are the fused policy's (`mvalign.fusion`). For a prompt-steered candidate (RiC) its
+transform T is applied to the question line, x = T("Q: {q}") + "\\nA:" (RiC: its target-reward tags on the line after
+the question, where its training prompts carry them), so the score is the steered model's.
 Forward passes only: no generation, no judge.
 """
 
@@ -73,9 +75,11 @@ def mc_from_loglik(q: MCQuestion, ll: dict[str, float]) -> tuple[float, float]:
     return mc1, float(pc / (pc + pi))
 
 
-def answer_ids(tokenizer, q: MCQuestion) -> list[tuple[str, list[int], int]]:
-    """(answer, token ids of prompt + answer, prompt length) for every answer of q."""
-    prompt = tokenizer(f"Q: {q.question}\nA:", add_special_tokens=True)["input_ids"]
+def answer_ids(tokenizer, q: MCQuestion, transform=None) -> list[tuple[str, list[int], int]]:
+    """(answer, token ids of prompt + answer, prompt length) for every answer of q; `transform`
+    (`candidates.PromptTransform`) rewrites the question line first."""
+    line = f"Q: {q.question}" if transform is None else transform.apply(f"Q: {q.question}")
+    prompt = tokenizer(f"{line}\nA:", add_special_tokens=True)["input_ids"]
     out = []
     for a in dict.fromkeys((q.best, *q.correct, *q.incorrect)):
         ans = tokenizer(f" {a}", add_special_tokens=False)["input_ids"]
@@ -110,7 +114,7 @@ class LikelihoodAudits:
 
     def __init__(self, audits: dict[str, str], questions: dict[str, list[MCQuestion]], identity: str) -> None:
         self.audits, self.questions, self.identity = audits, questions, identity
-        self._ids: dict[str, list] = {}  # per split: each question's tokenised answers (the same for every point)
+        self._ids: dict[tuple, list] = {}  # per (split, prompt transform): each question's tokenised answers
 
     @classmethod
     def from_config(cls, cfg) -> LikelihoodAudits | None:
@@ -137,13 +141,15 @@ class LikelihoodAudits:
             raise ConfigError(f"{folder}: no TruthfulQA question falls in split {empty}; enlarge split.val / split.test")
         return cls(audits, per, f"truthfulqa-mc:{n}:{cfg.split.seed}")
 
-    def scores(self, model, tokenizer, split: str, mixed=None, weights=None, fused: bool = False) -> dict[str, list[float]]:
+    def scores(self, model, tokenizer, split: str, mixed=None, weights=None, fused: bool = False,
+               transform=None) -> dict[str, list[float]]:
         """Per-question MC1 / MC2 per audit key, at ω = `weights` (`fused`: under the decode-time fusion of the value
-        models at ω; needs `mixed`)."""
+        models at ω; needs `mixed`), each question line rewritten by `transform` (`candidates.PromptTransform`)."""
         qs = self.questions[split]
-        if split not in self._ids:
-            self._ids[split] = [answer_ids(tokenizer, q) for q in qs]
-        items = self._ids[split]
+        key = (split, None if transform is None else transform.key)
+        if key not in self._ids:
+            self._ids[key] = [answer_ids(tokenizer, q, transform) for q in qs]
+        items = self._ids[key]
         flat = [(ids, n) for per in items for _, ids, n in per]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ll = log_likelihoods(model, flat, mixed=mixed, weights=weights, pad_id=pad, fused=fused)

@@ -243,12 +243,12 @@ def evaluate_points(ctx: SweepContext, combined: CombinedModel | None, tokenizer
 def add_likelihood(ctx: SweepContext, combined: CombinedModel, tokenizer, candidates: Sequence[Candidate],
                    records: Sequence[PointRecord], split: str) -> None:
     """Add the likelihood audits (`mvalign.likelihood`) to every record that lacks them, computed on the loaded model
-    at the candidate's ω (mixed-ω rows when the context has them and |ω| is small, else merged in place), and store
-    it. Candidates with a prompt transform (RiC's tags) are skipped: the model alone is not the candidate. Needs the
-    model in this process (`evaluate.evaluator` refuses likelihood audits with the Ray backend)."""
+    at the candidate's ω (mixed-ω rows when the context has them and |ω| is small, else merged in place), with the
+    candidate's prompt transform (RiC's tags) applied to each question, and store it. Needs the model in this process
+    (`evaluate.evaluator` refuses likelihood audits with the Ray backend)."""
     lk = ctx.likelihood
     for cand, rec in zip(candidates, records):
-        if rec.flag or cand.prompt is not None or set(lk.audits) <= set(rec.scores):
+        if rec.flag or set(lk.audits) <= set(rec.scores):
             continue
         w = [float(cand.adapters.get(n, 0.0)) for n in combined.names]
         mixed = ctx.passes.mixed if ctx.passes is not None and (
@@ -258,7 +258,7 @@ def add_likelihood(ctx: SweepContext, combined: CombinedModel, tokenizer, candid
                 combined.reset()
         else:
             combined.set_weights(w)
-        new = lk.scores(combined.model, tokenizer, split, mixed, w, fused=cand.fused)
+        new = lk.scores(combined.model, tokenizer, split, mixed, w, fused=cand.fused, transform=cand.prompt)
         means, ci = point_stats(new, ctx.bootstrap, ctx.generation.seed)
         rec.scores, rec.rewards, rec.ci95 = {**rec.scores, **new}, {**rec.rewards, **means}, {**rec.ci95, **ci}
         ctx.store.put_point(rec)
