@@ -27,7 +27,8 @@ QUESTIONS = [
 def direct_loglik(model, tokenizer, q: MCQuestion, tags: str = "") -> dict[str, float]:
     """ℓ(a) of every answer by a full forward per answer: Σ log softmax(logits[t-1])[token t] over the answer; `tags`
     written on their own line after the question (a prompt-steered candidate)."""
-    prompt = tokenizer(f"Q: {q.question}{tags and chr(10) + tags}\nA:")["input_ids"]
+    line = f"Q: {q.question}\n{tags}" if tags else f"Q: {q.question}"
+    prompt = tokenizer(f"{line}\nA:")["input_ids"]
     out = {}
     for a in dict.fromkeys((q.best, *q.correct, *q.incorrect)):
         ans = tokenizer(f" {a}", add_special_tokens=False)["input_ids"]
