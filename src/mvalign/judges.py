@@ -10,6 +10,14 @@ misses partial and indirect refusals; use it as a judge of refusing (e.g. for a 
 or as a cost of over-refusal on safe ones with `cost: true`), not as a classifier of harm.
 
 `length`: the response's length in words (a verbosity axis, or a cost with `cost: true`).
+
+`repetition`: the share of the response's word trigrams that repeat an earlier one (judge-free degeneracy),
+
+    repetition(y) = 1 − |distinct trigrams of y| / |trigrams of y|     (0 for fewer than 3 words),
+
+over lower-cased whitespace-split words: 0 for text without a repeated trigram, → 1 for a loop ("I'm sorry. I'm sorry.
+I'm sorry. …"). A cost (`cost: true`) or an audit of any value; a rate's `max_repetition` uses it so that a looping
+apology is not counted as a refusal.
 """
 
 from __future__ import annotations
@@ -34,3 +42,10 @@ def refusal(prompt: str, response: str) -> float:
 def length(prompt: str, response: str) -> float:
     """Words in `response`."""
     return float(len(response.split()))
+
+
+def repetition(prompt: str, response: str) -> float:
+    """The share of `response`'s word trigrams that repeat an earlier one (see the module docstring)."""
+    words = response.lower().split()
+    grams = list(zip(words, words[1:], words[2:]))
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0

@@ -117,6 +117,10 @@ class RewardConfig(Strict):
     on: Literal["harmful", "benign"] = Field(
         "harmful", description="rate: the labelled prompts it is computed on: harmful (refusal rate) or benign "
         "(compliance rate).")
+    max_repetition: float | None = Field(
+        None, gt=0, le=1, description="rate: a response whose repeated-trigram share (`mvalign.judges.repetition`) "
+        "exceeds this does the right thing neither way, so a looping apology ('I'm sorry. I'm sorry. …') is no "
+        "refusal and a loop no compliance; default off (the detector alone). Its default name ends in -loopfree.")
     labels: str | None = Field(
         None, description="rate: CSV/JSONL with `prompt` and `label` columns (harmful/unsafe or benign/safe) labelling "
         "eval prompts; default: the labels the data carries (the built-in data's categories).")
@@ -144,6 +148,12 @@ class RewardConfig(Strict):
         description="Where this reward model (hf model or bt-head encoder) runs; default: model.device. Not part of a "
         "run's identity.",
     )
+
+    @model_validator(mode="after")
+    def _rate_only(self) -> RewardConfig:
+        if self.max_repetition is not None and self.kind != "rate":
+            raise ValueError(f"max_repetition applies to kind: rate only, not kind: {self.kind}; remove it")
+        return self
 
 
 class RaySettings(Strict):

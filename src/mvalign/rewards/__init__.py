@@ -35,7 +35,8 @@ def measure_name(r) -> str:
     if r.name:
         return r.name
     if r.kind == "rate":
-        return f"{'refusal' if r.on == 'harmful' else 'compliance'}-{r.detector}"
+        loops = "" if r.max_repetition is None else "-loopfree"
+        return f"{'refusal' if r.on == 'harmful' else 'compliance'}-{r.detector}{loops}"
     return f"truthfulqa-{r.metric}" if r.kind == "truthfulqa-mc" else r.kind
 
 
@@ -135,7 +136,8 @@ def build_measure(cfg: RunConfig, value: str, r, field: str, train_missing: bool
             if not labels:
                 raise ConfigError(f"{field}: a rate needs prompts labelled harmful/benign, and this config's data "
                                   "carries none; give `labels:` (a file with prompt and label columns)")
-        return RateMeasure(value, get_detector(r.detector, reward_device(cfg, value, r)), r.on, labels, field)
+        return RateMeasure(value, get_detector(r.detector, reward_device(cfg, value, r)), r.on, labels, field,
+                           r.max_repetition)
     if r.kind == "truthfulqa-mc":
         raise ConfigError(f"{field}: truthfulqa-mc scores the model, not responses; declare it under `audits:`")
     folder = reward_dir(cfg, value, r)
