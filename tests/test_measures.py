@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -69,6 +71,19 @@ def test_repetition_is_the_share_of_repeated_word_trigrams_and_a_looping_apology
     with pytest.raises(Exception, match="max_repetition applies to kind: rate only"):
         RunConfig.model_validate({"values": [{"name": "h", "data": {"format": "builtin"},
                                               "reward": {"kind": "bt-head", "max_repetition": 0.5}}]})
+
+
+@settings(max_examples=100, deadline=None)
+@given(words=st.lists(st.text(alphabet="abcdefg", min_size=1, max_size=4), min_size=3, max_size=30, unique=True),
+       other=st.text(max_size=200))
+def test_repetition_of_distinct_words_and_of_the_same_text_said_twice(words, other):
+    from mvalign.judges import repetition
+
+    text, n = " ".join(words), len(words)
+    assert repetition("", text) == 0.0
+    # said twice: 2n − 2 trigrams; distinct: the n − 2 of one copy and the 2 across the seam
+    assert repetition("", f"{text} {text}") == pytest.approx(1 - n / (2 * n - 2))
+    assert 0.0 <= repetition("", other) < 1.0
 
 
 def test_prompt_labels_file_errors_name_the_row(tmp_path):
