@@ -90,3 +90,34 @@ def test_front_report_explorer_and_pick_treat_the_rigged_gain_as_disputed(run, b
     assert answer["weights"] in val_disputed and answer["allow_disputed"] and answer["feasible"]
     card = (tmp_path / "picked" / "README.md").read_text()
     assert "**Disputed in harmless**" in card and "chosen anyway with `--allow-disputed`" in card
+
+
+def test_report_lists_the_selected_test_points_whose_responses_loop(run, tmp_path):
+    """Three responses of one selected test point rewritten as apology loops in a copy of the run's store: the report
+    lists that point with the count of its looping responses (counted here directly), and the base model's count."""
+    import shutil
+    import sqlite3
+
+    from mvalign.judges import repetition
+    from mvalign.report import _fmt_w, md, report_run
+
+    copy = RunDir(shutil.copytree(run.root, tmp_path / "run"))
+    front = json.loads(copy.front().read_text())
+    target = next(p for p in front["points"] if p["split"] == "test" and not p.get("flag"))
+    con = sqlite3.connect(copy.store_path)
+    rows = con.execute("SELECT weights, responses, method FROM points WHERE split = 'test' AND settings_key = ?",
+                       (target["settings_key"],)).fetchall()
+    weights, responses, method = next(r for r in rows if json.loads(r[0]) == target["weights"])
+    looped = ["I'm sorry. " * 6] * 3 + json.loads(responses)[3:]
+    con.execute("UPDATE points SET responses = ? WHERE split = 'test' AND settings_key = ? AND weights = ? AND "
+                "method = ?", (json.dumps(looped), target["settings_key"], weights, method))
+    base = json.loads(con.execute("SELECT responses FROM points WHERE method = 'base' AND split = 'test'").fetchone()[0])
+    con.commit()
+    con.close()
+    report = report_run(copy, tmp_path / "out").read_text()
+    loops = sum(repetition("", r) > 0.5 for r in looped)
+    assert loops >= 3 and len(looped) <= 30  # 3 loops are at least 10% of the responses
+    assert f"- mva {md(_fmt_w(target['weights']))}: {loops} of {len(looped)}" in report
+    assert f"the base model's test responses loop {sum(repetition('', r) > 0.5 for r in base)} of {len(base)}" in report
+    untouched = report_run(run, tmp_path / "before").read_text()  # the unchanged run: that point is not listed
+    assert f"- mva {md(_fmt_w(target['weights']))}: {loops} of" not in untouched

@@ -11,13 +11,18 @@ import numpy as np
 
 from .config import ConfigError
 from .errors import write_atomic
-from .explorer import write_explorer
+from .explorer import find_record, write_explorer
 from .front import Front
 from .hvstats import hv_differences, shared_reference
+from .judges import repetition
 from .judging import judges_section
 from .methods import run_fronts
 from .rewards import run_judges
 from .rundir import RunDir
+
+LOOP_REPETITION, LOOP_SHARE = 0.5, 0.1
+"""A response loops when more than LOOP_REPETITION of its word trigrams repeat; the report lists the selected test
+points where at least LOOP_SHARE of the responses loop."""
 
 
 def md(text: object) -> str:
@@ -187,7 +192,41 @@ def measures_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
                            if any(k == v or k.startswith(f"{v}:") for v in p.disputed))
         lines.append(f"- {md(m)} {md(_fmt_w(p.weights))} ({p.split}): disputed in {', '.join(p.disputed)} — Δ vs base "
                      f"{deltas}")
-    return lines + ([""] if disputes else [])
+    return lines + ([""] if disputes else []) + loops_section(run, fronts)
+
+
+def loops_section(run: RunDir, fronts: dict[str, Front]) -> list[str]:
+    """Markdown: the selected test points whose responses loop (judge-free, `mvalign.judges.repetition`), with the
+    base model's share; a looping apology can score as a refusal and a loop can fool a learned judge."""
+    if not run.store_path.is_file():
+        return []
+    store = run.store()
+
+    def share(records, weights, settings_key, rewards) -> tuple[int, int] | None:
+        rec = find_record(records, weights, settings_key, rewards)
+        if rec is None or not rec.responses:
+            return None
+        return sum(repetition("", r) > LOOP_REPETITION for r in rec.responses), len(rec.responses)
+
+    front = next(iter(fronts.values()))
+    b = front.base.test
+    base = share(store.points("base", "test"), {v: 0.0 for v in front.values}, b.settings_key, b.rewards)
+    if base is None:
+        return []
+    found = []
+    for method, f in fronts.items():
+        records = store.points(f.store_method, "test")
+        for p in f.on("test"):
+            s = share(records, p.weights, p.settings_key, p.rewards)
+            if s is not None and s[0] >= LOOP_SHARE * s[1]:
+                found.append(f"- {md(method)} {md(_fmt_w(p.weights))}: {s[0]} of {s[1]}")
+    head = (f"Looping responses (judge-free: more than {LOOP_REPETITION:g} of the word trigrams repeat, "
+            f"`mvalign.judges.repetition`): the base model's test responses loop {base[0]} of {base[1]} times. ")
+    if not found:
+        return [head + f"No selected test point loops on {LOOP_SHARE:.0%} or more of its responses.", ""]
+    return [head + f"Selected test points looping on {LOOP_SHARE:.0%} or more of their responses (a measure may "
+            "score a looping apology as a refusal, or a loop as a gain: read them in the explorer; a rate's "
+            "`max_repetition` counts loops as no refusal):", "", *found, ""]
 
 
 def method_differences(fronts: dict[str, Front], ref) -> list[str]:
