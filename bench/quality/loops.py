@@ -111,7 +111,7 @@ def point_stats(cell: dict) -> list[dict]:
 
 def run(runs: Path) -> dict:
     results = json.loads((RESULTS / "quality-v3.json").read_text())
-    out = {"loop_threshold": LOOP, "runs": str(runs), "cells": {}, "claims": {}}
+    out = {"loop_threshold": LOOP, "runs": str(runs.resolve()), "cells": {}, "claims": {}}
     annotated: dict[str, dict] = {}
     loaded: dict[tuple[str, str], tuple] = {}
     for name, cell in sorted(results["cells"].items()):
