@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
-from bench.quality.quality_v2 import _row, by_setting
-from bench.quality.quality_v3 import claim_rows, combine, remeasure
+from bench.quality.quality_v2 import by_setting
+from bench.quality.quality_v3 import claim_verdicts, combine, remeasure, remeasure_all
 from bench.quality.v3 import RESULTS, v3_config
 from mvalign.data import eval_prompts
+from mvalign.errors import write_atomic
 from mvalign.front import store_key
 from mvalign.judges import repetition
+from mvalign.report import LOOP_REPETITION as LOOP
 from mvalign.rewards import build_measure
 from mvalign.rewards.rate import measure_scores
 
-LOOP = 0.5
 REFUSAL, LOOPFREE = "harmless:refusal-string", "harmless:refusal-string-loopfree"
 
 
@@ -137,17 +137,12 @@ def run(runs: Path) -> dict:
         maps = next(iter(next(iter(seeds.values())).values()))["measures"]
         if len(maps) < 3:
             continue
-        remeasured = [{s: {m: remeasure(c, mp) for m, c in f.items()} for s, f in seeds.items()} for mp in maps]
+        remeasured = remeasure_all(seeds, maps)
         rows = []
         for new in (False, True):
-            per = [claim_rows(r, new) for r in remeasured]
-            for i, (label, *_r) in enumerate(per[0]):
-                verdicts, estimates = [], []
-                for rs in per:
-                    _, d, meaning, digits, want = rs[i]
-                    row, verdict = _row(label, d, meaning, digits, want)
-                    verdicts.append(verdict)
-                    estimates.append(row.split(" | ")[1])
+            for label, judged in claim_verdicts(remeasured, new):
+                verdicts = [v for _, v in judged]
+                estimates = [row.split(" | ")[1] for row, _ in judged]
                 rows.append({"claim": label, "v3_claim": new, "verdicts": verdicts, "estimates": estimates,
                              "combined_two": combine(verdicts[:2]), "combined_three": combine(verdicts)})
         out["claims"][setting] = {"measures": ["BT head", "refusal rate", "loop-free refusal rate"], "rows": rows,
@@ -184,9 +179,7 @@ def markdown(out: dict) -> str:
 def write(out: dict) -> None:
     for path, text in ((RESULTS / "quality-v3-loops.json", json.dumps(out, indent=1)),
                        (RESULTS / "quality-v3-loops.md", markdown(out))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, "the loops audit", lambda tmp, text=text: tmp.write_text(text))
 
 
 if __name__ == "__main__":

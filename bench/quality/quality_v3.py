@@ -99,6 +99,19 @@ def claim_rows(seeds: dict, new: bool = False) -> list[tuple[str, dict | None, s
     return claim_rows_v2(seeds, ref)
 
 
+def remeasure_all(seeds: dict, maps: list[dict[str, str]]) -> list[dict]:
+    """`seeds` ({seed: {method: cell}}) re-read under each measure of `maps`, in that order."""
+    return [{s: {m: remeasure(c, mp) for m, c in f.items()} for s, f in seeds.items()} for mp in maps]
+
+
+def claim_verdicts(remeasured: list[dict], new: bool = False) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(label, [(table row, verdict) under each measure]) of every claim (v3's own when `new`), from
+    `remeasure_all`'s list."""
+    per_measure = [claim_rows(r, new) for r in remeasured]
+    return [(label, [_row(label, *rows[i][1:]) for rows in per_measure])
+            for i, (label, *_rest) in enumerate(per_measure[0])]
+
+
 def combine(verdicts: list[str]) -> str:
     answers = {v for v in verdicts if v in ANSWERED}
     if not answers:
@@ -114,7 +127,7 @@ def setting_section(setting: str, seeds: dict, judges: dict) -> tuple[list[str],
     lines = [f"## {setting}: {' vs '.join(maps[0])} — seeds {sorted(seeds)}", "", judges_line(judges), ""]
     lines += ["| method | seeds | HV test under each measure (mean over seeds; own reference point) | cell wall s |",
               "|---|---|---|---|"]
-    remeasured = [{s: {m: remeasure(c, mp) for m, c in f.items()} for s, f in seeds.items()} for mp in maps]
+    remeasured = remeasure_all(seeds, maps)
     for m in dict.fromkeys(m for f in seeds.values() for m in f):
         hv = " / ".join(f"{np.mean([f[m]['hypervolume_own_reference']['test'] for f in r.values() if m in f]):.4f}"
                         for r in remeasured)
@@ -123,15 +136,12 @@ def setting_section(setting: str, seeds: dict, judges: dict) -> tuple[list[str],
     lines += ["", "Measures, in the order above: " + "; ".join(measure_label(mp) for mp in maps) + ".", ""]
     combined, dependent, answered = [], [], 0
     for new in (False, True):
-        per_measure = [claim_rows(r, new) for r in remeasured]
         lines += ["### " + ("v3's own claims (outside the 15)" if new else "The 15 claims of v2") + ", per measure", "",
                   "| claim | measure | estimate [95%] | seeds agreeing | detectable | verdict | prompts × to answer | "
                   "positive means |", "|---|---|---|---|---|---|---|---|"]
-        for i, (label, *_rest) in enumerate(per_measure[0]):
+        for label, judged in claim_verdicts(remeasured, new):
             verdicts = []
-            for mp, rows in zip(maps, per_measure):
-                _, d, meaning, digits, want = rows[i]
-                row, v = _row(label, d, meaning, digits, want)
+            for mp, (row, v) in zip(maps, judged):
                 cols = row.split(" | ")
                 lines.append(" | ".join([cols[0], measure_label(mp)] + cols[1:]))
                 verdicts.append(v)
