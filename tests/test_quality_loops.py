@@ -81,3 +81,38 @@ def test_a_wrong_or_missing_match_stops_with_the_key(tmp_path):
     cell["points"][0]["settings_key"] = "other"
     with pytest.raises(SystemExit, match=r"\('dpo', .*'val', 'other'\): not in the run dir's store"):
         loops.annotate(cell, index, prompts, plain, loopfree)
+
+
+def test_kept_scores_stand_in_for_a_gone_store(tmp_path, monkeypatch):
+    """Run dirs die with a session's machine: a cell judged once from its store is re-read from the kept per-prompt
+    scores; a cell with neither keeps the previous audit's summary, marked, and an earlier claims block stays."""
+    cell, index, prompts, _, _ = make(tmp_path)
+    monkeypatch.setattr(loops, "RESULTS", tmp_path)
+    monkeypatch.setattr(loops, "OUT", tmp_path / "quality-v3-loops.json")
+    monkeypatch.setattr(loops, "SCORES", tmp_path / "quality-v3-loops-scores.json")
+    (tmp_path / "quality-v3.json").write_text(json.dumps({"cells": {"tqa/1/dpo": cell, "tqa/2/dpo": cell}}))
+    earlier_block = {"measures": ["BT head", "refusal rate", "loop-free refusal rate"], "rows": [], "seeds": [0]}
+    earlier_cell = {"base": {"repetition": 0.1, "loops": 0.0}, "points": []}
+    loops.OUT.write_text(json.dumps({"cells": {"tqa/2/dpo": earlier_cell}, "claims": {"builtin": earlier_block}}))
+    present = {"1"}
+    monkeypatch.setattr(loops, "loaded_setting", lambda runs, setting, seed: (index, prompts, None, None)
+                        if seed in present else None)
+
+    out, kept = loops.run(tmp_path)
+    assert list(kept) == ["tqa/1/dpo"] and out["not_rejudged"] == ["tqa/2/dpo"]
+    assert out["cells"]["tqa/2/dpo"] == {**earlier_cell, "earlier_audit": True}
+    test_key = json.dumps(loops.key(cell, cell["test_all"][0], "test", "k-test"))
+    assert kept["tqa/1/dpo"][test_key] == {"repetition": [0.8, 0.8, 0.0, 0.0]}  # a direct count, see LOOP
+    assert out["earlier_claims"] == [{"setting": "builtin", **earlier_block}]
+    loops.write(out, kept)
+    assert "kept from an earlier audit" in (tmp_path / "quality-v3-loops.md").read_text()
+
+    present.clear()  # every store gone: the kept scores give the same audit, the earlier block is kept once
+    again, kept_again = loops.run(tmp_path)
+    assert kept_again == kept and again["cells"]["tqa/1/dpo"] == out["cells"]["tqa/1/dpo"]
+    assert again["earlier_claims"] == out["earlier_claims"]
+
+    cell["test_all"][0]["settings_key"] = "re-run"  # a re-run cell whose kept scores no longer match its points
+    (tmp_path / "quality-v3.json").write_text(json.dumps({"cells": {"tqa/1/dpo": cell}}))
+    with pytest.raises(SystemExit, match="no kept loop scores for this point"):
+        loops.run(tmp_path)

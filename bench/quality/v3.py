@@ -119,9 +119,11 @@ def test_all(cfg: RunConfig, method: str, judges) -> list[dict]:
 
 
 def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, max_minutes: float | None) -> None:
+    from bench.quality.loops import keep  # here: loops imports this module's configs
+
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the repository")
-    out, _ = paths(mode)
+    out, runs = paths(mode)
     results = open_results(out, {**MODES[mode], "mode": mode, "grid": [0.0, 0.5, 1.0], "simplex_step": 0.25,
                                  "model": "smollm2-135m-instruct (embedded)"})
     judges = {}
@@ -141,6 +143,8 @@ def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, ma
                  "cell_wall_seconds": time.perf_counter() - t}
         results["cells"][key] = cell
         results = save(results, out, key)
+        # the loops audit's per-prompt scores, kept while the store exists (run dirs do not outlive a session)
+        keep(key, results["cells"][key], runs, mode, out.with_name(out.stem + "-loops-scores.json"))
         print(json.dumps({"cell": key, "hv_own_ref": front.hypervolume.test,
                           "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
