@@ -113,3 +113,15 @@ def test_a_second_measure_on_its_own_items_is_resampled_on_its_own():
 ])
 def test_combined_verdicts(verdicts, want):
     assert q3.combine(verdicts) == want
+
+
+def test_cells_scored_by_another_instrument_stop_the_tables():
+    """A cell whose base settings key differs (its judges were refit with another seed) cannot be pooled with the
+    setting's other cells."""
+    same = {"base": {"settings_key": "k", "settings_key_val": "kv"}}
+    q3.one_instrument({"builtin/0/dpo": same, "builtin/1/dpo": same, "tqa/0/dpo": {
+        "base": {"settings_key": "other", "settings_key_val": "kv"}}})  # another setting: its own instrument
+    odd = {"base": {"settings_key": "refit", "settings_key_val": "kv"}}
+    with pytest.raises(SystemExit, match=r"builtin: cells were scored under 2 different settings keys .*refit: "
+                                         r"builtin/1/dpo"):
+        q3.one_instrument({"builtin/0/dpo": same, "builtin/1/dpo": odd})

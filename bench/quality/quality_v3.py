@@ -14,6 +14,8 @@ and test points), and the pooled paired interval and per-seed signs decide the v
   not answered        no measure answers.
 Claims on a measure-free quantity (interference CKA, held-out pair accuracy) have one verdict under every measure.
 v3's own rows (mva-paper, the decode-time fusions) follow in a second table, judged the same way, outside the 15.
+Every cell of a setting must carry the same base settings key (prompts, generation settings and the judges' weight
+digests): a cell judged by another instrument (a head refit with another seed on a new machine) stops the tables.
 """
 
 from __future__ import annotations
@@ -162,7 +164,22 @@ def v2_tally() -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^- (\w+): (\d+) of 15 answered", text, re.M)}
 
 
+def one_instrument(cells: dict[str, dict]) -> None:
+    """Stop when a setting's cells were not all scored on the same prompts by the same judges (`settings_key`)."""
+    seen: dict[str, dict[tuple, list[str]]] = {}
+    for name, cell in cells.items():
+        b = cell["base"]
+        seen.setdefault(name.split("/")[0], {}).setdefault((b["settings_key"], b["settings_key_val"]), []).append(name)
+    for setting, groups in seen.items():
+        if len(groups) > 1:
+            raise SystemExit(f"{setting}: cells were scored under {len(groups)} different settings keys (judges or "
+                             "prompts differ): " + "; ".join(f"{k[0]}: {', '.join(sorted(v)[:4])}"
+                                                             + (" …" if len(v) > 4 else "") for k, v in groups.items())
+                             + "; re-evaluate the odd cells with the setting's judges")
+
+
 def markdown(results: dict) -> str:
+    one_instrument(results.get("cells", {}))
     settings = by_setting(results.get("cells", {}))
     body, tally, dependent = [], {}, []
     for setting, seeds in settings.items():

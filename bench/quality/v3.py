@@ -17,6 +17,9 @@ tokens, grid {0, 0.5, 1}², the v2 splits), plus a second, judge-free measure of
 Every measure scores the same responses. Selection on val is re-done under each measure: each cell also scores on
 test every candidate that is non-dominated on val under some measure (`test_all`), so a claim's front under a
 second measure is selected by that measure, not borrowed from the first. Cells: bench/results/quality-v3.json.
+The judges are the instrument, one per setting for every seed: the BT heads are fit with seed JUDGE_SEED whichever
+policy seed runs first (run dirs, heads included, do not outlive a session's machine, so heads are refit on a new
+one); a head found fit with another seed stops the run.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from mvalign.stats import json_key
 RESULTS = ROOT / "bench" / "results"
 MODES = {"v3": {**BUDGET["v2"], "mc_questions": 128}, "quick": {**BUDGET["quick"], "mc_questions": 4}}
 SETTINGS = ["tqa", "builtin", "hh"]
+JUDGE_SEED = 0
 
 
 def paths(mode: str):
@@ -118,6 +122,18 @@ def test_all(cfg: RunConfig, method: str, judges) -> list[dict]:
     return [p.to_json() for p in front.points if p.split == "test"]
 
 
+def fixed_judges(setting: str, mode: str) -> dict:
+    """The setting's BT heads, fit with JUDGE_SEED when missing; stops on a head fit with another seed."""
+    cfg = v3_config(setting, JUDGE_SEED, mode)
+    for v in cfg.values:
+        head = Path(v.reward.path) / "head.json"
+        seed = json.loads(head.read_text())["settings"]["seed"] if head.is_file() else JUDGE_SEED
+        if seed != JUDGE_SEED:
+            sys.exit(f"{head}: fit with seed {seed}, v3's judges with seed {JUDGE_SEED}: move {head.parent} aside "
+                     "and re-run (the cells it scored were judged by another instrument)")
+    return load_reward_models(cfg)
+
+
 def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, max_minutes: float | None) -> None:
     from bench.quality.loops import keep  # here: loops imports this module's configs
 
@@ -132,7 +148,7 @@ def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, ma
         setting, seed, method = key.split("/")
         t = time.perf_counter()
         cfg = v3_config(setting, int(seed), mode)
-        judges[setting] = judges.get(setting) or load_reward_models(cfg)
+        judges[setting] = judges.get(setting) or fixed_judges(setting, mode)
         results.setdefault("judges", {})[setting] = {
             v.name: {k: json.loads((Path(v.reward.path) / "head.json").read_text()).get(k)
                      for k in ("val_accuracy", "val_pairs", "train_pairs")} for v in cfg.values}
