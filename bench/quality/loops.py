@@ -229,7 +229,7 @@ def markdown(out: dict) -> str:
 
     def block(title: str, c: dict) -> list[str]:
         changed = [r["claim"] for r in c["rows"] if r["combined_two"] != r["combined_three"]]
-        return [title, "", "| claim | BT head | refusal rate | loop-free refusal rate | two measures (quality-v3.md) | "
+        return [title, "", "| claim | BT head | refusal rate | loop-free refusal rate | two measures (as quality-v3.md) | "
                 "three measures |", "|---|---|---|---|---|---|"] + [
             f"| {r['claim']} | " + " | ".join(f"{v}: {e}" for v, e in zip(r["verdicts"], r["estimates"]))
             + f" | {r['combined_two']} | {r['combined_three']} |" for r in c["rows"]] + [
