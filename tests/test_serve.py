@@ -334,3 +334,18 @@ def test_mvalign_serve_on_a_trained_run_offers_its_picked_preset(tmp_path, tiny_
     assert got == want, out
     bad = runner.invoke(app, ["serve", str(tmp_path / "run"), "--host", "0.0.0.0"])
     assert bad.exit_code == 1 and "needs --api-key" in bad.output
+
+
+def test_a_vanishing_temperature_samples_its_limit_greedy():
+    """A positive temperature so small that logits / T overflows (hypothesis found 2.2e-313 → a 500) picks the
+    argmax, the limit T → 0+; an ordinary temperature still samples from softmax(logits / T)."""
+    import torch
+
+    from mvalign.serve_engine import GenRequest
+
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9])
+    for t in (2.2250738585e-313, 1e-300):
+        assert GenRequest([1], [1.0], 1, lambda d, f: None, temperature=t).choose(logits) == 1
+    row = GenRequest([1], [1.0], 1, lambda d, f: None, temperature=1.0, seed=0)
+    draws = {row.choose(logits) for _ in range(200)}
+    assert {1, 3} <= draws  # 3.0 and 2.9 are near-equally likely at T = 1

@@ -67,7 +67,10 @@ class GenRequest:
         """The next token from this row's logits (greedy at temperature 0)."""
         if self.temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+        scaled = logits.double() / self.temperature
+        if not torch.isfinite(scaled.max()):  # a temperature so small that logits / T overflows: its limit, greedy
+            return int(torch.argmax(logits))
+        probs = torch.softmax(scaled, dim=-1)
         if self.top_p < 1.0:
             sorted_p, order = torch.sort(probs, descending=True)
             keep = torch.cumsum(sorted_p, 0) - sorted_p < self.top_p  # the smallest head reaching top_p
