@@ -168,8 +168,11 @@ def keep(name: str, cell: dict, runs: Path, mode: str = "v3", scores: Path | Non
     scores = scores or SCORES
     kept = json.loads(scores.read_text()) if scores.is_file() else {}
     kept[name] = judge(json.loads(json.dumps(cell)), *loaded_setting(runs, setting, seed, mode))  # as stored
-    write_atomic(scores, "the loops audit's kept scores",
-                 lambda tmp: tmp.write_text(json.dumps(kept, separators=(",", ":"))))
+    write_kept(scores, kept)
+
+
+def write_kept(path: Path, kept: dict) -> None:
+    write_atomic(path, "the loops audit's kept scores", lambda tmp: tmp.write_text(json.dumps(kept, separators=(",", ":"))))
 
 
 def claims_block(seeds: dict) -> dict:
@@ -264,8 +267,8 @@ def markdown(out: dict) -> str:
 
 
 def write(out: dict, kept: dict) -> None:
-    for path, text in ((SCORES, json.dumps(kept, separators=(",", ":"))), (OUT, json.dumps(out, indent=1)),
-                       (RESULTS / "quality-v3-loops.md", markdown(out))):
+    write_kept(SCORES, kept)
+    for path, text in ((OUT, json.dumps(out, indent=1)), (RESULTS / "quality-v3-loops.md", markdown(out))):
         write_atomic(path, "the loops audit", lambda tmp, text=text: tmp.write_text(text))
 
 
