@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.decorrelation_study report   # decorrelation-study.json -> .md + .png
 
 Cells, per (setting, seed), at quality v2's budget (`bench.quality.run`: 60 steps per vector, LoRA r16/α32, 64 val /
-128 test prompts, 48 new tokens, grid {0, 0.5, 1}², one BT head per value as the judge):
+128 test prompts, 48 new tokens, grid {0, 0.5, 1}², one BT head per value as the judge, fit with seed
+`bench.quality.run.JUDGE_SEED` for every policy seed):
   none                 the two plain DPO vectors (`mva-nohsic`): the reference every variant is compared with;
   <kind>-a<α>          the first value's DPO vector (the same adapter, copied) and the second value's vector trained
                        with α · penalty against it (`mva` with methods.mva set to the kind), α ∈ {0.01, 0.1, 1, 10}:
@@ -35,12 +36,22 @@ import torch
 
 from bench.quality.quality_table import cell_front
 from bench.quality.quality_v2 import single_value_generations
-from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, open_results, save, todo_cells
+from bench.quality.run import (
+    BUDGET,
+    DATA,
+    JUDGE_SEED,
+    ROOT,
+    cell_record,
+    make_config,
+    open_results,
+    save,
+    seeded_judges,
+    todo_cells,
+)
 from mvalign.config import RunConfig
 from mvalign.evaluate import evaluate_method
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import train_method
-from mvalign.rewards import load_reward_models
 
 OUT = ROOT / "bench" / "results" / "decorrelation-study.json"
 RUNS = ROOT / "runs" / "bench-decorrelation"
@@ -99,7 +110,7 @@ def run(settings: list[str], seeds: list[int], max_minutes: float | None, varian
         if variant != "none":
             start_from_none(setting, int(seed), variant)
         cfg = variant_config(setting, int(seed), variant)
-        judges[setting] = judges.get(setting) or load_reward_models(cfg)
+        judges[setting] = judges.get(setting) or seeded_judges(variant_config(setting, JUDGE_SEED, "none"))
         method = "mva-nohsic" if variant == "none" else "mva"
         train_method(cfg, method)
         front = evaluate_method(cfg, method, primary=False, rewards=judges[setting])

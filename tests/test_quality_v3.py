@@ -125,3 +125,20 @@ def test_cells_scored_by_another_instrument_stop_the_tables():
     with pytest.raises(SystemExit, match=r"builtin: cells were scored under 2 different settings keys .*refit: "
                                          r"builtin/1/dpo"):
         q3.one_instrument({"builtin/0/dpo": same, "builtin/1/dpo": odd})
+
+
+def test_judges_fit_with_another_seed_stop_the_benchmark(tmp_path):
+    """Heads cached in a run dir by a seed-1 run would score every later cell of the setting with another instrument:
+    the benchmarks' judge loader refuses them by name, and refuses to fit judges from a non-JUDGE_SEED config."""
+    import json
+
+    from bench.quality.run import BUDGET, JUDGE_SEED, make_config, seeded_judges
+
+    cfg = make_config("builtin", JUDGE_SEED, BUDGET["quick"], tmp_path)
+    head = tmp_path / "builtin" / "rewards" / "harmless" / "head.json"
+    head.parent.mkdir(parents=True)
+    head.write_text(json.dumps({"settings": {"seed": JUDGE_SEED + 1}}))
+    with pytest.raises(SystemExit, match=r"harmless/head.json: fit with seed 1, the benchmark's judges with seed 0"):
+        seeded_judges(cfg)
+    with pytest.raises(ValueError, match="judges are fit with seed 0"):
+        seeded_judges(make_config("builtin", JUDGE_SEED + 1, BUDGET["quick"], tmp_path))

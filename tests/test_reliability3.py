@@ -262,7 +262,7 @@ def test_planted_pickles_are_refused_with_one_line_and_never_run(tmp_path, tiny_
     (ckpt / "state.json").write_text('{"step": 1}')
     torch.save({"optimizer": _Payload(ran)}, ckpt / "optimizer.pt")
     with pytest.raises(CheckpointError, match=r"optimizer.pt: not an optimizer state mvalign wrote .*delete"):
-        _load_checkpoint(ckpt, torch.nn.Linear(2, 2), None, None)
+        _load_checkpoint(ckpt, torch.nn.Linear(2, 2), None, None, "any digest")
     assert not ran.exists()
 
     pickled = tmp_path / "pickled-model"  # a model folder offering only pytorch_model.bin

@@ -143,6 +143,51 @@ def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
 
+def test_a_checkpoint_resumes_only_on_its_own_examples(tmp_path, tokenizer, tiny_llama):
+    """A checkpoint of a training on some examples (e.g. VC-soup's pairs before its judges were refit) is refused,
+    with its folder named, by a training on other examples; the same examples resume it; a checkpoint from before the
+    digest was recorded still resumes. The digest is recomputed here from the token ids, independently."""
+    import hashlib
+
+    from mvalign.train.trainer import CheckpointError, examples_digest
+
+    settings = DPOSettings(lr=1e-2, max_steps=4, batch_size=2, save_every=2, scheduler="linear")
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
+    crash = {"n": 0}
+
+    def stop_at_step_3(m, micro):
+        crash["n"] += 1
+        if crash["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return torch.zeros(()), {}
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(stop_at_step_3)]), settings,
+                      tmp_path / "run", tokenizer.pad_token_id, progress=False)
+    state_path = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    lines = "".join(json.dumps([list(t.prompt), list(t.chosen), list(t.rejected)], separators=(",", ":")) + "\n"
+                    for t in toks)
+    assert state == {"step": 2, "examples_sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+    fewer = toks[1:]  # one pair filtered out
+    model, _, _ = _setup(tokenizer, tiny_llama, tmp_path)
+    assert examples_digest(fewer) != examples_digest(toks)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*run/checkpoint \(step 2\) was trained on other examples.*"
+                                              r"Delete .* to retrain from step 0"):
+        train_adapter(model, dpo_objective(fewer, ref[0][1:], ref[1][1:], settings.beta), settings, tmp_path / "run",
+                      tokenizer.pad_token_id, progress=False)
+    assert json.loads(state_path.read_text()) == state  # the refused checkpoint is left as it was
+
+    state_path.write_text(json.dumps({"step": 2}))  # written before the digest existed
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
+    assert train_adapter(model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "run",
+                         tokenizer.pad_token_id, progress=False).steps == 4
+    rows = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4]  # resumed at step 3 (the killed run logged 1-2)
+    assert json.loads(state_path.read_text())["examples_sha256"] == state["examples_sha256"]
+
+
 def test_a_non_finite_step_is_refused_and_not_applied(tmp_path, tokenizer, tiny_llama):
     """A loss that turns NaN at step 3 stops training with one line naming the step; the weights stay those after
     step 2 (equal to a 2-step run) and the checkpoint of step 2 is intact."""

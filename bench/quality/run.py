@@ -103,6 +103,25 @@ def values_for(setting: str, b: dict, root: Path) -> list[dict]:
              "reward": {**judge(v), "data": {**tqa, "value": v, "limit": b["rm_limit"]}}} for v in ("honest", "helpful")]
 
 
+JUDGE_SEED = 0
+"""The BT heads of a setting are fit with this seed whichever policy seed runs first: one instrument for every seed
+(run dirs, heads included, do not outlive a session's machine, so heads are refit on a new one)."""
+
+
+def seeded_judges(cfg: RunConfig) -> dict:
+    """The judges of `cfg` (a config of training seed JUDGE_SEED), fit when missing; stops on a head fit with another
+    seed, whose cells would have been scored by another instrument."""
+    if cfg.training.seed != JUDGE_SEED:
+        raise ValueError(f"judges are fit with seed {JUDGE_SEED}; got a config of seed {cfg.training.seed}")
+    for v in cfg.values:
+        head = Path(v.reward.path) / "head.json"
+        seed = json.loads(head.read_text())["settings"]["seed"] if head.is_file() else JUDGE_SEED
+        if seed != JUDGE_SEED:
+            sys.exit(f"{head}: fit with seed {seed}, the benchmark's judges with seed {JUDGE_SEED}: move {head.parent} "
+                     "aside and re-run (the cells it scored were judged by another instrument)")
+    return load_reward_models(cfg)
+
+
 def make_config(setting: str, seed: int, b: dict, root: Path, mode: str = "full", split: dict | None = None) -> RunConfig:
     """The cell's config; `split` (fractions) overrides the mode's split (bench/perf/racing.py's HH grid)."""
     values = values_for(setting, b, root)

@@ -35,21 +35,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.quality.run import BUDGET, DATA, ROOT, cell_record, make_config, open_results, save, todo_cells
+from bench.quality.run import (
+    BUDGET,
+    DATA,
+    JUDGE_SEED,
+    ROOT,
+    cell_record,
+    make_config,
+    open_results,
+    save,
+    seeded_judges,
+    todo_cells,
+)
 from mvalign.config import RunConfig
 from mvalign.data import value_splits
 from mvalign.evaluate import evaluate_method, evaluator
 from mvalign.front import Front
 from mvalign.methods import method_names, train_method
 from mvalign.pareto import non_dominated
-from mvalign.rewards import audit_key, load_reward_models
+from mvalign.rewards import audit_key
 from mvalign.rewards.base import prompt_text
 from mvalign.stats import json_key
 
 RESULTS = ROOT / "bench" / "results"
 MODES = {"v3": {**BUDGET["v2"], "mc_questions": 128}, "quick": {**BUDGET["quick"], "mc_questions": 4}}
 SETTINGS = ["tqa", "builtin", "hh"]
-JUDGE_SEED = 0
 
 
 def paths(mode: str):
@@ -124,14 +134,7 @@ def test_all(cfg: RunConfig, method: str, judges) -> list[dict]:
 
 def fixed_judges(setting: str, mode: str) -> dict:
     """The setting's BT heads, fit with JUDGE_SEED when missing; stops on a head fit with another seed."""
-    cfg = v3_config(setting, JUDGE_SEED, mode)
-    for v in cfg.values:
-        head = Path(v.reward.path) / "head.json"
-        seed = json.loads(head.read_text())["settings"]["seed"] if head.is_file() else JUDGE_SEED
-        if seed != JUDGE_SEED:
-            sys.exit(f"{head}: fit with seed {seed}, v3's judges with seed {JUDGE_SEED}: move {head.parent} aside "
-                     "and re-run (the cells it scored were judged by another instrument)")
-    return load_reward_models(cfg)
+    return seeded_judges(v3_config(setting, JUDGE_SEED, mode))
 
 
 def run(settings: list[str], seeds: list[int], methods: list[str], mode: str, max_minutes: float | None) -> None:

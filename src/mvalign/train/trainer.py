@@ -2,13 +2,18 @@
 objective's terms (`train.losses`), so the loop knows no method and no particular loss.
 
 Data order and dropout are functions of (seed, step), so a run resumed from a checkpoint continues exactly as the
-uninterrupted run would have. Under `accelerate launch` each process takes every world_size-th micro-batch of the
-same stream; gradients are synchronised on the last micro-batch of each optimizer step.
+uninterrupted run would have. A checkpoint records the SHA-256 of its training examples' token ids
+(`examples_digest`: integers, so the same on every device) and is resumed only by a training on the same examples.
+
+Under `accelerate launch` each process takes every world_size-th micro-batch of the same stream; gradients are
+synchronised on the last micro-batch of each optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -67,11 +72,25 @@ def visited_pairs(settings: TrainingSettings, n_pairs: int, world_size: int = 1)
     return sorted(i for m in range(micros) for i in micro_batch_indices(n_pairs, settings.batch_size, settings.seed, m))
 
 
+def examples_digest(examples) -> str:
+    """SHA-256 of the training examples' token ids (each a frozen dataclass of int tuples, in training order).
+
+    Covers what the loop reads by index: the pairs or sequences, hence the data, its filtering (VC-soup's consistency
+    selection), prompt tags (RiC), the tokenizer and the length limits. Float inputs given beside the examples (pair
+    weights, margins, reference log-probs) are not covered: they differ across devices in their last bits, and a
+    checkpoint made on a GPU resumes on a CPU by design."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps(dataclasses.astuple(e) if dataclasses.is_dataclass(e) else e, separators=(",", ":")).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> None:
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, digest: str) -> None:
     """Write checkpoint.tmp, then swap it in; a failed write (full disk) leaves the previous checkpoint whole."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,7 +99,7 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, step: int) -> No
             tmp.mkdir(parents=True)
             save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step}))
+            (tmp / "state.json").write_text(json.dumps({"step": step, "examples_sha256": digest}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -96,11 +115,23 @@ class DivergedError(MvalignError, FloatingPointError):
     """A training step whose loss or gradient is not finite: it is not applied."""
 
 
-def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
+def _load_checkpoint(folder: Path, model, optimizer, scheduler, digest: str) -> int:
     missing = [f for f in ("trainable.safetensors", "optimizer.pt", "state.json") if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); delete that folder to "
                               "restart this adapter's training from step 0")
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        step = int(state["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}/state.json: unreadable ({type(e).__name__}: {e}); delete {folder} to restart") from None
+    # a checkpoint written before the digest was recorded has none and is resumed as before
+    if state.get("examples_sha256", digest) != digest:
+        raise CheckpointError(
+            f"checkpoint {folder} (step {step}) was trained on other examples than this training's (token-id SHA-256 "
+            f"{str(state['examples_sha256'])[:12]}… vs {digest[:12]}…): the data, its filter or tags (e.g. refit judges), "
+            f"the tokenizer or the length limits changed since. Delete {folder} to retrain from step 0, or restore what "
+            "changed to resume")
     params = dict(model.named_parameters())
     try:
         saved = load_file(str(folder / "trainable.safetensors"))
@@ -119,7 +150,7 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
                               f"{str(e).splitlines()[0][:120]}); delete {folder} to restart") from None
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
-    return int(json.loads((folder / "state.json").read_text())["step"])
+    return step
 
 
 def train_adapter(
@@ -155,7 +186,9 @@ def train_adapter(
     scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=steps)
     model, optimizer = acc.prepare(model, optimizer)
     ckpt = out / "checkpoint"
-    start = _load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler) if (ckpt / "state.json").is_file() else 0
+    digest = examples_digest(objective.examples)
+    resumable = (ckpt / "state.json").is_file()
+    start = _load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, digest) if resumable else 0
 
     autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
     model.train()
@@ -218,7 +251,7 @@ def train_adapter(
                 bar.set_postfix({k: f"{sums[k]:.4g}" for k in ("loss", "accuracy", "margin") if k in sums})
                 bar.update(1)
                 if (step + 1) % settings.save_every == 0 or step + 1 == steps:
-                    _save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1)
+                    _save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1, digest)
             acc.wait_for_everyone()
             reached("step")
     seconds = time.perf_counter() - t0
