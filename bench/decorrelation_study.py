@@ -49,6 +49,7 @@ from bench.quality.run import (
     todo_cells,
 )
 from mvalign.config import RunConfig
+from mvalign.devices import resolve_device, resolve_precision
 from mvalign.evaluate import evaluate_method
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import train_method
@@ -77,6 +78,9 @@ def variant_config(setting: str, seed: int, variant: str) -> RunConfig:
     base = make_config(setting, seed, BUDGET[MODE], RUNS, "v2")
     data = base.model_dump(mode="json")
     data["run_dir"] = str(RUNS / setting / f"seed{seed}" / variant)
+    # bf16 autocast where this machine computes it natively (the TruthfulQA seed-0 cells: an AVX-512 CPU), fp32 where
+    # it would be emulated (33x slower per step on an AVX2-only CPU: bench/perf/cpu_precision.py); the cell records it
+    data["training"]["precision"] = resolve_precision("auto", resolve_device(base.model.device))
     # v2's judges (these BT heads) predate the contract probes, and TruthfulQA's honest head fails one of its three
     # (it prefers the false answer to the Great Wall question): kept as in v2, and said so in the results
     data["audit"]["probes"] = False

@@ -45,7 +45,7 @@ def demo_config(quick: bool = False, run_dir: str = "runs/demo") -> RunConfig:
         "values": values,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "training": {"beta": 0.1, "lr": 5e-4, "max_steps": s["steps"], "batch_size": 4, "max_length": 128,
-                     "max_prompt_length": 64, "precision": "bf16", "seed": 0, "save_every": 10,
+                     "max_prompt_length": 64, "precision": "auto", "seed": 0, "save_every": 10,
                      "eval_pairs": s["eval_pairs"]},
         "methods": {"mva": {"alpha": 0.1, "penalty": "cka", "target": "delta_w"}},
         "sweep": {"strategy": "grid", "grid": s["grid"], "val_prompts": s["val_prompts"], "test_prompts": s["test_prompts"],

@@ -75,6 +75,32 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matrix products natively: a CUDA device that supports bf16, or a CPU whose
+    oneDNN has a bf16 path (x86 with AVX-512, aarch64 with BF16). Elsewhere (AVX2-only x86, MPS) bf16 is emulated."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """`training.precision`: fp32 / bf16 as they say; auto = bf16 autocast where `native_bf16(device)`, else fp32
+    (bf16 autocast on an AVX2-only CPU measured 33x slower per DPO step than fp32: bench/perf/cpu_precision.py)."""
+    if spec != "auto":
+        return spec
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def autocast_dtype(spec: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `training.precision` on `device` (None: no autocast)."""
+    return torch.bfloat16 if resolve_precision(spec, device) == "bf16" else None
+
+
 def place(module: torch.nn.Module, device: torch.device, stage: str) -> torch.nn.Module:
     """Move `module` to `device` for `stage` (e.g. 'base model', 'reward encoder'). The only place a stage moves a
     model, so tests can record every stage's device."""

@@ -38,7 +38,10 @@ class TrainingSettings(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(256, ge=8, description="Max tokens of prompt + response; responses are cut at the end.")
     max_prompt_length: int = Field(128, ge=4, description="Max prompt tokens; longer prompts keep their last tokens.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward/backward under bf16 autocast.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16 runs forward/backward under bf16 autocast; auto picks bf16 where the device computes it "
+        "natively (a bf16 CUDA GPU; a CPU with AVX-512 or aarch64 BF16) and fp32 elsewhere, where emulated bf16 is "
+        "many times slower.")
     seed: int = Field(
         0, description="Seed for LoRA init, data order and dropout; each value uses its own seed derived from this one "
         "and the value's name, so value vectors never share their initialisation."

@@ -16,6 +16,7 @@ import torch
 from ..config import ConfigError, ModpoSettings, RunConfig
 from ..data import value_splits
 from ..data.pairs import PreferencePair
+from ..devices import autocast_dtype
 from ..lora import attached
 from ..rundir import RunDir
 from ..store import AdapterRef, VectorRecord
@@ -44,7 +45,7 @@ def margins(cfg: RunConfig, run: RunDir, model, tok: Sequence[TokenizedPair], pa
             cols_r.append(torch.as_tensor(rewards[j].score(text, [pairs[i].rejected for i in idx]), dtype=torch.float32))
     else:
         d = cfg.training
-        autocast = torch.bfloat16 if d.precision == "bf16" else None
+        autocast = autocast_dtype(d.precision, next(model.parameters()).device)
         ref_c, ref_r = reference_logprobs(model, tok, pad, cache, d.batch_size * 2, autocast, only)
         for j in others:
             with attached(model, run.adapter(AdapterRef("dpo", j))) as pj:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from ..config import RunConfig, TrainingSettings
 from ..data.pairs import PreferencePair
-from ..devices import process_state
+from ..devices import autocast_dtype, process_state
 from ..errors import remove_tree, replace_dir, writing
 from ..faults import reached
 from ..lora import add_value_adapter
@@ -59,7 +59,7 @@ class JobContext:
 
     @property
     def autocast(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.settings.precision == "bf16" else None
+        return autocast_dtype(self.settings.precision, next(self.model.parameters()).device)
 
     def tokenize(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair]:
         d = self.settings

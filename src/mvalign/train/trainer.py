@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..config import TrainingSettings
-from ..devices import accelerator_kwargs
+from ..devices import accelerator_kwargs, resolve_precision
 from ..errors import MvalignError, writing
 from ..faults import reached
 from .losses import Objective
@@ -166,10 +166,11 @@ def train_adapter(
     """Train the trainable (LoRA) parameters of `model` on `objective`.
 
     Per micro-batch: loss = Σ_terms term(model, batch, indices, micro), divided by grad_accum; terms run under bf16
-    autocast when settings.precision is bf16, except those with `autocast = False` (penalties on the factors). The optimisation
-    settings (lr, schedule, steps or epochs, batch, grad_accum, precision, clipping, seed, save_every) come from
-    `settings`. Writes `out_dir/log.jsonl` (one line per optimizer step) and a resumable `out_dir/checkpoint/` every
-    `settings.save_every` steps and at the end; an existing checkpoint is resumed from.
+    autocast when settings.precision resolves to bf16 on the device (`devices.resolve_precision`), except those with
+    `autocast = False` (penalties on the factors). The optimisation settings (lr, schedule, steps or epochs, batch,
+    grad_accum, precision, clipping, seed, save_every) come from `settings`. Writes `out_dir/log.jsonl` (one line per
+    optimizer step) and a resumable `out_dir/checkpoint/` every `settings.save_every` steps and at the end; an
+    existing checkpoint is resumed from.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,8 @@ def train_adapter(
     resumable = (ckpt / "state.json").is_file()
     start = _load_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, digest) if resumable else 0
 
-    autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+    bf16 = resolve_precision(settings.precision, acc.device) == "bf16"
+    autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16)
     model.train()
     last: dict[str, float] = {}
     t0 = time.perf_counter()
