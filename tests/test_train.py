@@ -112,14 +112,8 @@ def test_dpo_steps_raise_reward_accuracy(tmp_path, tokenizer, tiny_llama):
     assert {"loss", "dpo_loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "lr"} <= log[0].keys()
 
 
-def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
-    settings = DPOSettings(lr=1e-2, max_steps=4, batch_size=2, save_every=2, scheduler="linear")
-    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
-    train_adapter(
-        model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "straight", tokenizer.pad_token_id, progress=False
-    )
-    straight = trainable_state(model)
-
+def _killed_at_step_3(model, toks, ref, settings, out, pad_id) -> None:
+    """Train with batch_size 2 until a KeyboardInterrupt in the third micro-batch (step 3), as a kill would."""
     calls = {"n": 0}
 
     def crash_at_step_3(m, micro):
@@ -128,10 +122,21 @@ def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
             raise KeyboardInterrupt("killed")
         return torch.zeros(()), {}
 
-    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
     with pytest.raises(KeyboardInterrupt):
         train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(crash_at_step_3)]), settings,
-                      tmp_path / "killed", tokenizer.pad_token_id, progress=False)
+                      out, pad_id, progress=False)
+
+
+def test_resume_continues_exactly(tmp_path, tokenizer, tiny_llama):
+    settings = DPOSettings(lr=1e-2, max_steps=4, batch_size=2, save_every=2, scheduler="linear")
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
+    train_adapter(
+        model, dpo_objective(toks, *ref, settings.beta), settings, tmp_path / "straight", tokenizer.pad_token_id, progress=False
+    )
+    straight = trainable_state(model)
+
+    model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)
+    _killed_at_step_3(model, toks, ref, settings, tmp_path / "killed", tokenizer.pad_token_id)
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["step"] == 2
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path, dropout=0.1)  # a fresh process
     result = train_adapter(
@@ -153,17 +158,7 @@ def test_a_checkpoint_resumes_only_on_its_own_examples(tmp_path, tokenizer, tiny
 
     settings = DPOSettings(lr=1e-2, max_steps=4, batch_size=2, save_every=2, scheduler="linear")
     model, toks, ref = _setup(tokenizer, tiny_llama, tmp_path)
-    crash = {"n": 0}
-
-    def stop_at_step_3(m, micro):
-        crash["n"] += 1
-        if crash["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return torch.zeros(()), {}
-
-    with pytest.raises(KeyboardInterrupt):
-        train_adapter(model, dpo_objective(toks, *ref, settings.beta, extra=[PenaltyTerm(stop_at_step_3)]), settings,
-                      tmp_path / "run", tokenizer.pad_token_id, progress=False)
+    _killed_at_step_3(model, toks, ref, settings, tmp_path / "run", tokenizer.pad_token_id)
     state_path = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
     lines = "".join(json.dumps([list(t.prompt), list(t.chosen), list(t.rejected)], separators=(",", ":")) + "\n"
