@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -50,7 +49,7 @@ from bench.quality.run import (
     todo_cells,
 )
 from mvalign.config import RunConfig
-from mvalign.devices import native_bf16, resolve_device, resolve_precision
+from mvalign.devices import resolve_device, resolve_precision
 from mvalign.evaluate import evaluate_method
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import train_method
@@ -119,23 +118,13 @@ def run(settings: list[str], seeds: list[int], max_minutes: float | None, varian
         method = "mva-nohsic" if variant == "none" else "mva"
         train_method(cfg, method)
         front = evaluate_method(cfg, method, primary=False, rewards=judges[setting])
-        results["cells"][key] = {**cell_record(cfg, method, front, time.perf_counter() - t), "variant": variant,
-                                 "precision": cfg.training.precision, "cpu": cpu_model()}
+        results["cells"][key] = {**cell_record(cfg, method, front, time.perf_counter() - t), "variant": variant}
         results = save(results, OUT, key)
         print(json.dumps({"cell": key, "hv_test_own_ref": front.hypervolume.test,
                           "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 
 UNRECORDED_CPU = "an earlier session's CPU, not recorded"
-
-
-def cpu_model() -> str:
-    """The CPU a cell ran on, e.g. 'AMD EPYC' (Linux: /proc/cpuinfo's model name), with whether bf16 is native."""
-    info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.is_file() else [])
-             if line.startswith("model name")]
-    native = "native" if native_bf16(torch.device("cpu")) else "emulated"
-    return f"{names[0] if names else platform.processor() or platform.machine()} (bf16 {native})"
 
 
 def penalty_log(key: str, cell: dict) -> dict | None:

@@ -47,6 +47,7 @@ from bench.quality.quality_table import write_table
 from bench.quality.quality_v2 import write as write_v2
 from mvalign.combine import load_lora_adapter
 from mvalign.config import RunConfig
+from mvalign.devices import native_bf16
 from mvalign.diagnose import interference_report
 from mvalign.evaluate import evaluate_method
 from mvalign.front import Front
@@ -160,6 +161,15 @@ def interference(cfg: RunConfig, source: str) -> dict | None:
     return {k: overall[k] for k in ("cos", "mean_abs_cos", "cka")}
 
 
+def cpu_model() -> str:
+    """The CPU a cell ran on, e.g. 'AMD EPYC' (Linux: /proc/cpuinfo's model name), with whether bf16 is native."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.is_file() else [])
+             if line.startswith("model name")]
+    native = "native" if native_bf16(torch.device("cpu")) else "emulated"
+    return f"{names[0] if names else platform.processor() or platform.machine()} (bf16 {native})"
+
+
 def cell_record(cfg: RunConfig, method: str, front: Front, seconds: float) -> dict:
     store = RunStore(cfg.run_dir)
     source = get_method(method).source
@@ -180,6 +190,8 @@ def cell_record(cfg: RunConfig, method: str, front: Front, seconds: float) -> di
         "vectors": vectors,
         "interference": interference(cfg, source),
         "cell_wall_seconds": seconds,
+        "precision": cfg.training.precision,
+        "cpu": cpu_model(),
     }
 
 
