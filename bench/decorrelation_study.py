@@ -25,6 +25,7 @@ the plain DPO vector's, paired over the val prompts.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from bench.quality.loops import store_index
 from bench.quality.quality_table import cell_front
 from bench.quality.quality_v2 import single_value_generations
 from bench.quality.run import (
@@ -49,10 +51,14 @@ from bench.quality.run import (
     todo_cells,
 )
 from mvalign.config import RunConfig
+from mvalign.data import eval_prompts, value_splits
 from mvalign.devices import resolve_device, resolve_precision
 from mvalign.evaluate import evaluate_method
 from mvalign.hvstats import pooled_differences, shared_reference
 from mvalign.methods import train_method
+from mvalign.rewards.base import prompt_text
+from mvalign.rewards.detectors import StringDetector
+from mvalign.rewards.rate import data_labels
 
 OUT = ROOT / "bench" / "results" / "decorrelation-study.json"
 RUNS = ROOT / "runs" / "bench-decorrelation"
@@ -143,6 +149,38 @@ def penalty_log(key: str, cell: dict) -> dict | None:
             for r in (rows[0], rows[-1])}
 
 
+def refusals(key: str, cell: dict) -> dict | None:
+    """Where the second value is harmless on the built-in data: the later vector alone (ω = e₂) on the val prompts,
+    responses refused by the string rule (`mvalign.judges.refusal`) on the harmful and on the benign prompts (labels:
+    the data's categories), [refused, prompts] each, and (`none` only) the base model's; read from the run dir's
+    store while it exists, kept in the cell. Judge-free: shows whether a harmless-judge gain is refusing harmful
+    requests or refusing everything."""
+    if "refusals" in cell:
+        return cell["refusals"]
+    setting, seed, variant = key.split("/")
+    store = RUNS / setting / f"seed{seed}" / variant / "store.sqlite"
+    if setting != "builtin" or cell["values"][1] != "harmless" or not store.is_file():
+        return None
+    index = store_index(store)
+    cfg = variant_config(setting, int(seed), variant)
+    prompts = eval_prompts(cfg, "val", cfg.sweep.val_prompts)
+    known = {k: v for value in cell["values"] for k, v in data_labels(value_splits(cfg, value)["val"]).items()}
+    labels = [known.get(prompt_text(p)) for p in prompts]
+
+    def count(method: str, weights: tuple[float, float]) -> dict | None:
+        w = json.dumps(dict(zip(cell["values"], weights)), sort_keys=True)
+        hits = [r for (m, ww, split, _), r in index.items() if split == "val" and ww == w and m == method]
+        if len(hits) != 1:
+            return None
+        refused = StringDetector().refused(prompts, hits[0])
+        return {label: [int(sum(r for r, lb in zip(refused, labels) if lb == label)), labels.count(label)]
+                for label in ("harmful", "benign")}
+
+    alone = count("dpo" if variant == "none" else "mva", (0.0, 1.0))
+    base = count("base", (0.0, 0.0)) if variant == "none" else None
+    return None if alone is None else {**alone, **({"base": base} if base else {})}
+
+
 def analyse(results: dict, n_boot: int = 1000) -> dict:
     """Per setting and variant: pooled HV(variant) − HV(none) and the single-value change, over the seeds that have
     both cells."""
@@ -151,6 +189,9 @@ def analyse(results: dict, n_boot: int = 1000) -> dict:
         logged = penalty_log(key, cell)
         if logged is not None:
             cell["penalty_log"] = logged
+        counted = refusals(key, cell)
+        if counted is not None:
+            cell["refusals"] = counted
         setting, seed, variant = key.split("/")
         by.setdefault(setting, {}).setdefault(int(seed), {})[variant] = cell
     out = {}
@@ -168,9 +209,11 @@ def analyse(results: dict, n_boot: int = 1000) -> dict:
                              "hv_test": {s: fronts[s][variant].hv_with(ref) for s in have},
                              "cka": {s: (seeds[s][variant].get("interference") or {}).get("cka") for s in have},
                              "later_val_accuracy": {s: later_accuracy(seeds[s][variant]) for s in have},
-                             "penalty_log": {s: seeds[s][variant].get("penalty_log") for s in have}}
+                             "penalty_log": {s: seeds[s][variant].get("penalty_log") for s in have},
+                             "refusals": {s: seeds[s][variant].get("refusals") for s in have}}
         none = {s: {"hv_test": fronts[s]["none"].hv_with(ref), "later_val_accuracy": later_accuracy(seeds[s]["none"]),
-                    "cka": (seeds[s]["none"].get("interference") or {}).get("cka")} for s in seeds if "none" in seeds[s]}
+                    "cka": (seeds[s]["none"].get("interference") or {}).get("cka"),
+                    "refusals": seeds[s]["none"].get("refusals")} for s in seeds if "none" in seeds[s]}
         out[setting] = {"reference_point": ref, "none": none, "variants": rows}
     return out
 
@@ -190,6 +233,12 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _refused(counts: dict | None) -> str:
+    if not counts:
+        return "—"
+    return " / ".join(f"{counts[k][0]} of {counts[k][1]} {k}" for k in ("harmful", "benign"))
+
+
 def _iv(d: dict | None, digits: int = 3) -> str:
     if d is None:
         return "—"
@@ -203,19 +252,24 @@ def markdown(results: dict, analysis: dict) -> str:
              "says how each number is estimated).", ""]
     for setting, a in analysis.items():
         plain = "; ".join(f"seed {s}: HV test {v['hv_test']:.4f}, CKA {_num(v['cka'])}, later vector's held-out pair "
-                          f"accuracy {_num(v['later_val_accuracy'])}" for s, v in a["none"].items())
+                          f"accuracy {_num(v['later_val_accuracy'])}"
+                          + (f", later vector alone refuses {_refused(v['refusals'])}" if v.get("refusals") else "")
+                          + (f" (base model: {_refused(v['refusals']['base'])})" if (v.get("refusals") or {}).get("base")
+                             else "")
+                          for s, v in a["none"].items())
         ran = sorted({f"{c.get('precision', 'bf16')} on {c.get('cpu', UNRECORDED_CPU)}"
                       for k, c in results["cells"].items() if k.startswith(f"{setting}/")})
         lines += [f"## {setting}", "", f"One reference point: {[round(x, 4) for x in a['reference_point']]}. "
                   f"No decorrelation (`none`): {plain}. Training precision and machine: {'; '.join(ran)}.", "",
                   "| penalty | α | seeds | HV(variant) − HV(none) [95%] | detectable | verdict | "
                   "single value: own score at ω = e₂, − plain DPO [95%] | CKA(ΔW₁, ΔW₂) | later vector's pair acc. | "
-                  "step 1 → last: α·penalty / DPO loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "step 1 → last: α·penalty / DPO loss | later vector alone refuses (val, string rule) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for kind in KINDS:
             for alpha in ALPHAS:
                 r = a["variants"].get(variant_name(kind, alpha))
                 if r is None:
-                    lines.append(f"| {kind} | {alpha:g} | 0 | not run | | | | | | |")
+                    lines.append(f"| {kind} | {alpha:g} | 0 | not run | | | | | | | |")
                     continue
                 hv = r["hv_diff"]
                 verdict = hv["verdict"] if len(r["seeds"]) > 1 else f"{hv['verdict']} (1 seed: prompts only)"
@@ -224,7 +278,8 @@ def markdown(results: dict, analysis: dict) -> str:
                 logs = ", ".join(" → ".join(f"{x['alpha_penalty']:.3g} / {x['dpo_loss']:.3f}" for x in lg.values())
                                  if lg else "—" for lg in r["penalty_log"].values())
                 lines.append(f"| {kind} | {alpha:g} | {len(r['seeds'])} | {_iv(hv, 4)} | {hv['detectable']:.4f} | "
-                             f"{verdict} | {_iv(r['single_value'])} | {cka} | {acc} | {logs} |")
+                             f"{verdict} | {_iv(r['single_value'])} | {cka} | {acc} | {logs} | "
+                             f"{', '.join(_refused(c) for c in r.get('refusals', {}).values())} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -257,10 +312,16 @@ def figure(analysis: dict, path: Path) -> None:
 
 
 def report() -> str:
-    results = json.loads(OUT.read_text())
-    analysis = analyse(results)
-    results["analysis"] = analysis
-    OUT.write_text(json.dumps(results, indent=1, default=str))
+    """The md and figure from the json, the analysis and the cells' read-backs (penalty logs, refusals) written back
+    atomically under the writers' lock, so a `run` storing cells meanwhile loses nothing."""
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(OUT.read_text())
+        analysis = analyse(results)
+        results["analysis"] = analysis
+        tmp = OUT.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        os.replace(tmp, OUT)
     md = markdown(results, analysis)
     OUT.with_suffix(".md").write_text(md)
     figure(analysis, OUT.with_suffix(".png"))
