@@ -108,6 +108,8 @@ def test_precision_auto_trains_bf16_only_where_the_device_computes_it(monkeypatc
         monkeypatch.setattr(devices, "native_bf16", lambda device, native=native: native)
         got = weights("auto", f"auto-{native}")
         assert all(torch.equal(got[k], want[k]) for k in want), f"auto with native bf16 {native}"
+        rows = [json.loads(line) for line in (tmp_path / f"auto-{native}" / "log.jsonl").read_text().splitlines()]
+        assert [r["bf16"] for r in rows] == [float(native)] * 2  # the log says what auto resolved to
 
 
 def test_config_rejects_unknown_devices(tmp_path, tiny_model_dir):

@@ -244,7 +244,8 @@ def train_adapter(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            last = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_step, **sums}
+            last = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t_step,
+                    "bf16": float(bf16), **sums}  # bf16: the precision `auto` resolved to on this machine
             acc.log(last, step=step + 1)  # the trackers of `report_to`, if the accelerator has any
             if acc.is_main_process:
                 with writing(log_path, "the training log", "the last checkpoint is kept"):
