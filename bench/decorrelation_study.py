@@ -117,9 +117,10 @@ def run(settings: list[str], seeds: list[int], max_minutes: float | None, varian
     for key in todo_cells(results, keys, max_minutes):
         setting, seed, variant = key.split("/")
         t = time.perf_counter()
+        cfg = variant_config(setting, int(seed), variant)
+        one_precision(results, setting, cfg.training.precision)
         if variant != "none":
             start_from_none(setting, int(seed), variant)
-        cfg = variant_config(setting, int(seed), variant)
         judges[setting] = judges.get(setting) or seeded_judges(variant_config(setting, JUDGE_SEED, "none"))
         method = "mva-nohsic" if variant == "none" else "mva"
         train_method(cfg, method)
@@ -131,6 +132,16 @@ def run(settings: list[str], seeds: list[int], max_minutes: float | None, varian
 
 
 UNRECORDED_CPU = "an earlier session's CPU, not recorded"
+
+
+def one_precision(results: dict, setting: str, precision: str) -> None:
+    """Stop before training a cell in another precision than the setting's stored cells (cells stored before
+    precision was recorded were all bf16): the variants of one table are compared with one training precision."""
+    stored = {c.get("precision", "bf16") for k, c in results["cells"].items() if k.startswith(f"{setting}/")}
+    if stored and stored != {precision}:
+        sys.exit(f"{OUT}: {setting}'s cells trained in {', '.join(sorted(stored))}, this machine resolves "
+                 f"training.precision auto to {precision} (bench/perf/cpu_precision.py); run {setting}'s cells where "
+                 "they resolve alike")
 
 
 def penalty_log(key: str, cell: dict) -> dict | None:
