@@ -44,7 +44,7 @@ def test_train_on_embedded_model_with_hh_pairs(tmp_path, embedded_cache, monkeyp
     cfg = {
         "values": [{"name": "helpful", "data": {"format": "hh-rlhf", "path": str(data), "limit": 32,
                                                   "single_turn_only": True, "on_invalid": "skip"}}],
-        "dpo": {"max_steps": 2, "batch_size": 4, "max_length": 160, "max_prompt_length": 64, "precision": "bf16",
+        "dpo": {"max_steps": 2, "batch_size": 4, "max_length": 160, "max_prompt_length": 64, "precision": "auto",
                 "eval_pairs": 8},
         "run_dir": str(tmp_path / "run"),
     }
