@@ -25,7 +25,6 @@ the plain DPO vector's, paired over the val prompts.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -44,11 +43,13 @@ from bench.quality.run import (
     JUDGE_SEED,
     ROOT,
     cell_record,
+    locked,
     make_config,
     open_results,
     save,
     seeded_judges,
     todo_cells,
+    write_results,
 )
 from mvalign.config import RunConfig
 from mvalign.data import eval_prompts, value_splits
@@ -325,14 +326,11 @@ def figure(analysis: dict, path: Path) -> None:
 def report() -> str:
     """The md and figure from the json, the analysis and the cells' read-backs (penalty logs, refusals) written back
     atomically under the writers' lock, so a `run` storing cells meanwhile loses nothing."""
-    with open(OUT.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(OUT):
         results = json.loads(OUT.read_text())
         analysis = analyse(results)
         results["analysis"] = analysis
-        tmp = OUT.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(results, indent=1, default=str))
-        os.replace(tmp, OUT)
+        write_results(OUT, results, default=str)
     md = markdown(results, analysis)
     OUT.with_suffix(".md").write_text(md)
     figure(analysis, OUT.with_suffix(".png"))

@@ -33,12 +33,14 @@ Each cell records `cell_wall_seconds`: its whole wall time (training included) o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,6 +51,7 @@ from mvalign.combine import load_lora_adapter
 from mvalign.config import RunConfig
 from mvalign.devices import native_bf16
 from mvalign.diagnose import interference_report
+from mvalign.errors import write_atomic
 from mvalign.evaluate import evaluate_method
 from mvalign.front import Front
 from mvalign.methods import get_method, method_names, train_method
@@ -204,18 +207,28 @@ def migrate(results: dict) -> dict:
     return results
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the writers' lock of a results file (every process that rewrites it takes it first)."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_results(path: Path, results: dict, default=None) -> None:
+    """Replace a results file atomically (`mvalign.errors.write_atomic`); call it holding `locked(path)`."""
+    write_atomic(path, "the benchmark results", lambda tmp: tmp.write_text(json.dumps(results, indent=1, default=default)))
+
+
 def save(results: dict, path: Path, new_cell: str | None = None) -> dict:
     """Write results, merging cells that other processes (e.g. another setting run in parallel) stored meanwhile;
     returns the merged results. A file lock serialises writers."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         on_disk = migrate(json.loads(path.read_text())) if path.is_file() else {"cells": {}}
         merged = {**on_disk, **{k: v for k, v in results.items() if k not in ("cells", "judges")}}
         merged["cells"] = {**on_disk.get("cells", {}), **({new_cell: results["cells"][new_cell]} if new_cell else {})}
         merged["judges"] = {**on_disk.get("judges", {}), **results.get("judges", {})}
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(merged, indent=1))
-        os.replace(tmp, path)
+        write_results(path, merged)
     return merged
 
 

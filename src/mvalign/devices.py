@@ -70,7 +70,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     """`model.dtype`: explicit names as they say; auto = bfloat16 on a CUDA device that supports it, else float32."""
     if spec != "auto":
         return DTYPES[spec]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and native_bf16(device):
         return torch.bfloat16
     return torch.float32
 
